@@ -1,0 +1,49 @@
+//! runvm's guest agent.
+//!
+//! The kernel starts it as `/init` from the initramfs. As PID 1 it moves the
+//! initramfs onto a tmpfs (so containers can `pivot_root`), mounts the pseudo
+//! filesystems, finds its virtio-serial port and serves the host's requests:
+//! creating the container from its OCI spec (through youki's container
+//! library, run in a short-lived helper process), relaying stdio, forwarding
+//! signals and reporting exit statuses.
+//!
+//! The same binary is that helper: `runvm-agent __youki <verb> ...`.
+
+mod init;
+mod port;
+mod process;
+mod reaper;
+mod server;
+mod youki_helper;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(youki_helper::ARG) {
+        return youki_helper::main(&args[2..]);
+    }
+    if nix::unistd::getpid().as_raw() != 1 {
+        eprintln!("runvm-agent: must run as PID 1 of the guest");
+        return ExitCode::FAILURE;
+    }
+    if let Err(err) = run_init(args.get(1).map(String::as_str) == Some(init::STAGE2_ARG)) {
+        // PID 1 exiting panics the kernel; with panic=-1 and QEMU's -no-reboot
+        // that ends the VM, which the host reports as a stopped container.
+        eprintln!("runvm-agent: {err:#}");
+    }
+    ExitCode::FAILURE
+}
+
+fn run_init(stage2: bool) -> anyhow::Result<()> {
+    if !stage2 {
+        // Does not return on success: execs this binary again from the tmpfs.
+        init::move_root_to_tmpfs()?;
+    }
+    init::mount_system()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(server::serve())
+}

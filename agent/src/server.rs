@@ -1,0 +1,134 @@
+//! The yamux server on the agent's port and the dispatch of its streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::StreamExt;
+use runvm_protocol::{
+    recv_async, send_async, AgentError, AgentInfo, ExitStatus, ProcessRef, Reply, Request,
+    Response, StreamKind, AGENT_PORT_NAME, PROTOCOL_VERSION,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio_yamux::{Config, Session, StreamHandle};
+
+use crate::port::{self, Port};
+use crate::process::{Agent, Stdio3};
+
+pub fn yamux_config() -> Config {
+    Config {
+        // The host may pause the VM or stop reading for a long time; a
+        // keepalive or write timeout would tear down a healthy session.
+        enable_keepalive: false,
+        connection_write_timeout: Duration::from_secs(24 * 3600),
+        ..Config::default()
+    }
+}
+
+pub async fn serve() -> Result<()> {
+    let agent = Arc::new(Agent::default());
+    let reaper_owner = agent.clone();
+    tokio::spawn(async move {
+        if let Err(e) = reaper_owner.reaper.run().await {
+            eprintln!("runvm-agent: reaper: {e:#}");
+        }
+    });
+    let path = port::find(AGENT_PORT_NAME).await?;
+    let port = Port::open(&path)?;
+    // A session ends when the host side disconnects (reads return EOF while no
+    // host is connected); containers keep running, and a new session starts
+    // when the host comes back.
+    loop {
+        let mut session = Session::new_server(port.clone(), yamux_config());
+        while let Some(item) = session.next().await {
+            match item {
+                Ok(stream) => {
+                    tokio::spawn(handle_stream(agent.clone(), stream));
+                }
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn handle_stream(agent: Arc<Agent>, mut stream: StreamHandle) {
+    let kind: StreamKind = match recv_async(&mut stream).await {
+        Ok(kind) => kind,
+        Err(e) => {
+            eprintln!("runvm-agent: bad stream header: {e}");
+            return;
+        }
+    };
+    match kind {
+        StreamKind::Rpc(req) => {
+            let resp = handle_request(&agent, req).await;
+            let _ = send_async(&mut stream, &resp).await;
+            let _ = stream.shutdown().await;
+        }
+        StreamKind::Stdin(p) => relay_stdin(&agent, &p, stream).await,
+        StreamKind::Stdout(p) => relay_output(&agent, &p, Stdio3::Stdout, stream).await,
+        StreamKind::Stderr(p) => relay_output(&agent, &p, Stdio3::Stderr, stream).await,
+        StreamKind::Wait(p) => {
+            let status: Result<ExitStatus, AgentError> = match agent.process(&p) {
+                Ok(proc_) => proc_
+                    .wait()
+                    .await
+                    .ok_or_else(|| AgentError::new("exit status lost")),
+                Err(e) => Err(e),
+            };
+            let _ = send_async(&mut stream, &status).await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
+async fn handle_request(agent: &Agent, req: Request) -> Response {
+    match req {
+        Request::Ping => Ok(Reply::Pong(AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            kernel_release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        })),
+        Request::CreateContainer(create) => agent
+            .create_container(create)
+            .await
+            .map(|pid| Reply::Created { pid }),
+        Request::StartContainer { container_id } => agent
+            .start_container(&container_id)
+            .await
+            .map(|()| Reply::Done),
+        Request::Signal {
+            process,
+            signal,
+            all,
+        } => agent.signal(&process, signal, all).map(|()| Reply::Done),
+    }
+}
+
+async fn relay_stdin(agent: &Agent, p: &ProcessRef, mut stream: StreamHandle) {
+    let Some(fd) = agent
+        .process(p)
+        .ok()
+        .and_then(|proc_| proc_.take(Stdio3::Stdin))
+    else {
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let Ok(mut tx) = pipe::Sender::from_owned_fd(fd) else {
+        return;
+    };
+    let _ = tokio::io::copy(&mut stream, &mut tx).await;
+    // Dropping the pipe's write end gives the process EOF on stdin.
+}
+
+async fn relay_output(agent: &Agent, p: &ProcessRef, which: Stdio3, mut stream: StreamHandle) {
+    let fd = agent.process(p).ok().and_then(|proc_| proc_.take(which));
+    if let Some(Ok(mut rx)) = fd.map(pipe::Receiver::from_owned_fd) {
+        let _ = tokio::io::copy(&mut rx, &mut stream).await;
+    }
+    let _ = stream.shutdown().await;
+}

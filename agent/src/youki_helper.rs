@@ -1,0 +1,123 @@
+//! Short-lived helper processes that drive youki's container library.
+//!
+//! youki forks the container's processes from the process that calls it. The
+//! agent is a multi-threaded tokio program, where forking and then running
+//! ordinary Rust code is unsafe, so each youki call runs in a fresh,
+//! single-threaded exec of this binary: `runvm-agent __youki <verb> ...`.
+//! The container's stdio arrives as fds 3, 4 and 5; the helper prints its
+//! result on stdout and its error on stderr.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use youki::container::builder::ContainerBuilder;
+use youki::container::Container;
+use youki::syscall::syscall::SyscallType;
+
+pub const ARG: &str = "__youki";
+/// youki's state directory inside the guest.
+pub const YOUKI_ROOT: &str = "/run/youki";
+
+pub fn main(args: &[String]) -> ExitCode {
+    // Rust starts with SIGPIPE ignored, and an ignored signal stays ignored
+    // across exec: the container must start with the default disposition.
+    // SAFETY: single-threaded at this point; SIG_DFL is always a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    // youki explains failures in its log events rather than in the error it
+    // returns; send error events to the agent. The container's init process
+    // is forked from this one and keeps logging here until it execs (the
+    // descriptor is close-on-exec), so its setup errors arrive too.
+    if let Ok(fd) = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)) {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(move || FdWriter(fd))
+            .with_max_level(tracing::Level::ERROR)
+            .without_time()
+            .with_target(false)
+            .with_level(false)
+            .with_ansi(false)
+            .try_init();
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprint!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to a raw descriptor that outlives every writer.
+struct FdWriter(std::os::fd::RawFd);
+
+impl std::io::Write for FdWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: the descriptor stays open for the life of the process.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        nix::unistd::write(fd, buf).map_err(std::io::Error::from)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
+}
+
+fn required(args: &[String], name: &str) -> Result<String> {
+    flag(args, name).with_context(|| format!("missing {name}"))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let verb = args.first().map(String::as_str).unwrap_or_default();
+    let id = required(args, "--id")?;
+    match verb {
+        "create" => create(
+            &id,
+            &required(args, "--bundle")?,
+            flag(args, "--console-socket"),
+        ),
+        "start" => {
+            let mut container = Container::load(PathBuf::from(YOUKI_ROOT).join(&id))
+                .context("load the container")?;
+            container.start().context("start the container")?;
+            Ok(())
+        }
+        other => bail!("unknown helper verb {other:?}"),
+    }
+}
+
+fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> {
+    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(YOUKI_ROOT)
+        .context("youki root")?
+        .with_console_socket(console_socket.as_deref());
+    if console_socket.is_none() {
+        // SAFETY: the agent passes the container's stdio as fds 3, 4 and 5 and
+        // nothing else in this process uses them.
+        let (stdin, stdout, stderr) = unsafe {
+            (
+                OwnedFd::from_raw_fd(3),
+                OwnedFd::from_raw_fd(4),
+                OwnedFd::from_raw_fd(5),
+            )
+        };
+        builder = builder
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr);
+    }
+    let container = builder
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let pid = container.pid().context("youki reported no pid")?;
+    println!("{pid}");
+    Ok(())
+}

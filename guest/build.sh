@@ -1,0 +1,69 @@
+#!/bin/bash
+# Build runvm's guest: the kernel (Debian's cloud kernel from bookworm-backports,
+# downloaded and unpacked, never installed as the host's kernel) and an
+# initramfs whose /init is runvm-agent plus the shared libraries it links.
+#
+# usage: guest/build.sh AGENT_BINARY OUT_DIR
+# Leaves OUT_DIR/vmlinuz, OUT_DIR/initramfs.img and OUT_DIR/guest.txt.
+set -euo pipefail
+
+agent=${1:?usage: build.sh AGENT_BINARY OUT_DIR}
+out=${2:?usage: build.sh AGENT_BINARY OUT_DIR}
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${GUEST_CACHE:-$here/../target/guest-cache}
+suite=bookworm-backports
+meta=linux-image-cloud-amd64
+
+mkdir -p "$cache" "$out"
+cache=$(cd "$cache" && pwd)
+
+# --- kernel -----------------------------------------------------------------
+# The metapackage names the current kernel package of the suite.
+pkg=$(apt-cache depends -t "$suite" "$meta" 2>/dev/null |
+    awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [ -z "$pkg" ]; then
+    echo "guest: cannot resolve $meta in $suite; is $suite in apt's sources? (make deps)" >&2
+    exit 1
+fi
+deb=$(ls "$cache"/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+if [ -z "$deb" ]; then
+    (cd "$cache" && apt-get download -t "$suite" "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+    deb=$(ls "$cache"/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+    [ -n "$deb" ] || { echo "guest: apt-get download $pkg failed" >&2; exit 1; }
+fi
+kdir=$cache/kernel
+rm -rf "$kdir"
+dpkg-deb -x "$deb" "$kdir"
+vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
+krel=${vmlinuz##*/vmlinuz-}
+install -m 0644 "$vmlinuz" "$out/vmlinuz.tmp"
+mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+
+# --- initramfs ----------------------------------------------------------------
+stage=$cache/initramfs
+rm -rf "$stage"
+mkdir -p "$stage"/{dev,proc,sys,run,tmp,newroot,etc}
+install -m 0755 "$agent" "$stage/init"
+# The agent is a glibc program: carry the loader and every library it links.
+ldd "$agent" | awk '/=>/ {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
+    [ -n "$lib" ] && [ -e "$lib" ] && cp --parents -L "$lib" "$stage/"
+done
+# The kernel opens /dev/console for PID 1's stdio before /dev is mounted.
+if [ "$(id -u)" = 0 ]; then
+    mknod -m 600 "$stage/dev/console" c 5 1
+else
+    echo "guest: not root, the initramfs has no /dev/console (no guest console output)" >&2
+fi
+# Reproducible archive: fixed order, owner and timestamps.
+find "$stage" -exec touch -h -d @0 {} +
+(cd "$stage" && find . -print0 | LC_ALL=C sort -z |
+    cpio --quiet --null -o -H newc --reproducible -R 0:0) > "$out/initramfs.img.tmp"
+mv "$out/initramfs.img.tmp" "$out/initramfs.img"
+
+cat > "$out/guest.txt" <<EOT
+kernel_package=$pkg
+kernel_deb=$(basename "$deb")
+kernel_release=$krel
+agent_sha256=$(sha256sum "$agent" | cut -d' ' -f1)
+EOT
+echo "guest: $out/vmlinuz ($krel), $out/initramfs.img ($(du -h "$out/initramfs.img" | cut -f1))"
