@@ -1,0 +1,483 @@
+//! The lifecycle verbs as the command line uses them. Each runs for a moment
+//! in the `runvm` process; anything that lasts belongs to the shim.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use serde::Serialize;
+use slog::{debug, warn, Logger};
+
+use crate::config::{Config, ConfigError};
+use crate::id::{validate_id, IdError};
+use crate::shim::control::{self, ControlError, ShimRequest};
+use crate::shim::Ready;
+use crate::spec::{Bundle, SpecError};
+use crate::state::{write_atomic, State, StateError, StateStore, SPEC_FILE};
+use crate::status::ContainerStatus;
+
+/// The hidden command-line verb that runs the shim.
+pub const SHIM_VERB: &str = "__shim";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("runtime configuration")]
+    Config(#[from] ConfigError),
+    #[error("cannot start a container that has stopped")]
+    StartStopped,
+    #[error("cannot start an already running container")]
+    StartRunning,
+    #[error("cannot start an already paused container")]
+    StartPaused,
+    #[error("cannot start a container that is not created yet")]
+    StartCreating,
+    #[error("container not running")]
+    NotRunning,
+    #[error("cannot delete container {id} that is not stopped: {status}")]
+    DeleteNotStopped { id: String, status: ContainerStatus },
+    #[error("cannot allocate tty if runvm will detach without setting console socket")]
+    TerminalWithoutConsole,
+    #[error("terminals (process.terminal) are not supported yet")]
+    TerminalUnsupported,
+    #[error("pid file directory {path} does not exist")]
+    PidFileDir { path: PathBuf },
+    #[error("write pid file")]
+    PidFile(#[source] StateError),
+    #[error("start the shim")]
+    Spawn(#[source] nix::Error),
+    /// The shim's own account of why creation failed.
+    #[error("{message}")]
+    CreateFailed { message: String },
+    #[error("the shim exited before the container was created (see {log})")]
+    ShimVanished { log: PathBuf },
+    #[error("the shim did not answer within {0:?}")]
+    ShimTimeout(Duration),
+    #[error("the shim")]
+    Control(#[from] ControlError),
+    #[error("wait for the container")]
+    Wait(#[source] nix::Error),
+    #[error("the shim {pid} did not exit within {timeout:?}")]
+    ShimStuck { pid: i32, timeout: Duration },
+}
+
+/// The OCI state of a container, as `state` and `list --format json` print it
+/// (runc's field names and order).
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct OciState {
+    pub oci_version: String,
+    pub id: String,
+    pub pid: i32,
+    pub status: ContainerStatus,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+}
+
+/// Options of `create` and `run`.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    /// Global flags the shim should be started with (--log, --debug...).
+    pub shim_args: Vec<OsString>,
+}
+
+pub struct Runtime {
+    store: StateStore,
+    config: Config,
+    log: Logger,
+}
+
+fn owner_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
+impl Runtime {
+    pub fn new(root: &Path, log: Logger) -> Result<Self, ContainerError> {
+        Ok(Runtime {
+            store: StateStore::new(root),
+            config: Config::load()?,
+            log,
+        })
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    fn load(&self, id: &str) -> Result<State, ContainerError> {
+        validate_id(id)?;
+        Ok(self.store.load(id)?)
+    }
+
+    /// Boot a VM and create the container in it; returns when the container is
+    /// created (or creation failed and nothing is left behind).
+    pub fn create(&self, opts: &CreateOptions) -> Result<i32, ContainerError> {
+        let shim = self.create_with(opts, true)?;
+        Ok(shim.as_raw())
+    }
+
+    fn create_with(&self, opts: &CreateOptions, detach: bool) -> Result<Pid, ContainerError> {
+        validate_id(&opts.id)?;
+        let bundle = Bundle::load(&opts.bundle)?;
+        if bundle.terminal() {
+            if opts.console_socket.is_none() && detach {
+                return Err(ContainerError::TerminalWithoutConsole);
+            }
+            return Err(ContainerError::TerminalUnsupported);
+        }
+        if let Some(pid_file) = &opts.pid_file {
+            let parent = pid_file.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(parent) = parent {
+                if !parent.is_dir() {
+                    return Err(ContainerError::PidFileDir {
+                        path: parent.to_path_buf(),
+                    });
+                }
+            }
+        }
+        let dir = self.store.create_dir(&opts.id)?;
+        match self.create_in(&dir, &bundle, opts, detach) {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                self.discard(&opts.id);
+                Err(e)
+            }
+        }
+    }
+
+    fn create_in(
+        &self,
+        dir: &Path,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+        detach: bool,
+    ) -> Result<Pid, ContainerError> {
+        let spec = serde_json::to_vec_pretty(&bundle.raw).expect("spec serializes");
+        write_atomic(&dir.join(SPEC_FILE), &spec)?;
+        let state = State {
+            oci_version: crate::OCI_VERSION.to_string(),
+            id: opts.id.clone(),
+            status: ContainerStatus::Creating,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: Utc::now(),
+            owner_uid: nix::unistd::geteuid().as_raw(),
+            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            shim: None,
+            vmm: None,
+            virtiofsd: None,
+            guest_pid: None,
+            accel: None,
+            exit_code: None,
+            terminal: bundle.terminal(),
+        };
+        self.store.save(&state)?;
+        let (shim_pid, ready) = self.spawn_shim(&opts.id, &opts.shim_args, detach)?;
+        let timeout = self.config.timeouts.boot() + self.config.timeouts.request() * 2;
+        match read_ready(ready, timeout)? {
+            Some(Ready::Created { shim_pid: reported }) => {
+                if let Some(pid_file) = &opts.pid_file {
+                    // Last, and atomically: containerd takes the pid file's
+                    // appearance as "create finished". No trailing newline:
+                    // containerd parses it with Atoi.
+                    write_atomic(pid_file, reported.to_string().as_bytes())
+                        .map_err(ContainerError::PidFile)?;
+                }
+                Ok(shim_pid.unwrap_or(Pid::from_raw(reported)))
+            }
+            Some(Ready::Failed { message }) => Err(ContainerError::CreateFailed { message }),
+            None => Err(ContainerError::ShimVanished {
+                log: dir.join("shim.log"),
+            }),
+        }
+    }
+
+    /// Start the shim. Detached: double fork, so the shim is reparented to
+    /// the caller's subreaper (containerd, conmon) or init when we exit.
+    /// Attached (`run` in the foreground): the shim is our child.
+    fn spawn_shim(
+        &self,
+        id: &str,
+        shim_args: &[OsString],
+        detach: bool,
+    ) -> Result<(Option<Pid>, File), ContainerError> {
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ContainerError::Spawn)?;
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let cstr = |s: &[u8]| CString::new(s).expect("no NUL in arguments");
+        let mut argv: Vec<CString> = vec![cstr(exe.as_os_str().as_bytes())];
+        argv.push(cstr(b"--root"));
+        argv.push(cstr(self.store.root().as_os_str().as_bytes()));
+        argv.extend(shim_args.iter().map(|a| cstr(a.as_bytes())));
+        argv.push(cstr(SHIM_VERB.as_bytes()));
+        argv.push(cstr(b"--ready-fd"));
+        argv.push(cstr(w.as_raw_fd().to_string().as_bytes()));
+        argv.push(cstr(id.as_bytes()));
+        let exe_c = argv[0].clone();
+        let wfd = w.as_raw_fd();
+        // SAFETY: this process is single-threaded (the CLI never starts
+        // threads before this point), so the child may run ordinary code.
+        match unsafe { fork() }.map_err(ContainerError::Spawn)? {
+            ForkResult::Child => {
+                drop(r);
+                let _ = nix::unistd::setsid();
+                if detach {
+                    // SAFETY: as above, still single-threaded.
+                    match unsafe { fork() } {
+                        Ok(ForkResult::Child) => exec_shim(&exe_c, &argv, wfd),
+                        _ => std::process::exit(0),
+                    }
+                }
+                exec_shim(&exe_c, &argv, wfd)
+            }
+            ForkResult::Parent { child } => {
+                drop(w);
+                if detach {
+                    let _ = waitpid(child, None);
+                    Ok((None, File::from(r)))
+                } else {
+                    Ok((Some(child), File::from(r)))
+                }
+            }
+        }
+    }
+
+    /// Remove a container whose creation failed, and anything it started.
+    fn discard(&self, id: &str) {
+        if let Ok(state) = self.store.load(id) {
+            for p in state.processes() {
+                p.kill_and_wait(Duration::from_secs(5));
+            }
+        }
+        if let Ok(_lock) = self.store.lock(id) {
+            if let Err(e) = self.store.remove(id) {
+                warn!(self.log, "remove the state of a failed create"; "error" => crate::error_chain(&e));
+            }
+        }
+    }
+
+    pub fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let state = self.load(id)?;
+        match state.refreshed_status() {
+            ContainerStatus::Created => {}
+            ContainerStatus::Stopped => return Err(ContainerError::StartStopped),
+            ContainerStatus::Running => return Err(ContainerError::StartRunning),
+            ContainerStatus::Paused => return Err(ContainerError::StartPaused),
+            ContainerStatus::Creating => return Err(ContainerError::StartCreating),
+        }
+        match control::call(
+            &self.store.dir(id),
+            &ShimRequest::Start,
+            self.config.timeouts.request(),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if e.shim_gone() => Err(ContainerError::StartStopped),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn state(&self, id: &str) -> Result<OciState, ContainerError> {
+        let state = self.load(id)?;
+        Ok(oci_state(&state))
+    }
+
+    pub fn list(&self) -> Result<Vec<OciState>, ContainerError> {
+        let mut out = Vec::new();
+        for id in self.store.list()? {
+            match self.store.load(&id) {
+                Ok(state) => out.push(oci_state(&state)),
+                Err(e) => {
+                    debug!(self.log, "skip container"; "id" => &id, "error" => crate::error_chain(&e))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), ContainerError> {
+        let state = self.load(id)?;
+        let status = state.refreshed_status();
+        if !status.can_kill() {
+            return if all && status == ContainerStatus::Stopped {
+                Ok(())
+            } else {
+                Err(ContainerError::NotRunning)
+            };
+        }
+        match control::call(
+            &self.store.dir(id),
+            &ShimRequest::Kill { signal, all },
+            self.config.timeouts.request(),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if e.shim_gone() => Err(ContainerError::NotRunning),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remove a container. A running or paused one needs `force` (SIGKILL);
+    /// a created one is killed, as runc does.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
+        let state = self.load(id)?;
+        let status = state.refreshed_status();
+        if !force && !status.can_delete() {
+            return Err(ContainerError::DeleteNotStopped {
+                id: id.to_string(),
+                status,
+            });
+        }
+        let stop = self.config.timeouts.stop() + Duration::from_secs(5);
+        if let Some(shim) = state.shim.filter(|s| s.is_alive()) {
+            let asked = control::call(
+                &self.store.dir(id),
+                &ShimRequest::Kill {
+                    signal: libc::SIGKILL,
+                    all: false,
+                },
+                self.config.timeouts.request(),
+            );
+            if asked.is_err() || !shim.wait_gone(stop) {
+                shim.kill_and_wait(stop);
+            }
+            if shim.is_alive() {
+                return Err(ContainerError::ShimStuck {
+                    pid: shim.pid,
+                    timeout: stop,
+                });
+            }
+        }
+        let _lock = self.store.lock(id)?;
+        // The shim stops its VM and virtiofsd; if it was killed, they got
+        // their parent-death signal. Make sure either way.
+        let state = self.store.load(id).unwrap_or(state);
+        for p in state.processes() {
+            p.kill_and_wait(stop);
+        }
+        self.store.remove(id)?;
+        Ok(())
+    }
+
+    /// `run`: create with the shim as our child, start, relay signals to it,
+    /// and return its exit code once the container has stopped. The
+    /// container is deleted afterwards unless `keep`.
+    pub fn run(&self, opts: &CreateOptions, keep: bool) -> Result<i32, ContainerError> {
+        // Block the signals we forward before the shim exists, so none is
+        // lost; the shim starts with an empty mask (see exec_shim).
+        let mut mask = SigSet::empty();
+        for sig in crate::signal::forwardable() {
+            if let Ok(s) = Signal::try_from(sig) {
+                mask.add(s);
+            }
+        }
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block().map_err(ContainerError::Wait)?;
+        let shim = self.create_with(opts, false)?;
+        if let Err(e) = self.start(&opts.id) {
+            let _ = self.delete(&opts.id, true);
+            let _ = waitpid(shim, None);
+            return Err(e);
+        }
+        let code = loop {
+            match waitpid(shim, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => break code,
+                Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                Ok(_) => {}
+                Err(e) => return Err(ContainerError::Wait(e)),
+            }
+            match mask.wait() {
+                Ok(Signal::SIGCHLD) | Err(_) => {}
+                Ok(sig) => {
+                    let _ = kill(shim, sig);
+                }
+            }
+        };
+        if !keep {
+            self.delete(&opts.id, true)?;
+        }
+        Ok(code)
+    }
+}
+
+fn oci_state(state: &State) -> OciState {
+    let status = state.refreshed_status();
+    let pid = match (status, state.shim) {
+        (ContainerStatus::Stopped, _) | (_, None) => 0,
+        (_, Some(shim)) => shim.pid,
+    };
+    OciState {
+        oci_version: state.oci_version.clone(),
+        id: state.id.clone(),
+        pid,
+        status,
+        bundle: state.bundle.clone(),
+        rootfs: state.rootfs.clone(),
+        created: state.created.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        owner: owner_name(state.owner_uid),
+        annotations: state.annotations.clone(),
+    }
+}
+
+/// In the forked child: give the shim the ready pipe and a clean signal mask,
+/// and exec it. Never returns.
+fn exec_shim(exe: &CString, argv: &[CString], ready_fd: i32) -> ! {
+    // SAFETY: plain syscalls on our own descriptor and signal mask.
+    unsafe {
+        libc::fcntl(ready_fd, libc::F_SETFD, 0);
+    }
+    let _ = SigSet::empty().thread_set_mask();
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let _ = nix::unistd::execv(exe, argv);
+    // SAFETY: _exit is always safe; no destructors may run in this child.
+    unsafe { libc::_exit(127) }
+}
+
+/// Wait for the shim's report on the ready pipe. `None`: it exited without
+/// one.
+fn read_ready(ready: File, timeout: Duration) -> Result<Option<Ready>, ContainerError> {
+    let owned: OwnedFd = ready.into();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(owned.as_fd(), PollFlags::POLLIN)];
+    loop {
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return Err(ContainerError::ShimTimeout(timeout)),
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(ContainerError::Wait(e)),
+        }
+    }
+    let mut file = File::from(owned);
+    match runvm_protocol::recv::<_, Ready>(&mut file) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.is_disconnect() => Ok(None),
+        Err(_) => Ok(None),
+    }
+}

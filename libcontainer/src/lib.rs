@@ -1,0 +1,41 @@
+//! runvm's host-side library.
+//!
+//! The `runvm` binary is a thin command-line front end over this crate: the
+//! state store, the lifecycle rules, the runtime configuration, the hypervisor
+//! backends, the per-container shim and the client of the guest agent.
+
+pub mod agent;
+pub mod config;
+pub mod container;
+pub mod hypervisor;
+pub mod id;
+pub mod procinfo;
+pub mod shim;
+pub mod signal;
+pub mod sockdir;
+pub mod spec;
+pub mod state;
+pub mod status;
+pub mod virtiofsd;
+
+pub use container::{ContainerError, Runtime};
+pub use status::ContainerStatus;
+
+/// The OCI runtime spec version runvm implements, as reported in state JSON.
+pub const OCI_VERSION: &str = "1.0.2";
+
+/// Render an error with its chain of sources: `a: b: c`. A source whose text
+/// the message already ends with is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
