@@ -1,0 +1,141 @@
+//! runvm: a runc-compatible OCI runtime that runs every container in its own
+//! lightweight VM. This binary is a thin front end over `libcontainer`.
+
+mod commands;
+mod logging;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
+use slog::{Drain, Level, Logger};
+
+use logging::{Format, LineDrain};
+
+const DEFAULT_ROOT: &str = "/run/runvm";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "runvm",
+    about = "runc-compatible OCI runtime that runs every container in its own VM",
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    /// print the version
+    #[arg(short = 'v', long = "version", global = true)]
+    version: bool,
+    #[command(subcommand)]
+    cmd: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    #[command(flatten)]
+    Standard(Box<StandardCmd>),
+    #[command(flatten)]
+    Common(Box<CommonCmd>),
+    /// The per-container shim (started by create and run; not for users).
+    #[command(name = "__shim", hide = true)]
+    Shim(commands::shim::ShimCmd),
+}
+
+/// Parse the command line. liboci-cli's `kill` requires the signal; runc's
+/// defaults it to SIGTERM, and callers rely on that, so the argument is made
+/// optional here, in one place.
+fn parse() -> Cli {
+    let matches = Cli::command()
+        .mut_subcommand("kill", |c| {
+            c.mut_arg("signal", |a| a.required(false).default_value("SIGTERM"))
+        })
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn version() -> String {
+    format!(
+        "runvm version {}\ncommit: {}\nspec: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("RUNVM_COMMIT"),
+        libcontainer::OCI_VERSION
+    )
+}
+
+/// The logger for a verb: the `--log` file when given, stderr otherwise.
+fn logger(global: &GlobalOpts) -> anyhow::Result<Logger> {
+    let format = Format::parse(global.log_format.as_deref())?;
+    let level = if global.debug {
+        Level::Debug
+    } else {
+        Level::Warning
+    };
+    let drain = match &global.log {
+        Some(path) => LineDrain::file(path, format, level)?,
+        None => LineDrain::new(Box::new(std::io::stderr()), format, level),
+    };
+    Ok(Logger::root(drain.fuse(), slog::o!()))
+}
+
+/// Global flags the shim is started with, so it logs where the verb does.
+fn shim_args(global: &GlobalOpts) -> Vec<OsString> {
+    let mut args = Vec::new();
+    if let Some(log) = &global.log {
+        args.push("--log".into());
+        args.push(log.clone().into_os_string());
+    }
+    if let Some(format) = &global.log_format {
+        args.push("--log-format".into());
+        args.push(format.into());
+    }
+    if global.debug {
+        args.push("--debug".into());
+    }
+    args
+}
+
+fn main() -> ExitCode {
+    let cli = parse();
+    if cli.version {
+        print!("{}", version());
+        return ExitCode::SUCCESS;
+    }
+    let Some(cmd) = cli.cmd else {
+        let _ = Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    let root = cli
+        .global
+        .root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+    if let Command::Shim(args) = cmd {
+        return commands::shim::shim(args, root, &cli.global);
+    }
+    let log = match logger(&cli.global) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("runvm: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ctx = commands::Context {
+        root,
+        log: log.clone(),
+        shim_args: shim_args(&cli.global),
+    };
+    match commands::dispatch(cmd, &ctx) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            slog::error!(log, "{}", msg);
+            if cli.global.log.is_some() {
+                // runc also prints the error on stderr when it logs to a file.
+                eprintln!("{msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
