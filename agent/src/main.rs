@@ -9,6 +9,7 @@
 //!
 //! The same binary is that helper: `runvm-agent __youki <verb> ...`.
 
+mod executor;
 mod init;
 mod port;
 mod process;

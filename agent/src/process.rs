@@ -327,12 +327,29 @@ fn drain_pipe(fd: &OwnedFd) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// youki's error: its final line names the outcome, ending with the cause
+/// after its own layers of context; an earlier error event may say more
+/// (which mount failed), and is kept when the final line lacks it.
 fn helper_error(out: &HelperOutput) -> String {
-    let msg = out.stderr.trim();
-    if msg.is_empty() {
-        format!("youki helper failed: {:?}", out.status)
-    } else {
-        msg.to_string()
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let Some(last) = lines.last() else {
+        return format!("youki helper failed: {:?}", out.status);
+    };
+    const LAYER: &str = "error in executing process : ";
+    let cause = match last.rfind(LAYER) {
+        Some(i) => &last[i + LAYER.len()..],
+        None => last,
+    };
+    match lines[..lines.len() - 1].iter().find(|l| {
+        !last.contains(*l) && !l.contains(cause) && !l.starts_with("failed to wait for init ready")
+    }) {
+        Some(detail) if cause.len() < 60 => format!("{cause} ({detail})"),
+        _ => cause.to_string(),
     }
 }
 

@@ -95,7 +95,8 @@ fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> 
     let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(YOUKI_ROOT)
         .context("youki root")?
-        .with_console_socket(console_socket.as_deref());
+        .with_console_socket(console_socket.as_deref())
+        .with_executor(crate::executor::RuncWords);
     if console_socket.is_none() {
         // SAFETY: the agent passes the container's stdio as fds 3, 4 and 5 and
         // nothing else in this process uses them.
