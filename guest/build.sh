@@ -4,7 +4,8 @@
 # initramfs whose /init is runvm-agent plus the shared libraries it links.
 #
 # usage: guest/build.sh AGENT_BINARY OUT_DIR
-# Leaves OUT_DIR/vmlinuz, OUT_DIR/initramfs.img and OUT_DIR/guest.txt.
+# Leaves OUT_DIR/vmlinux (uncompressed, booted through its PVH entry point),
+# OUT_DIR/initramfs.img and OUT_DIR/guest.txt.
 set -euo pipefail
 
 agent=${1:?usage: build.sh AGENT_BINARY OUT_DIR}
@@ -31,13 +32,21 @@ if [ -z "$deb" ]; then
     deb=$(ls "$cache"/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
     [ -n "$deb" ] || { echo "guest: apt-get download $pkg failed" >&2; exit 1; }
 fi
+agent_sha=$(sha256sum "$agent" | cut -d' ' -f1)
+if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.img" ] && [ -f "$out/guest.txt" ] &&
+    grep -qx "agent_sha256=$agent_sha" "$out/guest.txt" &&
+    grep -qx "kernel_deb=$(basename "$deb")" "$out/guest.txt"; then
+    echo "guest: $out is up to date"
+    exit 0
+fi
+
 kdir=$cache/kernel
 rm -rf "$kdir"
 dpkg-deb -x "$deb" "$kdir"
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
 krel=${vmlinuz##*/vmlinuz-}
-install -m 0644 "$vmlinuz" "$out/vmlinuz.tmp"
-mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+"$here/extract-vmlinux.py" "$vmlinuz" "$out/vmlinux.tmp"
+mv "$out/vmlinux.tmp" "$out/vmlinux"
 
 # --- initramfs ----------------------------------------------------------------
 stage=$cache/initramfs
@@ -64,6 +73,6 @@ cat > "$out/guest.txt" <<EOT
 kernel_package=$pkg
 kernel_deb=$(basename "$deb")
 kernel_release=$krel
-agent_sha256=$(sha256sum "$agent" | cut -d' ' -f1)
+agent_sha256=$agent_sha
 EOT
-echo "guest: $out/vmlinuz ($krel), $out/initramfs.img ($(du -h "$out/initramfs.img" | cut -f1))"
+echo "guest: $out/vmlinux ($krel), $out/initramfs.img ($(du -h "$out/initramfs.img" | cut -f1))"

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/runvm/config.toml";
 pub const CONFIG_ENV: &str = "RUNVM_CONFIG";
-pub const KERNEL_FILE: &str = "vmlinuz";
+pub const KERNEL_FILE: &str = "vmlinux";
 pub const INITRD_FILE: &str = "initramfs.img";
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum Accel {
 pub struct HypervisorConfig {
     /// QEMU binary; a bare name is looked up in PATH.
     pub qemu: PathBuf,
-    /// Guest kernel; default: `vmlinuz` in the first guest directory that has it.
+    /// Guest kernel; default: `vmlinux` in the first guest directory that has it.
     pub kernel: Option<PathBuf>,
     /// Guest initramfs; default: `initramfs.img` beside the kernel.
     pub initrd: Option<PathBuf>,
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn initrd_defaults_to_beside_a_configured_kernel() {
         let mut c = Config::default();
-        c.hypervisor.kernel = Some("/opt/guest/vmlinuz".into());
+        c.hypervisor.kernel = Some("/opt/guest/vmlinux".into());
         assert_eq!(
             c.initrd().unwrap(),
             PathBuf::from("/opt/guest/initramfs.img")
