@@ -354,15 +354,20 @@ impl Runtime {
         }
         let stop = self.config.timeouts.stop() + Duration::from_secs(5);
         if let Some(shim) = state.shim.filter(|s| s.is_alive()) {
-            let asked = control::call(
-                &self.store.dir(id),
-                &ShimRequest::Kill {
-                    signal: libc::SIGKILL,
-                    all: false,
-                },
-                self.config.timeouts.request(),
-            );
-            if asked.is_err() || !shim.wait_gone(stop) {
+            if status != ContainerStatus::Stopped {
+                // The shim kills the container, stops its VM and exits.
+                let _ = control::call(
+                    &self.store.dir(id),
+                    &ShimRequest::Kill {
+                        signal: libc::SIGKILL,
+                        all: false,
+                    },
+                    self.config.timeouts.request(),
+                );
+            }
+            // A stopped container's shim may still be stopping its VM: let
+            // it finish, and kill it only if it does not.
+            if !shim.wait_gone(stop) {
                 shim.kill_and_wait(stop);
             }
             if shim.is_alive() {
