@@ -1,0 +1,47 @@
+# runvm: build, guest image, install, tests, benchmarks.
+# `make run` sets everything up on a fresh Debian 12 host and runs a container
+# in a VM; `make test` runs the whole test suite (what CI runs).
+
+CARGO     ?= cargo
+PREFIX    ?= /usr/local
+GUEST_DIR := target/share/runvm
+AGENT     := target/release/runvm-agent
+RUNVM     := target/release/runvm
+
+.PHONY: all deps build agent guest install run test bench clean
+
+all: build guest
+
+deps:
+	scripts/install-deps.sh
+
+build:
+	$(CARGO) build --release --bin runvm
+
+agent:
+	$(CARGO) build --release -p runvm-agent
+
+# The guest kernel (Debian's backports cloud kernel, unpacked) and the
+# initramfs with the agent; rebuilt only when the agent or kernel changed.
+guest: agent
+	guest/build.sh $(AGENT) $(GUEST_DIR)
+
+install: build guest
+	install -D -m 0755 $(RUNVM) $(DESTDIR)$(PREFIX)/bin/runvm
+	install -D -m 0644 $(GUEST_DIR)/vmlinux $(DESTDIR)$(PREFIX)/share/runvm/vmlinux
+	install -D -m 0644 $(GUEST_DIR)/initramfs.img $(DESTDIR)$(PREFIX)/share/runvm/initramfs.img
+	install -D -m 0644 $(GUEST_DIR)/guest.txt $(DESTDIR)$(PREFIX)/share/runvm/guest.txt
+
+# Set up and show a busybox container running under the guest kernel.
+run: deps build guest
+	scripts/demo.sh $(RUNVM)
+
+# Unit tests and the end-to-end tests (real QEMU, guest, virtiofsd, busybox).
+test: deps guest
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+bench: deps build guest
+	python3 scripts/bench.py --runvm $(RUNVM)
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,45 @@
+#!/bin/bash
+# Install what runvm needs on a Debian 12 (bookworm) host: QEMU and the
+# guest kernel come from bookworm-backports, virtiofsd from crates.io, runc
+# and crun as the yardsticks of tests and benchmarks, busybox-static for test
+# rootfs. Idempotent: a second run only checks.
+set -euo pipefail
+
+[ "$(id -u)" = 0 ] || { echo "install-deps: run as root (apt-get, /usr/local)" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'EOT'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOT
+fi
+
+pkgs=(busybox-static runc crun cpio zstd libseccomp-dev libcap-ng-dev pkg-config kmod git python3)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+have_qemu=$(command -v qemu-system-x86_64 || true)
+# guest/build.sh downloads the kernel from backports: apt must know the suite.
+have_bpo=$(apt-cache policy linux-image-cloud-amd64 2>/dev/null | grep -c bpo || true)
+if [ ${#missing[@]} -gt 0 ] || [ -z "$have_qemu" ] || [ "$have_bpo" = 0 ]; then
+    apt-get update -qq
+fi
+if [ -z "$have_qemu" ]; then
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# virtiofsd is not packaged for bookworm; build the released crate.
+virtiofsd=$(command -v virtiofsd || echo /usr/local/bin/virtiofsd)
+if [ ! -x "$virtiofsd" ]; then
+    cargo install --locked --quiet --root /usr/local virtiofsd --version 1.14.0
+    virtiofsd=/usr/local/bin/virtiofsd
+fi
+echo "install-deps: $(qemu-system-x86_64 --version | head -n1), $("$virtiofsd" --version)"

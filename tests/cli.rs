@@ -1,0 +1,259 @@
+//! Errors a user can reach, each with a clear message in runc's words where
+//! runc has them, a non-zero exit, and nothing left behind.
+
+mod common;
+
+use common::*;
+
+fn assert_fails_cleanly(rv: &Runvm, out: &std::process::Output, id: &str, b: &Bundle, want: &str) {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains(want), "{err:?} does not contain {want:?}");
+    assert_no_leaks(rv.root(), id, b.path());
+}
+
+fn create(rv: &Runvm, id: &str, bundle: &std::path::Path) -> std::process::Output {
+    rv.run(&["create", "--bundle", bundle.to_str().unwrap(), id])
+}
+
+#[test]
+fn duplicate_id_is_refused_and_the_first_container_is_untouched() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let id = unique_id("dup");
+    let (_c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    let b2 = Bundle::busybox(&["true"]);
+    let dup = create(&rv, &id, b2.path());
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(text(&dup.stderr).contains("container with given ID already exists"));
+    assert_eq!(rv.status(&id), "created");
+}
+
+#[test]
+fn unknown_ids_do_not_exist() {
+    let rv = Runvm::new();
+    for verb in [
+        &["state"][..],
+        &["start"],
+        &["kill"],
+        &["delete"],
+        &["delete", "--force"],
+    ] {
+        let mut args = verb.to_vec();
+        args.push("no-such-container");
+        let out = rv.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("container does not exist"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn invalid_ids_are_refused_before_anything_is_made() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    let long = "x".repeat(1024);
+    for id in ["../escape", "a/b", "has space", "..", long.as_str()] {
+        let out = create(&rv, id, b.path());
+        assert_eq!(out.status.code(), Some(1), "{id}");
+        assert!(
+            text(&out.stderr).contains("invalid container ID format"),
+            "{id}: {}",
+            text(&out.stderr)
+        );
+        for verb in ["state", "delete", "kill", "start"] {
+            let out = rv.run(&[verb, id]);
+            assert!(
+                text(&out.stderr).contains("invalid container ID format"),
+                "{verb} {id}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read_dir(rv.root()).unwrap().count(), 0);
+    assert!(!rv.root().parent().unwrap().join("escape").exists());
+}
+
+#[test]
+fn missing_bundle() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    let id = unique_id("nobundle");
+    let out = create(&rv, &id, std::path::Path::new("/nonexistent/bundle"));
+    assert_fails_cleanly(&rv, &out, &id, &b, "bundle /nonexistent/bundle");
+}
+
+#[test]
+fn missing_config_json() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    std::fs::remove_file(b.path().join("config.json")).unwrap();
+    let id = unique_id("noconfig");
+    let out = create(&rv, &id, b.path());
+    assert_fails_cleanly(
+        &rv,
+        &out,
+        &id,
+        &b,
+        "JSON specification file config.json not found",
+    );
+}
+
+#[test]
+fn malformed_config_json() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    std::fs::write(b.path().join("config.json"), "{\"ociVersion\": ").unwrap();
+    let id = unique_id("badjson");
+    let out = create(&rv, &id, b.path());
+    assert_fails_cleanly(&rv, &out, &id, &b, "parse ");
+}
+
+#[test]
+fn wrong_types_in_config_json() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    b.edit(|c| c["process"]["args"] = "sh".into());
+    let id = unique_id("wrongtype");
+    let out = create(&rv, &id, b.path());
+    assert_fails_cleanly(&rv, &out, &id, &b, "invalid type");
+}
+
+#[test]
+fn config_without_process() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    b.edit(|c| {
+        c.as_object_mut().unwrap().remove("process");
+    });
+    let id = unique_id("noprocess");
+    let out = create(&rv, &id, b.path());
+    assert_fails_cleanly(&rv, &out, &id, &b, "process property must not be empty");
+}
+
+#[test]
+fn empty_args_and_relative_cwd() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&[]);
+    let id = unique_id("noargs");
+    let out = create(&rv, &id, b.path());
+    assert_fails_cleanly(&rv, &out, &id, &b, "args must not be empty");
+    b.edit(|c| {
+        c["process"]["args"] = serde_json::json!(["true"]);
+        c["process"]["cwd"] = "relative".into();
+    });
+    let out = create(&rv, &id, b.path());
+    assert_fails_cleanly(&rv, &out, &id, &b, "Cwd must be an absolute path");
+}
+
+#[test]
+fn rootfs_missing() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    std::fs::remove_dir_all(b.rootfs()).unwrap();
+    let id = unique_id("norootfs");
+    let out = create(&rv, &id, b.path());
+    assert_fails_cleanly(&rv, &out, &id, &b, "invalid rootfs: stat");
+}
+
+#[test]
+fn a_missing_executable_fails_at_create_and_leaves_no_vm() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["/no/such/binary"]);
+    let id = unique_id("noexe");
+    let out = create(&rv, &id, b.path());
+    assert_fails_cleanly(&rv, &out, &id, &b, "/no/such/binary");
+}
+
+#[test]
+fn pid_file_in_a_missing_directory() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    let id = unique_id("pidfile");
+    let out = rv.run(&[
+        "create",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "--pid-file",
+        "/nonexistent/dir/pid",
+        &id,
+    ]);
+    assert_fails_cleanly(
+        &rv,
+        &out,
+        &id,
+        &b,
+        "pid file directory /nonexistent/dir does not exist",
+    );
+}
+
+#[test]
+fn json_log_ends_with_the_error_for_containerd() {
+    let rv = Runvm::new();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = rv
+        .cmd()
+        .args([
+            "--log",
+            log.path().to_str().unwrap(),
+            "--log-format",
+            "json",
+            "state",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error");
+    assert_eq!(last["msg"], "container does not exist");
+}
+
+#[test]
+fn spec_writes_a_runc_like_config_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(RUNVM)
+        .args(["spec", "--bundle", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["process"]["args"], serde_json::json!(["sh"]));
+    assert_eq!(c["process"]["terminal"], false);
+    assert_eq!(c["root"]["path"], "rootfs");
+    let types: Vec<&str> = c["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    for ns in ["pid", "network", "ipc", "uts", "mount"] {
+        assert!(types.contains(&ns), "{types:?}");
+    }
+    let again = std::process::Command::new(RUNVM)
+        .args(["spec", "--bundle", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("File config.json exists. Remove it first"));
+}
+
+#[test]
+fn version_and_unimplemented_verbs() {
+    let out = std::process::Command::new(RUNVM)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = text(&out.stdout);
+    assert!(v.starts_with("runvm version "), "{v}");
+    assert!(v.contains("\nspec: 1."), "{v}");
+    let rv = Runvm::new();
+    let out = rv.run(&["checkpointt", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is not implemented yet"));
+}

@@ -1,0 +1,332 @@
+//! Harness of the end-to-end tests: they run the real `runvm` binary, which
+//! boots a real QEMU VM with the real guest kernel, agent and virtiofsd, on a
+//! busybox rootfs. Each container is cleaned up by a guard, and the leak check
+//! runs after it, even when the test fails.
+
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const RUNVM: &str = env!("CARGO_BIN_EXE_runvm");
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "true", "false", "uname", "id", "pwd", "hostname", "touch", "ls",
+    "dd", "head", "od", "tr", "wc", "stty", "date", "ps", "env", "grep", "mkdir", "rm", "kill",
+    "yes", "seq", "printf", "test", "nproc", "free", "mount",
+];
+
+static SUBREAPER: Once = Once::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Become the subreaper of the shims we create, as containerd's shim is, so
+/// their exit statuses can be checked.
+fn become_subreaper() {
+    SUBREAPER.call_once(|| {
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+/// A container id unique to this test run.
+pub fn unique_id(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A bundle: a busybox rootfs and the config.json `runvm spec` writes.
+pub struct Bundle {
+    dir: tempfile::TempDir,
+}
+
+impl Bundle {
+    pub fn busybox(args: &[&str]) -> Bundle {
+        let dir = tempfile::Builder::new()
+            .prefix("runvm-test-")
+            .tempdir()
+            .unwrap();
+        let bin = dir.path().join("rootfs/bin");
+        fs::create_dir_all(&bin).unwrap();
+        fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        let out = Command::new(RUNVM)
+            .arg("spec")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "runvm spec: {out:?}");
+        let b = Bundle { dir };
+        b.edit(|c| c["process"]["args"] = serde_json::json!(args));
+        b
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    pub fn config(&self) -> Value {
+        serde_json::from_slice(&fs::read(self.path().join("config.json")).unwrap()).unwrap()
+    }
+
+    pub fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let mut c = self.config();
+        f(&mut c);
+        fs::write(
+            self.path().join("config.json"),
+            serde_json::to_vec_pretty(&c).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// The file a created container's stdout or stderr was sent to.
+    pub fn output(&self, name: &str) -> String {
+        fs::read_to_string(self.path().join(name)).unwrap_or_default()
+    }
+}
+
+/// runvm with a state root of its own.
+pub struct Runvm {
+    root: tempfile::TempDir,
+}
+
+impl Default for Runvm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runvm {
+    pub fn new() -> Runvm {
+        become_subreaper();
+        Runvm {
+            root: tempfile::Builder::new()
+                .prefix("runvm-root-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(RUNVM);
+        c.arg("--root").arg(self.root.path());
+        c
+    }
+
+    /// Run a verb that ends quickly; stdin is empty.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    pub fn state(&self, id: &str) -> Value {
+        let out = self.run(&["state", id]);
+        assert!(out.status.success(), "state {id}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until `state` reports `status`.
+    pub fn wait_status(&self, id: &str, status: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.status(id);
+            if now == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} is still {now}, not {status}, after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `runvm create` with the container's stdout and stderr sent to
+    /// `out.txt` and `err.txt` in the bundle (the shim keeps them open, so
+    /// they cannot be pipes we read to EOF). Returns the guard and output.
+    pub fn create<'a>(&'a self, id: &str, bundle: &Bundle) -> (Container<'a>, Output) {
+        let pid_file = bundle.path().join("shim.pid");
+        let out = self
+            .cmd()
+            .args(["create", "--bundle"])
+            .arg(bundle.path())
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(File::create(bundle.path().join("out.txt")).unwrap())
+            .stderr(File::create(bundle.path().join("err.txt")).unwrap())
+            .output()
+            .unwrap();
+        let shim_pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.parse().ok());
+        (
+            Container {
+                rv: self,
+                id: id.to_string(),
+                shim_pid,
+                bundle: bundle.path().to_path_buf(),
+            },
+            out,
+        )
+    }
+
+    /// A guard for a container created some other way (e.g. `run -d`).
+    pub fn guard<'a>(&'a self, id: &str, bundle: &Bundle) -> Container<'a> {
+        Container {
+            rv: self,
+            id: id.to_string(),
+            shim_pid: None,
+            bundle: bundle.path().to_path_buf(),
+        }
+    }
+}
+
+/// Deletes its container (with --force) when dropped, reaps its shim, and
+/// checks that nothing of it is left.
+pub struct Container<'a> {
+    pub rv: &'a Runvm,
+    pub id: String,
+    pub shim_pid: Option<i32>,
+    bundle: PathBuf,
+}
+
+impl Container<'_> {
+    /// Wait for the shim (our child, as we are its subreaper) and return its
+    /// exit code.
+    pub fn wait_shim(&mut self, timeout: Duration) -> i32 {
+        let pid = self.shim_pid.expect("the pid file named the shim");
+        let code = wait_pid(pid, timeout).unwrap_or_else(|| panic!("shim {pid} still runs"));
+        self.shim_pid = None;
+        code
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self.rv.run(&["delete", "--force", &self.id]);
+        if let Some(pid) = self.shim_pid.take() {
+            let _ = wait_pid(pid, Duration::from_secs(30));
+        }
+        if !std::thread::panicking() {
+            assert_no_leaks(self.rv.root(), &self.id, &self.bundle);
+        }
+    }
+}
+
+/// waitpid with a deadline; the exit code (128+N for signal N).
+pub fn wait_pid(pid: i32, timeout: Duration) -> Option<i32> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Some(128 + sig as i32),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Host processes whose command line mentions `needle`.
+pub fn processes_matching(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Nothing of container `id` remains: no shim, QEMU or virtiofsd process, no
+/// state directory, no mount under the state root or the bundle.
+pub fn assert_no_leaks(root: &Path, id: &str, bundle: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let procs: Vec<_> = processes_matching(id)
+            .into_iter()
+            .chain(processes_matching(&bundle.display().to_string()))
+            .collect();
+        if procs.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of {id} left: {procs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !root.join(id).exists(),
+        "state directory {} left",
+        root.join(id).display()
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for m in mounts.lines() {
+        assert!(
+            !m.contains(&*root.to_string_lossy()) && !m.contains(&*bundle.to_string_lossy()),
+            "mount left: {m}"
+        );
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Run `runvm run` with `input` on its stdin; returns its output.
+pub fn run_with_input(rv: &Runvm, id: &str, bundle: &Bundle, input: &[u8]) -> Output {
+    let mut child = rv
+        .cmd()
+        .args(["run", "--bundle"])
+        .arg(bundle.path())
+        .arg(id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}

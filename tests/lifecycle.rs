@@ -1,0 +1,297 @@
+//! The container lifecycle end to end, each container in its own QEMU VM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+#[test]
+fn run_relays_stdout_and_stderr_separately() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "echo hello; echo oops >&2"]);
+    let id = unique_id("stdio");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(text(&out.stdout), "hello\n");
+    assert_eq!(text(&out.stderr), "oops\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn run_exits_with_the_container_exit_code_and_shows_the_guest_kernel() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "uname -r; exit 3"]);
+    let id = unique_id("exit3");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    let guest_kernel = text(&out.stdout);
+    let host_kernel = nix::sys::utsname::uname().unwrap();
+    assert!(guest_kernel.contains("cloud-amd64"), "{guest_kernel}");
+    assert_ne!(guest_kernel.trim(), host_kernel.release().to_string_lossy());
+    // run deletes the container afterwards, as runc run does.
+    let state = rv.run(&["state", &id]);
+    assert!(!state.status.success());
+}
+
+#[test]
+fn run_relays_stdin_until_eof() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "cat; echo done"]);
+    let id = unique_id("stdin");
+    let _g = rv.guard(&id, &b);
+    let out = run_with_input(&rv, &id, &b, b"line one\nline two\n");
+    assert_eq!(text(&out.stdout), "line one\nline two\ndone\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn create_start_state_and_the_shim_exit_code() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "echo started; sleep 2; echo bye >&2; exit 3"]);
+    let id = unique_id("lifecycle");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    assert!(out.stdout.is_empty(), "create prints nothing");
+
+    // The pid file holds the shim's pid with no trailing newline.
+    let pid_file = std::fs::read_to_string(b.path().join("shim.pid")).unwrap();
+    assert!(!pid_file.ends_with('\n'));
+    let state = rv.state(&id);
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], id.as_str());
+    assert_eq!(state["pid"].as_i64().unwrap().to_string(), pid_file);
+    assert_eq!(state["bundle"], b.path().to_str().unwrap());
+    assert!(state["ociVersion"].as_str().unwrap().starts_with("1."));
+    // Nothing ran yet: held until start, like runc's exec fifo.
+    assert_eq!(b.output("out.txt"), "");
+
+    let start = rv.run(&["start", &id]);
+    assert!(start.status.success(), "start: {}", text(&start.stderr));
+    assert_eq!(rv.status(&id), "running");
+    rv.wait_status(&id, "stopped", Duration::from_secs(30));
+    assert_eq!(rv.state(&id)["pid"], 0);
+    assert_eq!(c.wait_shim(Duration::from_secs(30)), 3);
+    assert_eq!(b.output("out.txt"), "started\n");
+    assert_eq!(b.output("err.txt"), "bye\n");
+
+    let del = rv.run(&["delete", &id]);
+    assert!(del.status.success(), "delete: {}", text(&del.stderr));
+    assert!(!rv.root().join(&id).exists());
+}
+
+#[test]
+fn kill_defaults_to_term_which_a_handler_sees() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 143' TERM; echo ready; while :; do sleep 1; done",
+    ]);
+    let id = unique_id("term");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    assert!(rv.run(&["start", &id]).status.success());
+    // Let the shell install its trap.
+    let deadline = std::time::Instant::now() + BOOT;
+    while b.output("out.txt") != "ready\n" {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kill = rv.run(&["kill", &id]);
+    assert!(kill.status.success(), "kill: {}", text(&kill.stderr));
+    assert_eq!(c.wait_shim(Duration::from_secs(30)), 143);
+    assert_eq!(rv.status(&id), "stopped");
+    assert_eq!(b.output("out.txt"), "ready\ngot TERM\n");
+
+    // Killing a stopped container fails as runc's does; --all does not.
+    let again = rv.run(&["kill", &id, "KILL"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("container not running"));
+    assert!(rv.run(&["kill", "--all", &id, "KILL"]).status.success());
+}
+
+#[test]
+fn kill_by_name_and_number_and_pid1_ignores_unhandled_term() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let id = unique_id("sigkill");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    assert!(rv.run(&["start", &id]).status.success());
+    // sleep is PID 1 of its pid namespace without a TERM handler: as under
+    // runc, TERM does nothing to it.
+    assert!(rv.run(&["kill", &id, "SIGTERM"]).status.success());
+    assert!(rv.run(&["kill", &id, "15"]).status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rv.status(&id), "running");
+
+    let unknown = rv.run(&["kill", &id, "FOO"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    // Printed as runc does: logrus text, quotes escaped.
+    assert!(
+        text(&unknown.stderr).contains(r#"msg="unknown signal \"FOO\"""#),
+        "{}",
+        text(&unknown.stderr)
+    );
+
+    assert!(rv.run(&["kill", &id, "KILL"]).status.success());
+    assert_eq!(c.wait_shim(Duration::from_secs(30)), 137);
+    assert_eq!(rv.status(&id), "stopped");
+}
+
+#[test]
+fn delete_needs_force_for_a_running_container_and_leaves_nothing() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let id = unique_id("delete");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    assert!(rv.run(&["start", &id]).status.success());
+    assert!(
+        !processes_matching(&format!("runvm-{id},")).is_empty(),
+        "QEMU runs"
+    );
+
+    let refused = rv.run(&["delete", &id]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains(&format!(
+            "cannot delete container {id} that is not stopped: running"
+        )),
+        "{}",
+        text(&refused.stderr)
+    );
+    let del = rv.run(&["delete", "--force", &id]);
+    assert!(
+        del.status.success(),
+        "delete --force: {}",
+        text(&del.stderr)
+    );
+    c.wait_shim(Duration::from_secs(30));
+    assert_no_leaks(rv.root(), &id, b.path());
+    assert!(!rv.run(&["state", &id]).status.success());
+}
+
+#[test]
+fn delete_of_a_created_container_kills_it_like_runc() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let id = unique_id("delcreated");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    let del = rv.run(&["delete", &id]);
+    assert!(del.status.success(), "delete: {}", text(&del.stderr));
+    c.wait_shim(Duration::from_secs(30));
+    assert_no_leaks(rv.root(), &id, b.path());
+}
+
+#[test]
+fn the_spec_is_honoured_in_the_guest() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "hostname; id -u; id -g; pwd; echo $GREETING; touch /written-by-guest; \
+         for d in /proc/self /dev/pts /dev/mqueue /sys/kernel; do test -d $d && echo $d; done",
+    ]);
+    b.edit(|c| {
+        c["hostname"] = "guest-host".into();
+        c["process"]["user"] = serde_json::json!({"uid": 1234, "gid": 567});
+        c["process"]["cwd"] = "/tmp".into();
+        c["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push("GREETING=hi there".into());
+        c["root"]["readonly"] = false.into();
+    });
+    std::fs::create_dir(b.rootfs().join("tmp")).unwrap();
+    std::fs::set_permissions(
+        b.rootfs(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let id = unique_id("spec");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "guest-host\n1234\n567\n/tmp\nhi there\n/proc/self\n/dev/pts\n/dev/mqueue\n/sys/kernel\n"
+    );
+    // The rootfs is the bundle's own, shared into the guest by virtio-fs.
+    let meta = std::fs::metadata(b.rootfs().join("written-by-guest")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1234);
+}
+
+#[test]
+fn a_readonly_root_stays_readonly_in_the_guest() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "touch /nope && echo wrote"]);
+    assert_eq!(b.config()["root"]["readonly"], true, "runvm spec default");
+    let id = unique_id("readonly");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("Read-only file system"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!b.rootfs().join("nope").exists());
+}
+
+#[test]
+fn qemu_dying_stops_the_container_and_the_shim_exits_nonzero() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let id = unique_id("vmdeath");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    assert!(rv.run(&["start", &id]).status.success());
+    let qemu = processes_matching(&format!("runvm-{id},"));
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu[0].0),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let code = c.wait_shim(Duration::from_secs(30));
+    assert_ne!(code, 0);
+    assert_eq!(rv.status(&id), "stopped");
+    let del = rv.run(&["delete", &id]);
+    assert!(del.status.success(), "delete: {}", text(&del.stderr));
+}
+
+#[test]
+fn list_shows_containers_in_table_and_json() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let id = unique_id("list");
+    let (c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    let table = rv.run(&["list"]);
+    let table = text(&table.stdout);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[0], id);
+    assert_eq!(row[1], c.shim_pid.unwrap().to_string());
+    assert_eq!(row[2], "created");
+    assert_eq!(row[3], b.path().to_str().unwrap());
+    assert_eq!(row[5], "root");
+
+    let json = rv.run(&["list", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v[0]["id"], id.as_str());
+    assert_eq!(v[0]["status"], "created");
+    let quiet = rv.run(&["list", "-q"]);
+    assert_eq!(text(&quiet.stdout), format!("{id}\n"));
+}
