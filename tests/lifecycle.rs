@@ -196,7 +196,8 @@ fn the_spec_is_honoured_in_the_guest() {
         "sh",
         "-c",
         "hostname; id -u; id -g; pwd; echo $GREETING; touch /written-by-guest; \
-         for d in /proc/self /dev/pts /dev/mqueue /sys/kernel; do test -d $d && echo $d; done",
+         for d in /proc/self /dev/pts /dev/mqueue /sys/kernel; do test -d $d && echo $d; done; \
+         cat /sys/class/net/lo/operstate",
     ]);
     b.edit(|c| {
         c["hostname"] = "guest-host".into();
@@ -220,7 +221,8 @@ fn the_spec_is_honoured_in_the_guest() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "guest-host\n1234\n567\n/tmp\nhi there\n/proc/self\n/dev/pts\n/dev/mqueue\n/sys/kernel\n"
+        "guest-host\n1234\n567\n/tmp\nhi there\n/proc/self\n/dev/pts\n/dev/mqueue\n/sys/kernel\n\
+         unknown\n"
     );
     // The rootfs is the bundle's own, shared into the guest by virtio-fs.
     let meta = std::fs::metadata(b.rootfs().join("written-by-guest")).unwrap();

@@ -119,6 +119,37 @@ fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> 
         .build()
         .map_err(|e| anyhow::anyhow!(e))?;
     let pid = container.pid().context("youki reported no pid")?;
+    loopback_up(pid.as_raw()).context("bring up the container's loopback")?;
     println!("{pid}");
+    Ok(())
+}
+
+/// runc brings up `lo` in a container's network namespace; youki does not.
+fn loopback_up(pid: i32) -> Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    // SAFETY: a plain socket(2) call; the result is checked and owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: socket(2) returned a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
     Ok(())
 }

@@ -255,6 +255,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_defaults_are_the_real_ones() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of the block");
+        let documented: Config = toml::from_str(&doc[start..end]).unwrap();
+        assert_eq!(documented, Config::default());
+    }
+
+    #[test]
     fn empty_file_gives_the_defaults() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("config.toml");
