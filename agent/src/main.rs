@@ -9,12 +9,15 @@
 //!
 //! The same binary is that helper: `runvm-agent __youki <verb> ...`.
 
+mod cgroup;
+mod containers;
 mod executor;
+mod fdio;
 mod init;
-mod port;
 mod process;
 mod reaper;
 mod server;
+mod tty;
 mod youki_helper;
 
 use std::process::ExitCode;

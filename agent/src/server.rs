@@ -10,11 +10,11 @@ use runvm_protocol::{
     Response, StreamKind, AGENT_PORT_NAME, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::pipe;
 use tokio_yamux::{Config, Session, StreamHandle};
 
-use crate::port::{self, Port};
-use crate::process::{Agent, Stdio3};
+use crate::containers::Agent;
+use crate::fdio::{self, FdIo};
+use crate::process::Stdio3;
 
 pub fn yamux_config() -> Config {
     Config {
@@ -34,8 +34,8 @@ pub async fn serve() -> Result<()> {
             eprintln!("runvm-agent: reaper: {e:#}");
         }
     });
-    let path = port::find(AGENT_PORT_NAME).await?;
-    let port = Port::open(&path)?;
+    let path = fdio::find_port(AGENT_PORT_NAME).await?;
+    let port = FdIo::open(&path)?;
     // A session ends when the host side disconnects (reads return EOF while no
     // host is connected); containers keep running, and a new session starts
     // when the host comes back.
@@ -106,29 +106,56 @@ async fn handle_request(agent: &Agent, req: Request) -> Response {
             signal,
             all,
         } => agent.signal(&process, signal, all).map(|()| Reply::Done),
+        Request::Exec(exec) => agent.exec(exec).await.map(|pid| Reply::Created { pid }),
+        Request::ResizeTty {
+            process,
+            rows,
+            cols,
+        } => agent.resize(&process, rows, cols).map(|()| Reply::Done),
+        Request::Pause { container_id } => blocking(agent, move |a| {
+            a.freeze(&container_id, true).map(|()| Reply::Done)
+        }),
+        Request::Resume { container_id } => blocking(agent, move |a| {
+            a.freeze(&container_id, false).map(|()| Reply::Done)
+        }),
+        Request::Stats { container_id } => agent.stats(&container_id).map(Reply::Stats),
+        Request::Update {
+            container_id,
+            resources,
+        } => agent
+            .update(&container_id, &resources)
+            .map(|()| Reply::Done),
+        Request::ListProcesses { container_id } => {
+            agent.processes(&container_id).map(Reply::Processes)
+        }
     }
 }
 
+/// Run a short blocking call (it waits on the kernel) off the async threads.
+fn blocking(agent: &Agent, f: impl FnOnce(&Agent) -> Response) -> Response {
+    tokio::task::block_in_place(|| f(agent))
+}
+
 async fn relay_stdin(agent: &Agent, p: &ProcessRef, mut stream: StreamHandle) {
-    let Some(fd) = agent
+    let fd = agent
         .process(p)
         .ok()
-        .and_then(|proc_| proc_.take(Stdio3::Stdin))
-    else {
-        let _ = stream.shutdown().await;
-        return;
-    };
-    let Ok(mut tx) = pipe::Sender::from_owned_fd(fd) else {
-        return;
-    };
-    let _ = tokio::io::copy(&mut stream, &mut tx).await;
-    // Dropping the pipe's write end gives the process EOF on stdin.
+        .and_then(|proc_| proc_.take(Stdio3::Stdin));
+    match fd.map(FdIo::new) {
+        Some(Ok(mut to)) => {
+            let _ = tokio::io::copy(&mut stream, &mut to).await;
+            // Dropping our end of a pipe gives the process EOF on stdin.
+        }
+        _ => {
+            let _ = stream.shutdown().await;
+        }
+    }
 }
 
 async fn relay_output(agent: &Agent, p: &ProcessRef, which: Stdio3, mut stream: StreamHandle) {
     let fd = agent.process(p).ok().and_then(|proc_| proc_.take(which));
-    if let Some(Ok(mut rx)) = fd.map(pipe::Receiver::from_owned_fd) {
-        let _ = tokio::io::copy(&mut rx, &mut stream).await;
+    if let Some(Ok(mut from)) = fd.map(FdIo::new) {
+        let _ = tokio::io::copy(&mut from, &mut stream).await;
     }
     let _ = stream.shutdown().await;
 }

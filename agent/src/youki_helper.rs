@@ -81,6 +81,11 @@ fn run(args: &[String]) -> Result<()> {
             &required(args, "--bundle")?,
             flag(args, "--console-socket"),
         ),
+        "exec" => exec(
+            &id,
+            &required(args, "--process")?,
+            flag(args, "--console-socket"),
+        ),
         "start" => {
             let mut container = Container::load(PathBuf::from(YOUKI_ROOT).join(&id))
                 .context("load the container")?;
@@ -91,14 +96,15 @@ fn run(args: &[String]) -> Result<()> {
     }
 }
 
-fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> {
+/// A builder with the process's stdio: the console socket, or fds 3-5.
+fn builder(id: &str, console_socket: Option<&str>) -> Result<ContainerBuilder> {
     let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(YOUKI_ROOT)
         .context("youki root")?
-        .with_console_socket(console_socket.as_deref())
+        .with_console_socket(console_socket)
         .with_executor(crate::executor::RuncWords);
     if console_socket.is_none() {
-        // SAFETY: the agent passes the container's stdio as fds 3, 4 and 5 and
+        // SAFETY: the agent passes the process's stdio as fds 3, 4 and 5 and
         // nothing else in this process uses them.
         let (stdin, stdout, stderr) = unsafe {
             (
@@ -112,7 +118,22 @@ fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> 
             .with_stdout(stdout)
             .with_stderr(stderr);
     }
-    let container = builder
+    Ok(builder)
+}
+
+fn exec(id: &str, process: &str, console_socket: Option<String>) -> Result<()> {
+    let pid = builder(id, console_socket.as_deref())?
+        .as_tenant()
+        .with_process(Some(process))
+        .with_detach(true)
+        .build()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!("{pid}");
+    Ok(())
+}
+
+fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> {
+    let container = builder(id, console_socket.as_deref())?
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)

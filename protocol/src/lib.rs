@@ -22,7 +22,7 @@ pub const AGENT_PORT_NAME: &str = "agent.0";
 /// virtio-fs tag under which the container's rootfs is shared.
 pub const ROOTFS_TAG: &str = "rootfs";
 /// Bumped whenever a change to these types breaks compatibility.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Which process of a container a stream or request is about.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,6 +49,7 @@ pub enum StreamKind {
     /// Host → guest bytes for the process's stdin (or its terminal); EOF closes it.
     Stdin(ProcessRef),
     /// Guest → host bytes of the process's stdout (or its terminal output).
+    /// A terminal has no separate stderr: its Stderr stream ends at once.
     Stdout(ProcessRef),
     /// Guest → host bytes of the process's stderr.
     Stderr(ProcessRef),
@@ -69,6 +70,80 @@ pub enum Request {
         /// Signal every process of the container, not only the one named.
         all: bool,
     },
+    /// Start another process in the container; answered with `Created`.
+    Exec(ExecProcess),
+    /// Set the window size of a process's terminal.
+    ResizeTty {
+        process: ProcessRef,
+        rows: u16,
+        cols: u16,
+    },
+    /// Freeze the container's cgroup.
+    Pause {
+        container_id: String,
+    },
+    Resume {
+        container_id: String,
+    },
+    /// Answered with `Stats`.
+    Stats {
+        container_id: String,
+    },
+    /// New limits for the container's cgroup: an OCI `linux.resources` object.
+    Update {
+        container_id: String,
+        resources: serde_json::Value,
+    },
+    /// Answered with `Processes`.
+    ListProcesses {
+        container_id: String,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ExecProcess {
+    pub container_id: String,
+    pub exec_id: String,
+    /// An OCI `process` object; `terminal` asks for a pty.
+    pub process: serde_json::Value,
+}
+
+/// Readings of a container's cgroup (v2) in the guest.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct CgroupStats {
+    pub cpu_usage_usec: u64,
+    pub cpu_user_usec: u64,
+    pub cpu_system_usec: u64,
+    pub cpu_nr_periods: u64,
+    pub cpu_nr_throttled: u64,
+    pub cpu_throttled_usec: u64,
+    pub memory_current: u64,
+    /// `None` is "max".
+    pub memory_max: Option<u64>,
+    pub memory_peak: u64,
+    pub memory_swap_current: u64,
+    pub memory_swap_max: Option<u64>,
+    pub memory_oom_kill: u64,
+    /// memory.stat, key by key.
+    pub memory_stat: std::collections::BTreeMap<String, u64>,
+    pub pids_current: u64,
+    pub pids_max: Option<u64>,
+    /// CPUs the VM has.
+    pub online_cpus: u32,
+}
+
+/// One process of a container, as the guest's /proc shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GuestProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// When it started, in seconds since the epoch by the guest's clock.
+    pub start_time: u64,
+    /// User plus system CPU time, in seconds.
+    pub cpu_secs: u64,
+    pub tty: Option<String>,
+    pub cmdline: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -82,11 +157,14 @@ pub struct CreateContainer {
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub enum Reply {
     Pong(AgentInfo),
-    /// The container process exists (held before its user code until start).
+    /// The process exists (a container's init is held before its user code
+    /// until start).
     Created {
         pid: i32,
     },
     Done,
+    Stats(CgroupStats),
+    Processes(Vec<GuestProcess>),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -1,23 +1,25 @@
-//! The agent's virtio-serial port as a tokio byte stream.
+//! File descriptors as tokio byte streams: the agent's virtio-serial port,
+//! and the pipes and pty masters of container processes.
 
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use nix::fcntl::{open, OFlag};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
 use nix::sys::stat::Mode;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Find /dev/vportNpM whose name is `name`. The number depends on device
 /// order, so look it up by name; wait for the device to show up.
-pub async fn find(name: &str) -> Result<PathBuf> {
+pub async fn find_port(name: &str) -> Result<PathBuf> {
     loop {
         if let Ok(dir) = fs::read_dir("/sys/class/virtio-ports") {
             for entry in dir.flatten() {
@@ -34,15 +36,16 @@ pub async fn find(name: &str) -> Result<PathBuf> {
     }
 }
 
-/// A shareable handle to the open port. Every yamux session gets a clone; the
-/// port stays open across sessions.
+/// A non-blocking descriptor driven by tokio. Clones share the descriptor:
+/// the port outlives each yamux session that uses it.
 #[derive(Clone)]
-pub struct Port {
+pub struct FdIo {
     fd: Arc<AsyncFd<OwnedFd>>,
 }
 
-impl Port {
-    pub fn open(path: &std::path::Path) -> Result<Self> {
+impl FdIo {
+    /// Open the agent's port.
+    pub fn open(path: &Path) -> Result<Self> {
         let raw = open(
             path,
             OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
@@ -51,15 +54,24 @@ impl Port {
         .with_context(|| format!("open {}", path.display()))?;
         // SAFETY: `open` just returned this descriptor and nothing else owns it.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        // SAFETY: the OwnedFd is moved into the AsyncFd, so the descriptor stays
-        // open and the same for the AsyncFd's whole life.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .map_err(|e| anyhow::anyhow!("register the port with tokio: {}", e.into_parts().1))?;
-        Ok(Port { fd: Arc::new(fd) })
+        Ok(Self::new(fd)?)
+    }
+
+    /// Wrap a pipe end or pty master (made non-blocking here).
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?;
+        fcntl(
+            fd.as_raw_fd(),
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        )?;
+        // SAFETY: the OwnedFd is moved into the AsyncFd, so the descriptor
+        // stays open and the same for the AsyncFd's whole life.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        Ok(FdIo { fd: Arc::new(fd) })
     }
 }
 
-impl AsyncRead for Port {
+impl AsyncRead for FdIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -75,6 +87,11 @@ impl AsyncRead for Port {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
+                // A pty master reads EIO once the last slave is closed: that
+                // is the terminal's end of file.
+                Ok(Err(e)) if e.raw_os_error() == Some(Errno::EIO as i32) => {
+                    return Poll::Ready(Ok(()))
+                }
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
                 Err(_would_block) => continue,
             }
@@ -82,7 +99,7 @@ impl AsyncRead for Port {
     }
 }
 
-impl AsyncWrite for Port {
+impl AsyncWrite for FdIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,0 +1,412 @@
+//! The containers the agent runs, and what the host can ask of them.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use runvm_protocol::{
+    AgentError, CgroupStats, CreateContainer, ExecProcess, GuestProcess, ProcessRef, ROOTFS_TAG,
+};
+use serde_json::Value;
+
+use crate::cgroup::{self, Cgroup};
+use crate::process::{
+    drain_pipe, fail, pipes_stdio, run_helper, stdio_pipes, AgentResult, Proc, ProcStdio,
+};
+use crate::reaper::Reaper;
+use crate::tty::ConsoleSocket;
+use crate::youki_helper::YOUKI_ROOT;
+
+const BUNDLES_DIR: &str = "/run/runvm/bundles";
+const ROOTFS_DIR: &str = "/run/runvm/rootfs";
+const EXEC_DIR: &str = "/run/runvm/exec";
+/// Every container's cgroup lives under this guest cgroup.
+const CGROUP_PARENT: &str = "/runvm";
+/// How long to wait for the rootfs share to show up (it may be hotplugged).
+const SHARE_WAIT: Duration = Duration::from_secs(20);
+
+static NEXT_EXEC_FILE: AtomicUsize = AtomicUsize::new(0);
+
+struct Container {
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+    cgroup: Cgroup,
+    /// Serializes start and exec, which both look at youki's state.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+pub struct Agent {
+    pub reaper: Reaper,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+fn is_terminal(process: Option<&Value>) -> bool {
+    process
+        .and_then(|p| p.get("terminal"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// How a new process gets its stdio: pipes passed as fds 3-5, or a console
+/// socket youki sends the pty master to.
+enum NewStdio {
+    Pipes(crate::process::StdioPipes),
+    Tty(ConsoleSocket),
+}
+
+impl NewStdio {
+    fn new(terminal: bool) -> AgentResult<Self> {
+        if terminal {
+            Ok(NewStdio::Tty(
+                ConsoleSocket::bind().map_err(|e| fail("console socket", e))?,
+            ))
+        } else {
+            Ok(NewStdio::Pipes(stdio_pipes()?))
+        }
+    }
+
+    fn helper_args(&self) -> Vec<String> {
+        match self {
+            NewStdio::Tty(c) => vec!["--console-socket".into(), c.path.to_string_lossy().into()],
+            NewStdio::Pipes(_) => Vec::new(),
+        }
+    }
+
+    fn child_fds(&self) -> &[OwnedFd] {
+        match self {
+            NewStdio::Pipes(p) => &p.child,
+            NewStdio::Tty(_) => &[],
+        }
+    }
+
+    /// After a failed helper: what the process said on stderr, if anything.
+    fn said(&self) -> String {
+        match self {
+            NewStdio::Pipes(p) => drain_pipe(&p.ours[2]),
+            NewStdio::Tty(_) => String::new(),
+        }
+    }
+
+    /// After the helper succeeded: the agent's ends.
+    async fn finish(self) -> AgentResult<ProcStdio> {
+        match self {
+            NewStdio::Pipes(p) => {
+                drop(p.child);
+                Ok(pipes_stdio(p.ours))
+            }
+            NewStdio::Tty(c) => {
+                let master = c.receive().await.map_err(AgentError::new)?;
+                Ok(ProcStdio::Tty {
+                    master,
+                    taken: Mutex::new((false, false)),
+                })
+            }
+        }
+    }
+}
+
+impl Agent {
+    fn container(&self, id: &str) -> AgentResult<Arc<Container>> {
+        let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::new(format!("container {id} does not exist in the guest")))
+    }
+
+    pub fn process(&self, p: &ProcessRef) -> AgentResult<Arc<Proc>> {
+        let c = self.container(&p.container_id)?;
+        match &p.exec_id {
+            None => Ok(c.init.clone()),
+            Some(exec) => c
+                .execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(exec)
+                .cloned()
+                .ok_or_else(|| AgentError::new(format!("no exec process {exec}"))),
+        }
+    }
+
+    pub async fn create_container(&self, req: CreateContainer) -> AgentResult<i32> {
+        let id = req.container_id.clone();
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return Err(AgentError::new(format!("invalid container id {id:?}")));
+        }
+        if self.container(&id).is_ok() {
+            return Err(AgentError::new(format!(
+                "container {id} already exists in the guest"
+            )));
+        }
+        let rootfs = Path::new(ROOTFS_DIR).join(&id);
+        fs::create_dir_all(&rootfs).map_err(|e| fail("create the rootfs mountpoint", e))?;
+        // Mounted read-write even for root.readonly: youki creates missing
+        // mountpoints in the rootfs (as runc does), then makes it read-only.
+        mount_share(ROOTFS_TAG, &rootfs).await?;
+
+        let bundle = Path::new(BUNDLES_DIR).join(&id);
+        fs::create_dir_all(&bundle).map_err(|e| fail("create the bundle", e))?;
+        let cgroup = format!("{CGROUP_PARENT}/{id}");
+        let spec = guest_spec(req.spec, &rootfs, &cgroup)?;
+        let stdio = NewStdio::new(is_terminal(spec.get("process")))?;
+        fs::write(bundle.join("config.json"), spec.to_string())
+            .map_err(|e| fail("write config.json", e))?;
+
+        let bundle_s = bundle.to_string_lossy().into_owned();
+        let mut args = vec!["create", "--id", &id, "--bundle", &bundle_s];
+        let extra = stdio.helper_args();
+        args.extend(extra.iter().map(String::as_str));
+        let out = run_helper(&self.reaper, &args, stdio.child_fds()).await?;
+        if !out.ok() {
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            return Err(AgentError::new(with_said(out.error(), &stdio.said())));
+        }
+        let pid = out.pid()?;
+        let exit = self.reaper.watch(pid);
+        let init = Arc::new(Proc::new(pid, stdio.finish().await?, exit));
+        let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        containers.insert(
+            id,
+            Arc::new(Container {
+                init,
+                execs: Mutex::new(HashMap::new()),
+                cgroup: Cgroup::new(
+                    Path::new("/sys/fs/cgroup").join(cgroup.trim_start_matches('/')),
+                ),
+                lifecycle: tokio::sync::Mutex::new(()),
+            }),
+        );
+        Ok(pid)
+    }
+
+    pub async fn start_container(&self, id: &str) -> AgentResult<()> {
+        let c = self.container(id)?;
+        let _serial = c.lifecycle.lock().await;
+        if c.init.exited() {
+            return Err(AgentError::new("cannot start a container that has stopped"));
+        }
+        let out = run_helper(&self.reaper, &["start", "--id", id], &[]).await?;
+        if !out.ok() {
+            return Err(AgentError::new(out.error()));
+        }
+        Ok(())
+    }
+
+    pub async fn exec(&self, req: ExecProcess) -> AgentResult<i32> {
+        let c = self.container(&req.container_id)?;
+        let _serial = c.lifecycle.lock().await;
+        if c.init.exited() {
+            return Err(AgentError::new("cannot exec in a stopped container"));
+        }
+        let taken = c
+            .execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&req.exec_id);
+        if taken {
+            return Err(AgentError::new(format!(
+                "exec id {} is already in use",
+                req.exec_id
+            )));
+        }
+        fs::create_dir_all(EXEC_DIR).map_err(|e| fail("create the exec directory", e))?;
+        let file = PathBuf::from(format!(
+            "{EXEC_DIR}/{}.json",
+            NEXT_EXEC_FILE.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::write(&file, req.process.to_string()).map_err(|e| fail("write process.json", e))?;
+        let stdio = NewStdio::new(is_terminal(Some(&req.process)))?;
+        let file_s = file.to_string_lossy().into_owned();
+        let mut args = vec!["exec", "--id", &req.container_id, "--process", &file_s];
+        let extra = stdio.helper_args();
+        args.extend(extra.iter().map(String::as_str));
+        // runc allows exec into a created container; youki only into a
+        // running one. Its init is already in its namespaces and cgroup, so
+        // tell youki it runs for the time of the exec.
+        let created = YoukiState::mark_running(&req.container_id);
+        let out = run_helper(&self.reaper, &args, stdio.child_fds()).await;
+        if let Some(state) = created {
+            state.restore();
+        }
+        let _ = fs::remove_file(&file);
+        let out = out?;
+        if !out.ok() {
+            return Err(AgentError::new(with_said(out.error(), &stdio.said())));
+        }
+        let pid = out.pid()?;
+        let exit = self.reaper.watch(pid);
+        let proc_ = Arc::new(Proc::new(pid, stdio.finish().await?, exit));
+        c.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req.exec_id, proc_);
+        Ok(pid)
+    }
+
+    pub fn signal(&self, p: &ProcessRef, signal: i32, all: bool) -> AgentResult<()> {
+        let sig = Signal::try_from(signal).map_err(|e| fail("invalid signal", e))?;
+        if all && p.exec_id.is_none() {
+            let c = self.container(&p.container_id)?;
+            for pid in c.cgroup.pids() {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
+            return Ok(());
+        }
+        let proc_ = self.process(p)?;
+        if proc_.exited() {
+            return Err(AgentError::new(if p.exec_id.is_none() {
+                "container not running"
+            } else {
+                "process already finished"
+            }));
+        }
+        kill(Pid::from_raw(proc_.pid), sig).map_err(|e| fail("kill", e))
+    }
+
+    pub fn resize(&self, p: &ProcessRef, rows: u16, cols: u16) -> AgentResult<()> {
+        self.process(p)?.resize(rows, cols)
+    }
+
+    pub fn freeze(&self, id: &str, frozen: bool) -> AgentResult<()> {
+        self.container(id)?
+            .cgroup
+            .freeze(frozen)
+            .map_err(AgentError::new)
+    }
+
+    pub fn stats(&self, id: &str) -> AgentResult<CgroupStats> {
+        Ok(self.container(id)?.cgroup.stats())
+    }
+
+    pub fn update(&self, id: &str, resources: &Value) -> AgentResult<()> {
+        self.container(id)?
+            .cgroup
+            .update(resources)
+            .map_err(AgentError::new)
+    }
+
+    pub fn processes(&self, id: &str) -> AgentResult<Vec<GuestProcess>> {
+        Ok(cgroup::describe(&self.container(id)?.cgroup.pids()))
+    }
+}
+
+fn with_said(mut msg: String, said: &str) -> String {
+    // The process may have said more on its stderr before it died (a panic).
+    if !said.trim().is_empty() {
+        msg.push_str(": ");
+        msg.push_str(said.trim());
+    }
+    msg
+}
+
+/// youki's state.json for one container, edited for the time of an exec.
+struct YoukiState {
+    path: PathBuf,
+    original: String,
+}
+
+impl YoukiState {
+    /// If youki records the container as created, record it as running and
+    /// return what to restore.
+    fn mark_running(id: &str) -> Option<Self> {
+        let path = Path::new(YOUKI_ROOT).join(id).join("state.json");
+        let original = fs::read_to_string(&path).ok()?;
+        let mut state: Value = serde_json::from_str(&original).ok()?;
+        if state.get("status")?.as_str()? != "created" {
+            return None;
+        }
+        state["status"] = Value::String("running".into());
+        fs::write(&path, state.to_string()).ok()?;
+        Some(YoukiState { path, original })
+    }
+
+    fn restore(self) {
+        let _ = fs::write(&self.path, self.original);
+    }
+}
+
+/// Mount the virtio-fs share `tag` at `target`, waiting for the device.
+async fn mount_share(tag: &str, target: &Path) -> AgentResult<()> {
+    let deadline = tokio::time::Instant::now() + SHARE_WAIT;
+    loop {
+        match mount(
+            Some(tag),
+            target,
+            Some("virtiofs"),
+            MsFlags::MS_NODEV,
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(fail(&format!("mount virtio-fs share {tag}"), e))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Adapt the host's spec to the guest: the rootfs is the share's mountpoint,
+/// the cgroup is ours to place, and host-side references (namespace paths,
+/// hooks that name host binaries) mean nothing in the VM.
+fn guest_spec(mut spec: Value, rootfs: &Path, cgroup: &str) -> AgentResult<Value> {
+    let obj = spec
+        .as_object_mut()
+        .ok_or_else(|| AgentError::new("config.json is not a JSON object"))?;
+    let root = obj
+        .entry("root")
+        .or_insert_with(|| Value::Object(Default::default()));
+    root["path"] = Value::String(rootfs.to_string_lossy().into_owned());
+    obj.remove("hooks");
+    let linux = obj
+        .entry("linux")
+        .or_insert_with(|| Value::Object(Default::default()));
+    linux["cgroupsPath"] = Value::String(cgroup.to_string());
+    if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+        for ns in namespaces.iter_mut() {
+            if let Some(ns) = ns.as_object_mut() {
+                ns.remove("path");
+            }
+        }
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn guest_spec_points_at_the_share_and_drops_host_references() {
+        let spec = json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "/host/bundle/rootfs", "readonly": true},
+            "hooks": {"prestart": [{"path": "/usr/bin/host-hook"}]},
+            "linux": {
+                "cgroupsPath": "system.slice:libpod:abc",
+                "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]
+            }
+        });
+        let out = guest_spec(spec, Path::new("/run/runvm/rootfs/c1"), "/runvm/c1").unwrap();
+        assert_eq!(out["root"]["path"], "/run/runvm/rootfs/c1");
+        assert_eq!(out["root"]["readonly"], true);
+        assert!(out.get("hooks").is_none());
+        assert_eq!(out["linux"]["cgroupsPath"], "/runvm/c1");
+        assert_eq!(out["linux"]["namespaces"][1], json!({"type": "network"}));
+    }
+
+    #[test]
+    fn terminal_comes_from_the_process() {
+        assert!(is_terminal(Some(&json!({"terminal": true}))));
+        assert!(!is_terminal(Some(&json!({"args": ["sh"]}))));
+        assert!(!is_terminal(None));
+    }
+}
