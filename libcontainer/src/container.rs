@@ -18,12 +18,14 @@ use serde::Serialize;
 use slog::{debug, warn, Logger};
 
 use crate::config::{Config, ConfigError};
+use crate::exec::ExecOptions;
 use crate::id::{validate_id, IdError};
-use crate::shim::control::{self, ControlError, ShimRequest};
+use crate::shim::control::{self, ControlError, ShimReply, ShimRequest};
 use crate::shim::Ready;
 use crate::spec::{Bundle, SpecError};
 use crate::state::{write_atomic, State, StateError, StateStore, SPEC_FILE};
 use crate::status::ContainerStatus;
+use runvm_protocol::{CgroupStats, GuestProcess};
 
 /// The hidden command-line verb that runs the shim.
 pub const SHIM_VERB: &str = "__shim";
@@ -52,8 +54,23 @@ pub enum ContainerError {
     DeleteNotStopped { id: String, status: ContainerStatus },
     #[error("cannot allocate tty if runvm will detach without setting console socket")]
     TerminalWithoutConsole,
-    #[error("terminals (process.terminal) are not supported yet")]
-    TerminalUnsupported,
+    #[error(transparent)]
+    Terminal(#[from] crate::terminal::TerminalError),
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
+    #[error("cannot exec in a stopped container")]
+    ExecStopped,
+    #[error("cannot exec in a paused container (use --ignore-paused to override)")]
+    ExecPaused,
+    #[error("container not paused")]
+    NotPaused,
+    #[error("read {path}")]
+    ReadSpec {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unexpected answer from the shim: {0}")]
+    Unexpected(String),
     #[error("pid file directory {path} does not exist")]
     PidFileDir { path: PathBuf },
     #[error("write pid file")]
@@ -67,7 +84,7 @@ pub enum ContainerError {
     ShimVanished { log: PathBuf },
     #[error("the shim did not answer within {0:?}")]
     ShimTimeout(Duration),
-    #[error("the shim")]
+    #[error(transparent)]
     Control(#[from] ControlError),
     #[error("wait for the container")]
     Wait(#[source] nix::Error),
@@ -145,11 +162,11 @@ impl Runtime {
     fn create_with(&self, opts: &CreateOptions, detach: bool) -> Result<Pid, ContainerError> {
         validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
-        if bundle.terminal() {
-            if opts.console_socket.is_none() && detach {
-                return Err(ContainerError::TerminalWithoutConsole);
-            }
-            return Err(ContainerError::TerminalUnsupported);
+        if bundle.terminal() && opts.console_socket.is_none() && detach {
+            return Err(ContainerError::TerminalWithoutConsole);
+        }
+        if let Some(path) = &opts.console_socket {
+            crate::terminal::check_console_socket(path)?;
         }
         if let Some(pid_file) = &opts.pid_file {
             let parent = pid_file.parent().filter(|p| !p.as_os_str().is_empty());
@@ -198,7 +215,12 @@ impl Runtime {
             terminal: bundle.terminal(),
         };
         self.store.save(&state)?;
-        let (shim_pid, ready) = self.spawn_shim(&opts.id, &opts.shim_args, detach)?;
+        let mut shim_args = opts.shim_args.clone();
+        if let Some(console) = &opts.console_socket {
+            shim_args.push("--console-socket".into());
+            shim_args.push(console.clone().into_os_string());
+        }
+        let (shim_pid, ready) = self.spawn_shim(&opts.id, &shim_args, detach)?;
         let timeout = self.config.timeouts.boot() + self.config.timeouts.request() * 2;
         match read_ready(ready, timeout)? {
             Some(Ready::Created { shim_pid: reported }) => {
@@ -234,8 +256,14 @@ impl Runtime {
         let mut argv: Vec<CString> = vec![cstr(exe.as_os_str().as_bytes())];
         argv.push(cstr(b"--root"));
         argv.push(cstr(self.store.root().as_os_str().as_bytes()));
-        argv.extend(shim_args.iter().map(|a| cstr(a.as_bytes())));
+        // Global flags go before the verb, the verb's own after it.
+        let verb_at = shim_args
+            .iter()
+            .position(|a| a == "--console-socket")
+            .unwrap_or(shim_args.len());
+        argv.extend(shim_args[..verb_at].iter().map(|a| cstr(a.as_bytes())));
         argv.push(cstr(SHIM_VERB.as_bytes()));
+        argv.extend(shim_args[verb_at..].iter().map(|a| cstr(a.as_bytes())));
         argv.push(cstr(b"--ready-fd"));
         argv.push(cstr(w.as_raw_fd().to_string().as_bytes()));
         argv.push(cstr(id.as_bytes()));
@@ -402,6 +430,14 @@ impl Runtime {
         }
         mask.add(Signal::SIGCHLD);
         mask.thread_block().map_err(ContainerError::Wait)?;
+        // With a terminal and no console socket the container uses our own
+        // terminal, raw while it runs, as under runc.
+        let _raw = match Bundle::load(&opts.bundle) {
+            Ok(b) if b.terminal() && opts.console_socket.is_none() => {
+                crate::terminal::RawMode::enter(std::io::stdin().as_fd())
+            }
+            _ => None,
+        };
         let shim = self.create_with(opts, false)?;
         if let Err(e) = self.start(&opts.id) {
             let _ = self.delete(&opts.id, true);
@@ -426,6 +462,112 @@ impl Runtime {
             self.delete(&opts.id, true)?;
         }
         Ok(code)
+    }
+}
+
+impl Runtime {
+    fn live(&self, id: &str) -> Result<State, ContainerError> {
+        let state = self.load(id)?;
+        if state.refreshed_status() == ContainerStatus::Stopped {
+            return Err(ContainerError::NotRunning);
+        }
+        Ok(state)
+    }
+
+    /// Ask a live container's shim.
+    fn ask(&self, id: &str, req: &ShimRequest) -> Result<ShimReply, ContainerError> {
+        match control::call(&self.store.dir(id), req, self.config.timeouts.request()) {
+            Ok(reply) => Ok(reply),
+            Err(e) if e.shim_gone() => Err(ContainerError::NotRunning),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Run a process in the container. In the foreground, returns its exit
+    /// code; detached, returns once it runs (0).
+    pub fn exec(&self, opts: &ExecOptions) -> Result<i32, ContainerError> {
+        let state = self.load(&opts.id)?;
+        match state.refreshed_status() {
+            ContainerStatus::Stopped | ContainerStatus::Creating => {
+                return Err(ContainerError::ExecStopped)
+            }
+            ContainerStatus::Paused if !opts.ignore_paused => {
+                return Err(ContainerError::ExecPaused)
+            }
+            _ => {}
+        }
+        let dir = self.store.dir(&opts.id);
+        let spec_path = dir.join(SPEC_FILE);
+        let spec: serde_json::Value = std::fs::read(&spec_path)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .ok_or_else(|| ContainerError::ReadSpec {
+                path: spec_path.clone(),
+                source: std::io::ErrorKind::InvalidData.into(),
+            })?;
+        let process = crate::exec::build_process(opts, &spec["process"])?;
+        let result = if opts.detach {
+            crate::exec::run_detached(
+                &dir,
+                &process,
+                opts.console_socket.as_deref(),
+                opts.pid_file.as_deref(),
+            )
+            .map(|_| 0)
+        } else {
+            crate::exec::run_attached(&dir, &process, opts.console_socket.as_deref())
+        };
+        result.map_err(|e| match e {
+            crate::exec::ExecError::Control(c) if c.shim_gone() => ContainerError::ExecStopped,
+            e => e.into(),
+        })
+    }
+
+    /// The host pids standing for the container (the shim and exec
+    /// stand-ins) and its processes in the guest.
+    pub fn ps(&self, id: &str) -> Result<(Vec<i32>, Vec<GuestProcess>), ContainerError> {
+        self.live(id)?;
+        match self.ask(id, &ShimRequest::Ps)? {
+            ShimReply::Ps {
+                host_pids,
+                processes,
+            } => Ok((host_pids, processes)),
+            other => Err(ContainerError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
+        let state = self.live(id)?;
+        if state.refreshed_status() != ContainerStatus::Running {
+            return Err(ContainerError::NotRunning);
+        }
+        self.ask(id, &ShimRequest::Pause).map(|_| ())
+    }
+
+    pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
+        let state = self.load(id)?;
+        if state.refreshed_status() != ContainerStatus::Paused {
+            return Err(ContainerError::NotPaused);
+        }
+        self.ask(id, &ShimRequest::Resume).map(|_| ())
+    }
+
+    pub fn stats(&self, id: &str) -> Result<CgroupStats, ContainerError> {
+        self.live(id)?;
+        match self.ask(id, &ShimRequest::Stats)? {
+            ShimReply::Stats(s) => Ok(s),
+            other => Err(ContainerError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// New limits for the container's cgroup (an OCI `linux.resources`).
+    pub fn update(&self, id: &str, resources: serde_json::Value) -> Result<(), ContainerError> {
+        self.live(id)?;
+        self.ask(id, &ShimRequest::Update { resources }).map(|_| ())
+    }
+
+    pub fn features(&self) -> serde_json::Value {
+        crate::features::features(&self.config)
     }
 }
 

@@ -7,6 +7,9 @@
 pub mod agent;
 pub mod config;
 pub mod container;
+pub mod events;
+pub mod exec;
+pub mod features;
 pub mod hypervisor;
 pub mod id;
 pub mod procinfo;
@@ -16,6 +19,7 @@ pub mod sockdir;
 pub mod spec;
 pub mod state;
 pub mod status;
+pub mod terminal;
 pub mod virtiofsd;
 
 pub use container::{ContainerError, Runtime};

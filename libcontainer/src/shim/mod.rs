@@ -10,11 +10,12 @@
 //! code once the container has stopped.
 
 pub mod control;
+mod exec;
 mod stdio;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +23,10 @@ use std::time::{Duration, Instant};
 use runvm_protocol::{CreateContainer, ExitStatus, ProcessRef, Reply, Request, ROOTFS_TAG};
 use serde::{Deserialize, Serialize};
 use slog::{error, info, warn, Logger};
+use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::agent::{AgentClient, AgentClientError};
 use crate::config::{Config, ConfigError};
@@ -35,8 +38,11 @@ use crate::sockdir::SocketDir;
 use crate::spec::{Bundle, SpecError};
 use crate::state::{State, StateError, StateStore, SPEC_FILE};
 use crate::status::ContainerStatus;
+use crate::terminal::{self, TerminalError};
 use crate::virtiofsd::{Share, Virtiofsd, VirtiofsdError};
 use control::{ShimReply, ShimRequest, ShimResponse, CONTROL_SOCKET};
+use exec::{ExecSession, StandIns};
+use stdio::Local;
 
 const ROOTFS_SOCKET: &str = "rootfs.sock";
 /// After the container exits, how long its output may take to drain.
@@ -69,6 +75,10 @@ pub enum ShimError {
     Create(#[source] AgentClientError),
     #[error("bind the control socket")]
     Control(#[source] io::Error),
+    #[error("terminal")]
+    Terminal(#[from] TerminalError),
+    #[error("set up stdio")]
+    Stdio(#[source] io::Error),
 }
 
 /// What the shim tells `runvm create` through the ready pipe.
@@ -83,6 +93,8 @@ pub struct ShimArgs {
     pub id: String,
     /// Write end of the pipe `runvm create` waits on.
     pub ready_fd: Option<RawFd>,
+    /// Where to send the master of the container's terminal, if it has one.
+    pub console_socket: Option<PathBuf>,
     pub log: Logger,
 }
 
@@ -100,7 +112,10 @@ pub fn main(args: ShimArgs) -> i32 {
             return 1;
         }
     };
-    rt.block_on(run(args))
+    let code = rt.block_on(run(args));
+    // Do not wait for blocking reads of stdin (a terminal that stays open).
+    rt.shutdown_background();
+    code
 }
 
 async fn run(args: ShimArgs) -> i32 {
@@ -200,6 +215,11 @@ struct Shim {
     outputs: Vec<tokio::task::JoinHandle<()>>,
     exit: Option<oneshot::Receiver<Result<ExitStatus, AgentClientError>>>,
     control: Option<UnixListener>,
+    console_socket: Option<PathBuf>,
+    /// The host tty whose window size the container's terminal follows.
+    resize_source: Option<OwnedFd>,
+    stand_ins: StandIns,
+    exec_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Shim {
@@ -229,6 +249,10 @@ impl Shim {
             outputs: Vec::new(),
             exit: None,
             control: None,
+            console_socket: args.console_socket.clone(),
+            resize_source: None,
+            stand_ins: StandIns::default(),
+            exec_tasks: Vec::new(),
         };
         let me = ProcessIdentity::of(std::process::id() as i32);
         shim.record(|s| s.shim = me)?;
@@ -367,10 +391,11 @@ impl Shim {
                 ))))
             }
         };
-        let outputs = stdio::attach(&agent, &process)
+        let local = self.init_stdio(bundle.terminal())?;
+        self.outputs = stdio::attach(&agent, &process, local)
             .await
             .map_err(ShimError::Agent)?;
-        self.outputs = outputs.tasks;
+        self.push_window_size().await;
         let (tx, rx) = oneshot::channel();
         let waiter = agent.clone();
         tokio::spawn(async move {
@@ -412,7 +437,7 @@ impl Shim {
                         self.handle_control(stream).await;
                     }
                 }
-                Some(sig) = signals.recv() => self.forward(sig),
+                Some(sig) = signals.recv() => self.forward(sig).await,
                 status = &mut exit => {
                     match status {
                         Ok(Ok(status)) => break End::Exited(status),
@@ -432,6 +457,9 @@ impl Shim {
             }
         };
         drop(listener);
+        for task in self.exec_tasks.drain(..) {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
+        }
         let code = match end {
             End::Exited(status) => {
                 info!(self.log, "container exited"; "code" => status.code());
@@ -464,7 +492,78 @@ impl Shim {
         code
     }
 
-    fn forward(&self, sig: i32) {
+    /// The container's stdio on the host: what `create` was given, or, for a
+    /// terminal, a new pty whose master goes to the console socket (or the
+    /// caller's own terminal, for `run` in the foreground).
+    fn init_stdio(&mut self, terminal: bool) -> Result<Local, ShimError> {
+        let own = Local::own().map_err(ShimError::Stdio)?;
+        if !terminal {
+            return Ok(own);
+        }
+        let Some(console) = self.console_socket.clone() else {
+            let tty = if terminal::is_tty(own.stdin.as_fd()) {
+                &own.stdin
+            } else {
+                &own.stdout
+            };
+            self.resize_source = Some(tty.try_clone().map_err(ShimError::Stdio)?);
+            return Ok(Local {
+                stderr: None,
+                ..own
+            });
+        };
+        let pty = terminal::open_pty()?;
+        terminal::send_to_console_socket(&console, pty.master.as_fd())?;
+        drop(pty.master);
+        // Lead a session with the pty as its terminal, so a resize by the
+        // holder of the master arrives here as SIGWINCH.
+        let _ = nix::unistd::setsid();
+        if let Err(e) = terminal::set_controlling(pty.slave.as_fd()) {
+            warn!(self.log, "no controlling terminal: resizes will not reach the container"; "error" => %e);
+        }
+        self.resize_source = Some(pty.slave.try_clone().map_err(ShimError::Stdio)?);
+        // The container's stdio is the pty now: let go of what `create` was
+        // given, or its caller would wait for EOF on those pipes forever.
+        drop(own);
+        if let Ok(null) = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            for fd in 0..3 {
+                let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+            }
+        }
+        Ok(Local {
+            stdin: pty.slave.try_clone().map_err(ShimError::Stdio)?,
+            stdout: pty.slave,
+            stderr: None,
+        })
+    }
+
+    /// Give the container's terminal the host terminal's window size.
+    async fn push_window_size(&self) {
+        let (Some(tty), Some(agent)) = (&self.resize_source, &self.agent) else {
+            return;
+        };
+        let Some((rows, cols)) = terminal::window_size(tty.as_fd()) else {
+            return;
+        };
+        let req = Request::ResizeTty {
+            process: ProcessRef::init(&self.id),
+            rows,
+            cols,
+        };
+        if let Err(e) = agent.request(req).await {
+            warn!(self.log, "resize the terminal"; "error" => error_chain(&e));
+        }
+    }
+
+    async fn forward(&self, sig: i32) {
+        if sig == libc::SIGWINCH && self.resize_source.is_some() {
+            self.push_window_size().await;
+            return;
+        }
         let Some(agent) = self.agent.clone() else {
             return;
         };
@@ -483,16 +582,134 @@ impl Shim {
 
     async fn handle_control(&mut self, mut stream: UnixStream) {
         let timeout = self.config.timeouts.request();
+        let fds = match tokio::time::timeout(timeout, preface(&stream)).await {
+            Ok(Ok(fds)) => fds,
+            _ => return,
+        };
         let req: ShimRequest =
             match tokio::time::timeout(timeout, runvm_protocol::recv_async(&mut stream)).await {
                 Ok(Ok(req)) => req,
                 _ => return,
             };
         let resp: ShimResponse = match req {
+            ShimRequest::Exec { exec_id, process } => match self.exec(exec_id, process, fds) {
+                Ok(session) => {
+                    self.exec_tasks.retain(|t| !t.is_finished());
+                    self.exec_tasks.push(tokio::spawn(session.run(stream)));
+                    return;
+                }
+                Err(e) => Err(e),
+            },
             ShimRequest::Start => self.start().await,
             ShimRequest::Kill { signal, all } => self.kill(signal, all).await,
+            ShimRequest::Pause => self.pause(true).await,
+            ShimRequest::Resume => self.pause(false).await,
+            ShimRequest::Stats => {
+                self.ask(Request::Stats {
+                    container_id: self.id.clone(),
+                })
+                .await
+            }
+            ShimRequest::Update { resources } => {
+                self.ask(Request::Update {
+                    container_id: self.id.clone(),
+                    resources,
+                })
+                .await
+            }
+            ShimRequest::Ps => self.ps().await,
+            ShimRequest::ExecResize { .. } | ShimRequest::ExecSignal { .. } => {
+                Err("not an exec session".into())
+            }
         };
         let _ = runvm_protocol::send_async(&mut stream, &resp).await;
+    }
+
+    fn exec(
+        &self,
+        exec_id: String,
+        process: serde_json::Value,
+        fds: Option<[OwnedFd; 3]>,
+    ) -> Result<ExecSession, String> {
+        let fds = fds.ok_or_else(|| "exec needs the process's stdio".to_string())?;
+        if self.status == ContainerStatus::Stopped {
+            return Err("cannot exec in a stopped container".into());
+        }
+        Ok(ExecSession {
+            agent: self.agent()?.clone(),
+            container_id: self.id.clone(),
+            exec_id,
+            process,
+            fds,
+            stand_ins: self.stand_ins.clone(),
+            log: self.log.clone(),
+        })
+    }
+
+    /// Pass a request on to the agent and its answer back.
+    async fn ask(&self, req: Request) -> ShimResponse {
+        match self.agent()?.request(req).await {
+            Ok(Reply::Stats(stats)) => Ok(ShimReply::Stats(stats)),
+            Ok(_) => Ok(ShimReply::Done),
+            Err(e) => Err(error_chain(&e)),
+        }
+    }
+
+    async fn ps(&self) -> ShimResponse {
+        let processes = match self
+            .agent()?
+            .request(Request::ListProcesses {
+                container_id: self.id.clone(),
+            })
+            .await
+        {
+            Ok(Reply::Processes(p)) => p,
+            Ok(other) => return Err(format!("unexpected reply {other:?}")),
+            Err(e) => return Err(error_chain(&e)),
+        };
+        let mut host_pids = vec![std::process::id() as i32];
+        host_pids.extend(
+            self.stand_ins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .copied(),
+        );
+        Ok(ShimReply::Ps {
+            host_pids,
+            processes,
+        })
+    }
+
+    /// Freeze (pause) or thaw (resume) the container's cgroup in the guest.
+    async fn pause(&mut self, freeze: bool) -> ShimResponse {
+        let (from, to, req) = if freeze {
+            let req = Request::Pause {
+                container_id: self.id.clone(),
+            };
+            (ContainerStatus::Running, ContainerStatus::Paused, req)
+        } else {
+            let req = Request::Resume {
+                container_id: self.id.clone(),
+            };
+            (ContainerStatus::Paused, ContainerStatus::Running, req)
+        };
+        if self.status != from {
+            return Err(if freeze {
+                "container not running"
+            } else {
+                "container not paused"
+            }
+            .into());
+        }
+        self.agent()?
+            .request(req)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        self.status = to;
+        self.record(|s| s.status = to)
+            .map_err(|e| error_chain(&e))?;
+        Ok(ShimReply::Done)
     }
 
     fn agent(&self) -> Result<&Arc<AgentClient>, String> {
@@ -562,6 +779,17 @@ impl Shim {
         }
         for name in [CONTROL_SOCKET, ROOTFS_SOCKET, "agent.sock", "qmp.sock"] {
             let _ = fs::remove_file(self.dir.join(name));
+        }
+    }
+}
+
+/// Read a control connection's preface: the fds it carries, if any.
+async fn preface(stream: &UnixStream) -> io::Result<Option<[OwnedFd; 3]>> {
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || control::recv_preface(stream.as_fd())) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
         }
     }
 }
