@@ -51,8 +51,28 @@ fn parse() -> Cli {
         .mut_subcommand("kill", |c| {
             c.mut_arg("signal", |a| a.required(false).default_value("SIGTERM"))
         })
+        // runc takes a duration ("5s", "1m"); liboci-cli a number of seconds.
+        .mut_subcommand("events", |c| {
+            c.mut_arg("interval", |a| a.value_parser(parse_interval))
+        })
         .get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Seconds from "5", "5s", "2m" or "1h".
+fn parse_interval(s: &str) -> Result<u32, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u32 = num.parse().map_err(|_| format!("invalid interval {s:?}"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("invalid interval {s:?}")),
+    };
+    Ok(n * mult)
 }
 
 fn version() -> String {
@@ -114,6 +134,12 @@ fn main() -> ExitCode {
     if let Command::Shim(args) = cmd {
         return commands::shim::shim(args, root, &cli.global);
     }
+    // A verb whose output is cut short (`runvm list | head`) ends quietly, as
+    // runc does, instead of panicking on a closed stdout.
+    // SAFETY: single-threaded here; SIG_DFL is always a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let log = match logger(&cli.global) {
         Ok(l) => l,
         Err(e) => {
@@ -125,6 +151,7 @@ fn main() -> ExitCode {
         root,
         log: log.clone(),
         shim_args: shim_args(&cli.global),
+        logs_to_file: cli.global.log.is_some(),
     };
     match commands::dispatch(cmd, &ctx) {
         Ok(code) => ExitCode::from(code),

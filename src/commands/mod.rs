@@ -3,13 +3,19 @@
 
 mod create;
 mod delete;
+mod events;
+mod exec;
+mod features;
 mod kill;
 mod list;
+mod pause;
+mod ps;
 mod run;
 pub mod shim;
 mod spec;
 mod start;
 mod state;
+mod update;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -25,6 +31,8 @@ pub struct Context {
     pub root: PathBuf,
     pub log: Logger,
     pub shim_args: Vec<OsString>,
+    /// Errors go to a --log file (and are echoed on stderr, as runc does).
+    pub logs_to_file: bool,
 }
 
 impl Context {
@@ -48,13 +56,13 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
             CommonCmd::Spec(args) => spec::spec(args),
             CommonCmd::List(args) => list::list(args, ctx),
             CommonCmd::Checkpointt(_) => not_implemented("checkpoint"),
-            CommonCmd::Events(_) => not_implemented("events"),
-            CommonCmd::Exec(_) => not_implemented("exec"),
-            CommonCmd::Features(_) => not_implemented("features"),
-            CommonCmd::Pause(_) => not_implemented("pause"),
-            CommonCmd::Ps(_) => not_implemented("ps"),
-            CommonCmd::Resume(_) => not_implemented("resume"),
-            CommonCmd::Update(_) => not_implemented("update"),
+            CommonCmd::Events(args) => events::events(args, ctx),
+            CommonCmd::Exec(args) => exec::exec(args, ctx),
+            CommonCmd::Features(_) => features::features(ctx),
+            CommonCmd::Pause(args) => pause::pause(args, ctx),
+            CommonCmd::Ps(args) => ps::ps(args, ctx),
+            CommonCmd::Resume(args) => pause::resume(args, ctx),
+            CommonCmd::Update(args) => update::update(args, ctx),
         },
         Command::Shim(_) => unreachable!("the shim is dispatched before logging is set up"),
     }

@@ -13,6 +13,9 @@ pub struct ShimCmd {
     /// Write end of create's ready pipe.
     #[arg(long)]
     ready_fd: Option<i32>,
+    /// Where the master of the container's terminal goes.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
     container_id: String,
 }
 
@@ -41,6 +44,7 @@ pub fn shim(args: ShimCmd, root: PathBuf, global: &GlobalOpts) -> ExitCode {
         root,
         id: args.container_id,
         ready_fd: args.ready_fd,
+        console_socket: args.console_socket,
         log,
     });
     // Exit now: the stdin relay may sit in a blocking read that would keep a

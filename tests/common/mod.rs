@@ -330,3 +330,140 @@ pub fn run_with_input(rv: &Runvm, id: &str, bundle: &Bundle, input: &[u8]) -> Ou
     drop(stdin);
     child.wait_with_output().unwrap()
 }
+
+impl Runvm {
+    /// `runvm run -d`: create and start; the container's stdio go to
+    /// `out.txt` and `err.txt` in the bundle. Returns the guard.
+    pub fn run_detached<'a>(&'a self, id: &str, bundle: &Bundle) -> Container<'a> {
+        let pid_file = bundle.path().join("shim.pid");
+        let out = self
+            .cmd()
+            .args(["run", "-d", "--bundle"])
+            .arg(bundle.path())
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(File::create(bundle.path().join("out.txt")).unwrap())
+            .stderr(File::create(bundle.path().join("err.txt")).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run -d: {}", bundle.output("err.txt"));
+        let shim_pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.parse().ok());
+        Container {
+            rv: self,
+            id: id.to_string(),
+            shim_pid,
+            bundle: bundle.path().to_path_buf(),
+        }
+    }
+}
+
+/// Wait until a file holds `needle` (a detached container's output).
+pub fn wait_for_output(bundle: &Bundle, file: &str, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !bundle.output(file).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{file} never showed {needle:?}: {:?}",
+            bundle.output(file)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The receiving end of runc's console-socket protocol, as containerd and
+/// conmon implement it: accept one connection, take the pty master sent
+/// with SCM_RIGHTS.
+pub struct ConsoleReceiver {
+    pub path: PathBuf,
+    handle: std::thread::JoinHandle<std::os::fd::OwnedFd>,
+    _dir: tempfile::TempDir,
+}
+
+impl ConsoleReceiver {
+    pub fn new() -> ConsoleReceiver {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut name = [0u8; 256];
+            let mut iov = [std::io::IoSliceMut::new(&mut name)];
+            let mut space = nix::cmsg_space!([i32; 1]);
+            let msg = nix::sys::socket::recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
+            let fds: Vec<i32> = msg
+                .cmsgs()
+                .unwrap()
+                .filter_map(|c| match c {
+                    nix::sys::socket::ControlMessageOwned::ScmRights(f) => Some(f),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(fds.len(), 1, "exactly one fd with the message");
+            // SAFETY: SCM_RIGHTS gave us this descriptor.
+            unsafe { OwnedFd::from_raw_fd(fds[0]) }
+        });
+        ConsoleReceiver {
+            path,
+            handle,
+            _dir: dir,
+        }
+    }
+
+    pub fn master(self) -> std::os::fd::OwnedFd {
+        self.handle.join().unwrap()
+    }
+}
+
+/// Set the window size through a pty master, as a terminal client does.
+pub fn set_window_size(master: &std::os::fd::OwnedFd, rows: u16, cols: u16) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize we own from a valid descriptor.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+}
+
+/// Read from a pty master until `needle` shows up; returns all read.
+pub fn read_until(master: &std::os::fd::OwnedFd, needle: &str, timeout: Duration) -> String {
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "terminal never showed {needle:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) > 0 {
+            let mut buf = [0u8; 4096];
+            match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(master), &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

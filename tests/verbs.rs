@@ -1,0 +1,470 @@
+//! exec, terminals, ps, pause/resume, events, update, features, kill --all:
+//! each end to end against a real VM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn run_idle<'a>(rv: &'a Runvm, name: &str, b: &Bundle) -> (String, Container<'a>) {
+    let id = unique_id(name);
+    let c = rv.run_detached(&id, b);
+    (id, c)
+}
+
+#[test]
+fn exec_in_the_foreground_relays_output_and_exit_codes() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let (id, _c) = run_idle(&rv, "exec", &b);
+    let out = rv.run(&["exec", &id, "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    let out = rv.run(&["exec", &id, "sh", "-c", "exit 5"]);
+    assert_eq!(out.status.code(), Some(5));
+    // Flags apply over the container's process; its environment is kept.
+    let out = rv.run(&[
+        "exec",
+        "--env",
+        "GREETING=hi",
+        "--cwd",
+        "/bin",
+        "--user",
+        "1000:100",
+        &id,
+        "sh",
+        "-c",
+        "echo $GREETING $PATH; pwd; id -u; id -g",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert!(lines[0].starts_with("hi /usr/local/sbin:"), "{lines:?}");
+    assert_eq!(&lines[1..], ["/bin", "1000", "100"]);
+    // stdin reaches the exec'd process.
+    let mut child = rv
+        .cmd()
+        .args(["exec", &id, "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"to cat\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "to cat\n");
+}
+
+#[test]
+fn exec_detached_leaves_a_stand_in_with_the_exit_code() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let (id, _c) = run_idle(&rv, "execd", &b);
+    let pid_file = b.path().join("exec.pid");
+    let out = rv
+        .cmd()
+        .args([
+            "exec",
+            "--detach",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+        ])
+        .args(["sh", "-c", "echo detached; sleep 3; exit 7"])
+        .stdin(std::process::Stdio::null())
+        // The process's stdio: files, as containerd passes FIFOs (the shim
+        // holds them until the process ends).
+        .stdout(std::fs::File::create(b.path().join("exec.out")).unwrap())
+        .stderr(std::fs::File::create(b.path().join("exec.err")).unwrap())
+        .status()
+        .unwrap();
+    assert!(out.success(), "{}", b.output("exec.err"));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(!pid.ends_with('\n'), "no trailing newline");
+    let pid: i32 = pid.parse().unwrap();
+    // ps --format json lists the shim and the stand-in.
+    let ps = rv.run(&["ps", "--format", "json", &id]);
+    let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(pids.contains(&pid), "{pids:?} lacks {pid}");
+    // We are the stand-in's subreaper, as containerd's shim is.
+    assert_eq!(wait_pid(pid, T), Some(7));
+    assert_eq!(b.output("exec.out"), "detached\n");
+}
+
+#[test]
+fn exec_into_a_created_container_works_as_in_runc() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let id = unique_id("execcreated");
+    let (_c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    let out = rv.run(&["exec", &id, "echo", "early"]);
+    assert_eq!(text(&out.stdout), "early\n", "{}", text(&out.stderr));
+    // The container is still created and starts normally.
+    assert_eq!(rv.status(&id), "created");
+    assert!(rv.run(&["start", &id]).status.success());
+    assert_eq!(rv.status(&id), "running");
+}
+
+#[test]
+fn exec_errors() {
+    let rv = Runvm::new();
+    let out = rv.run(&["exec", "nope", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("container does not exist"));
+
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let (id, _c) = run_idle(&rv, "execerr", &b);
+    let out = rv.run(&["exec", "--process", "/nonexistent/process.json", &id]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("read /nonexistent/process.json"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = b.path().join("bad.json");
+    std::fs::write(&bad, r#"{"args": "not a list"}"#).unwrap();
+    let out = rv.run(&["exec", "--process", bad.to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("parse "),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = rv.run(&["exec", &id, "/no/such/binary"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("no such file or directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = rv.run(&["exec", "-t", "-d", &id, "sh"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("cannot allocate tty"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    assert!(rv.run(&["pause", &id]).status.success());
+    let out = rv.run(&["exec", &id, "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("cannot exec in a paused container"));
+    assert!(rv.run(&["resume", &id]).status.success());
+
+    assert!(rv.run(&["kill", &id, "KILL"]).status.success());
+    rv.wait_status(&id, "stopped", T);
+    let out = rv.run(&["exec", &id, "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("cannot exec in a stopped container"));
+}
+
+#[test]
+fn exec_tty_through_a_console_socket_and_resizes() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let (id, _c) = run_idle(&rv, "exectty", &b);
+    let console = ConsoleReceiver::new();
+    let pid_file = b.path().join("exec.pid");
+    let out = rv.run(&[
+        "exec",
+        "--tty",
+        "--detach",
+        "--console-socket",
+        console.path.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+        "sh",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let master = console.master();
+    set_window_size(&master, 31, 97);
+    nix::unistd::write(&master, b"stty size; tty\n").unwrap();
+    let seen = read_until(&master, "/dev/pts/", T);
+    assert!(seen.contains("31 97"), "{seen:?}");
+    // A later resize reaches the guest too.
+    set_window_size(&master, 50, 132);
+    std::thread::sleep(Duration::from_millis(500));
+    nix::unistd::write(&master, b"stty size; exit 3\n").unwrap();
+    let seen = read_until(&master, "50 132", T);
+    assert!(seen.contains("50 132"), "{seen:?}");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert_eq!(wait_pid(pid, T), Some(3));
+}
+
+#[test]
+fn create_with_a_terminal_sends_the_master_to_the_console_socket() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh"]);
+    b.edit(|c| c["process"]["terminal"] = true.into());
+    let id = unique_id("createtty");
+    let console = ConsoleReceiver::new();
+    let out = rv.run(&[
+        "create",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "--console-socket",
+        console.path.to_str().unwrap(),
+        &id,
+    ]);
+    let _g = rv.guard(&id, &b);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let master = console.master();
+    assert!(rv.run(&["start", &id]).status.success());
+    set_window_size(&master, 24, 80);
+    std::thread::sleep(Duration::from_millis(500));
+    nix::unistd::write(&master, b"stty size; echo $((6*7))\n").unwrap();
+    let seen = read_until(&master, "42", T);
+    assert!(seen.contains("24 80"), "{seen:?}");
+    nix::unistd::write(&master, b"exit 0\n").unwrap();
+    rv.wait_status(&id, "stopped", T);
+}
+
+#[test]
+fn terminal_errors_leave_nothing() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh"]);
+    b.edit(|c| c["process"]["terminal"] = true.into());
+    let id = unique_id("ttyerr");
+    let out = rv.run(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr)
+        .contains("cannot allocate tty if runvm will detach without setting console socket"));
+    assert_no_leaks(rv.root(), &id, b.path());
+    for socket in ["/nonexistent/console.sock", "/etc/hostname"] {
+        let out = rv.run(&[
+            "create",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            "--console-socket",
+            socket,
+            &id,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains(&format!("console socket {socket}")),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_no_leaks(rv.root(), &id, b.path());
+    }
+}
+
+#[test]
+fn run_in_the_foreground_uses_the_callers_terminal() {
+    if which("script").is_none() {
+        panic!("util-linux script is needed to give the test a terminal");
+    }
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "stty size; tty; exit 4"]);
+    b.edit(|c| c["process"]["terminal"] = true.into());
+    let id = unique_id("runtty");
+    let _g = rv.guard(&id, &b);
+    let inner = format!(
+        "stty rows 40 cols 120; {RUNVM} --root {} run --bundle {} {id}; echo rc=$?",
+        rv.root().display(),
+        b.path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let seen = text(&out.stdout);
+    assert!(seen.contains("40 120"), "{seen:?}");
+    assert!(seen.contains("/dev/pts/0"), "{seen:?}");
+    assert!(seen.contains("rc=4"), "{seen:?}");
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn cpu_total(rv: &Runvm, id: &str) -> u64 {
+    let out = rv.run(&["events", "--stats", id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["data"]["cpu"]["usage"]["total"].as_u64().unwrap()
+}
+
+#[test]
+fn pause_stops_the_cpu_and_resume_restarts_it() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "while :; do :; done"]);
+    let (id, _c) = run_idle(&rv, "pause", &b);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(rv.run(&["pause", &id]).status.success());
+    assert_eq!(rv.status(&id), "paused");
+    let frozen = cpu_total(&rv, &id);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cpu_total(&rv, &id),
+        frozen,
+        "CPU time advanced while paused"
+    );
+    let again = rv.run(&["pause", &id]);
+    assert!(text(&again.stderr).contains("container not running"));
+
+    assert!(rv.run(&["resume", &id]).status.success());
+    assert_eq!(rv.status(&id), "running");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        cpu_total(&rv, &id) > frozen,
+        "CPU time did not advance after resume"
+    );
+    let again = rv.run(&["resume", &id]);
+    assert!(text(&again.stderr).contains("container not paused"));
+}
+
+#[test]
+fn a_paused_container_can_be_killed_and_force_deleted() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let (id, mut c) = run_idle(&rv, "pausekill", &b);
+    assert!(rv.run(&["pause", &id]).status.success());
+    assert!(rv.run(&["kill", &id, "KILL"]).status.success());
+    assert_eq!(c.wait_shim(T), 137);
+    assert_eq!(rv.status(&id), "stopped");
+
+    let b2 = Bundle::busybox(&["sleep", "1000"]);
+    let (id2, mut c2) = run_idle(&rv, "pausedel", &b2);
+    assert!(rv.run(&["pause", &id2]).status.success());
+    let del = rv.run(&["delete", "--force", &id2]);
+    assert!(del.status.success(), "{}", text(&del.stderr));
+    c2.wait_shim(T);
+    assert_no_leaks(rv.root(), &id2, b2.path());
+}
+
+#[test]
+fn events_stats_update_ps_and_kill_all() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
+    let (id, mut c) = run_idle(&rv, "verbs", &b);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = rv.run(&["events", "--stats", &id]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["type"], "stats");
+    assert_eq!(v["id"], id.as_str());
+    assert!(
+        v["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(v["data"]["pids"]["current"], 3);
+
+    let out = rv.run(&["update", "--pids-limit", "42", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pids_max = rv.run(&["exec", &id, "cat", "/sys/fs/cgroup/pids.max"]);
+    assert_eq!(text(&pids_max.stdout), "42\n");
+    let res = b.path().join("resources.json");
+    std::fs::write(
+        &res,
+        r#"{"memory": {"limit": 104857600}, "cpu": {"quota": 50000, "period": 100000}}"#,
+    )
+    .unwrap();
+    assert!(rv
+        .run(&["update", "--resources", res.to_str().unwrap(), &id])
+        .status
+        .success());
+    let out = rv.run(&[
+        "exec",
+        &id,
+        "cat",
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/cpu.max",
+    ]);
+    assert_eq!(text(&out.stdout), "104857600\n50000 100000\n");
+    // More than the VM has is a clear error, and changes nothing.
+    let out = rv.run(&["update", "--memory", "1099511627776", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("exceeds the VM's"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&res, "{not json").unwrap();
+    let out = rv.run(&["update", "--resources", res.to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("parse the resources"));
+
+    let ps = rv.run(&["ps", "--format", "json", &id]);
+    let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(pids, vec![c.shim_pid.unwrap()]);
+    let table = text(&rv.run(&["ps", &id]).stdout);
+    assert!(table.starts_with("UID"), "{table}");
+    let sleeps = table.lines().filter(|l| l.ends_with(" sleep 1000")).count();
+    assert_eq!(sleeps, 2, "{table}");
+
+    // TERM to every process: the sleeps die, so the shell's wait returns.
+    assert!(rv.run(&["kill", "--all", &id, "TERM"]).status.success());
+    assert_eq!(c.wait_shim(T), 0);
+}
+
+#[test]
+fn verbs_on_unknown_or_stopped_containers() {
+    let rv = Runvm::new();
+    for args in [
+        &["pause", "nope"][..],
+        &["resume", "nope"],
+        &["ps", "nope"],
+        &["events", "--stats", "nope"],
+        &["update", "--pids-limit", "5", "nope"],
+    ] {
+        let out = rv.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("container does not exist"),
+            "{args:?}"
+        );
+    }
+    let b = Bundle::busybox(&["true"]);
+    let id = unique_id("stoppedverbs");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success());
+    let pause = rv.run(&["pause", &id]);
+    assert!(
+        text(&pause.stderr).contains("container not running"),
+        "pause of created"
+    );
+    assert!(rv.run(&["start", &id]).status.success());
+    c.wait_shim(T);
+    for args in [
+        &["pause", &id][..],
+        &["ps", &id],
+        &["events", "--stats", &id],
+    ] {
+        let out = rv.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("container not running"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn features_describe_runvm() {
+    let out = std::process::Command::new(RUNVM)
+        .arg("features")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ociVersionMin"], "1.0.0");
+    assert!(v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&"pid".into()));
+    assert_eq!(v["linux"]["cgroup"]["v2"], true);
+    assert_eq!(v["linux"]["seccomp"]["enabled"], true);
+    assert_eq!(v["annotations"]["io.github.runvm.hypervisor"], "qemu");
+}
