@@ -297,3 +297,69 @@ fn list_shows_containers_in_table_and_json() {
     let quiet = rv.run(&["list", "-q"]);
     assert_eq!(text(&quiet.stdout), format!("{id}\n"));
 }
+
+#[test]
+fn bind_mounts_share_host_files_and_dirs() {
+    let rv = Runvm::new();
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("file"), "from the host\n").unwrap();
+    let hosts = vol.path().join("hosts");
+    std::fs::write(&hosts, "10.0.0.1 myhost\n").unwrap();
+    let data = vol.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "from the host\n").unwrap();
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "cat /data/file /etc/hosts; echo from the guest > /data/new; \
+         echo x >> /etc/hosts || echo refused",
+    ]);
+    b.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
+            "source": data, "options": ["rbind", "rw"]}));
+        mounts.push(
+            serde_json::json!({"destination": "/etc/hosts", "type": "bind",
+            "source": hosts, "options": ["bind", "ro"]}),
+        );
+    });
+    let id = unique_id("binds");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "from the host\n10.0.0.1 myhost\nrefused\n"
+    );
+    assert!(text(&out.stderr).contains("Read-only file system"));
+    assert_eq!(
+        std::fs::read_to_string(data.join("new")).unwrap(),
+        "from the guest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        "10.0.0.1 myhost\n"
+    );
+    // The shim's bind mounts never show in the host's mount table.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&*vol.path().to_string_lossy()));
+}
+
+#[test]
+fn a_missing_bind_source_fails_at_create() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": "/nonexistent/src", "options": ["rbind"]}));
+    });
+    let id = unique_id("nobind");
+    let out = rv.run(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("bind mount source /nonexistent/src (for /data)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_leaks(rv.root(), &id, b.path());
+}

@@ -12,7 +12,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use runvm_protocol::{
-    AgentError, CgroupStats, CreateContainer, ExecProcess, GuestProcess, ProcessRef, ROOTFS_TAG,
+    AgentError, CgroupStats, CreateContainer, ExecProcess, GuestProcess, ProcessRef, SHARE_ROOTFS,
+    SHARE_SOURCE_PREFIX, SHARE_TAG,
 };
 use serde_json::Value;
 
@@ -25,7 +26,7 @@ use crate::tty::ConsoleSocket;
 use crate::youki_helper::YOUKI_ROOT;
 
 const BUNDLES_DIR: &str = "/run/runvm/bundles";
-const ROOTFS_DIR: &str = "/run/runvm/rootfs";
+const SHARE_DIR: &str = "/run/runvm/share";
 const EXEC_DIR: &str = "/run/runvm/exec";
 /// Every container's cgroup lives under this guest cgroup.
 const CGROUP_PARENT: &str = "/runvm";
@@ -146,16 +147,16 @@ impl Agent {
                 "container {id} already exists in the guest"
             )));
         }
-        let rootfs = Path::new(ROOTFS_DIR).join(&id);
-        fs::create_dir_all(&rootfs).map_err(|e| fail("create the rootfs mountpoint", e))?;
+        let share = Path::new(SHARE_DIR).join(&id);
+        fs::create_dir_all(&share).map_err(|e| fail("create the share's mountpoint", e))?;
         // Mounted read-write even for root.readonly: youki creates missing
         // mountpoints in the rootfs (as runc does), then makes it read-only.
-        mount_share(ROOTFS_TAG, &rootfs).await?;
+        mount_share(SHARE_TAG, &share).await?;
 
         let bundle = Path::new(BUNDLES_DIR).join(&id);
         fs::create_dir_all(&bundle).map_err(|e| fail("create the bundle", e))?;
         let cgroup = format!("{CGROUP_PARENT}/{id}");
-        let spec = guest_spec(req.spec, &rootfs, &cgroup)?;
+        let spec = guest_spec(req.spec, &share, &cgroup)?;
         let stdio = NewStdio::new(is_terminal(spec.get("process")))?;
         fs::write(bundle.join("config.json"), spec.to_string())
             .map_err(|e| fail("write config.json", e))?;
@@ -166,7 +167,7 @@ impl Agent {
         args.extend(extra.iter().map(String::as_str));
         let out = run_helper(&self.reaper, &args, stdio.child_fds()).await?;
         if !out.ok() {
-            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            let _ = nix::mount::umount2(&share, nix::mount::MntFlags::MNT_DETACH);
             return Err(AgentError::new(with_said(out.error(), &stdio.said())));
         }
         let pid = out.pid()?;
@@ -353,17 +354,29 @@ async fn mount_share(tag: &str, target: &Path) -> AgentResult<()> {
     }
 }
 
-/// Adapt the host's spec to the guest: the rootfs is the share's mountpoint,
-/// the cgroup is ours to place, and host-side references (namespace paths,
-/// hooks that name host binaries) mean nothing in the VM.
-fn guest_spec(mut spec: Value, rootfs: &Path, cgroup: &str) -> AgentResult<Value> {
+/// Adapt the host's spec to the guest: the rootfs and bind sources are in the
+/// share, the cgroup is ours to place, and host-side references (namespace
+/// paths, hooks that name host binaries) mean nothing in the VM.
+fn guest_spec(mut spec: Value, share: &Path, cgroup: &str) -> AgentResult<Value> {
     let obj = spec
         .as_object_mut()
         .ok_or_else(|| AgentError::new("config.json is not a JSON object"))?;
     let root = obj
         .entry("root")
         .or_insert_with(|| Value::Object(Default::default()));
-    root["path"] = Value::String(rootfs.to_string_lossy().into_owned());
+    root["path"] = Value::String(share.join(SHARE_ROOTFS).to_string_lossy().into_owned());
+    if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
+        for m in mounts.iter_mut() {
+            let inside = m
+                .get("source")
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix(SHARE_SOURCE_PREFIX))
+                .map(|rel| share.join(rel).to_string_lossy().into_owned());
+            if let Some(path) = inside {
+                m["source"] = Value::String(path);
+            }
+        }
+    }
     obj.remove("hooks");
     let linux = obj
         .entry("linux")
@@ -389,14 +402,20 @@ mod tests {
         let spec = json!({
             "ociVersion": "1.0.2",
             "root": {"path": "/host/bundle/rootfs", "readonly": true},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "runvm-share:mounts/1"}
+            ],
             "hooks": {"prestart": [{"path": "/usr/bin/host-hook"}]},
             "linux": {
                 "cgroupsPath": "system.slice:libpod:abc",
                 "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]
             }
         });
-        let out = guest_spec(spec, Path::new("/run/runvm/rootfs/c1"), "/runvm/c1").unwrap();
-        assert_eq!(out["root"]["path"], "/run/runvm/rootfs/c1");
+        let out = guest_spec(spec, Path::new("/run/runvm/share/c1"), "/runvm/c1").unwrap();
+        assert_eq!(out["root"]["path"], "/run/runvm/share/c1/rootfs");
+        assert_eq!(out["mounts"][0]["source"], "proc");
+        assert_eq!(out["mounts"][1]["source"], "/run/runvm/share/c1/mounts/1");
         assert_eq!(out["root"]["readonly"], true);
         assert!(out.get("hooks").is_none());
         assert_eq!(out["linux"]["cgroupsPath"], "/runvm/c1");

@@ -13,6 +13,7 @@ pub mod features;
 pub mod hypervisor;
 pub mod id;
 pub mod procinfo;
+pub mod share;
 pub mod shim;
 pub mod signal;
 pub mod sockdir;

@@ -35,8 +35,8 @@ pub enum SpecError {
     Rootfs { path: PathBuf, source: io::Error },
     #[error("invalid rootfs: {path} is not a directory")]
     RootfsNotDir { path: PathBuf },
-    #[error("bind mounts of host paths are not supported yet (mount at {destination})")]
-    BindMount { destination: PathBuf },
+    #[error(transparent)]
+    BindMount(#[from] crate::share::ShareError),
     #[error("File config.json exists. Remove it first")]
     Exists { path: PathBuf },
     #[error("write {path}")]
@@ -56,6 +56,8 @@ pub struct Bundle {
     /// config.json as the user wrote it; sent to the guest as is, so fields
     /// this crate's types do not know still reach the guest.
     pub raw: Value,
+    /// The spec's bind mounts, sources resolved on the host.
+    pub binds: Vec<crate::share::BindMount>,
 }
 
 impl Bundle {
@@ -84,11 +86,13 @@ impl Bundle {
         let raw: Value = serde_json::from_slice(data).map_err(parse_err)?;
         let spec: Spec = serde_json::from_value(raw.clone()).map_err(parse_err)?;
         let rootfs = check(&spec, dir)?;
+        let binds = crate::share::bind_mounts(&spec, dir)?;
         Ok(Bundle {
             dir: dir.to_path_buf(),
             rootfs,
             spec,
             raw,
+            binds,
         })
     }
 
@@ -126,18 +130,6 @@ fn check(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
     })?;
     if !meta.is_dir() {
         return Err(SpecError::RootfsNotDir { path: rootfs });
-    }
-    for m in spec.mounts().iter().flatten() {
-        let is_bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        if is_bind {
-            return Err(SpecError::BindMount {
-                destination: m.destination().clone(),
-            });
-        }
     }
     fs::canonicalize(&rootfs).map_err(|source| SpecError::Rootfs {
         path: rootfs,
@@ -272,13 +264,14 @@ mod tests {
     }
 
     #[test]
-    fn bind_mounts_are_refused_for_now() {
+    fn bind_mounts_need_an_existing_source() {
         let mut c = good();
-        c["mounts"].as_array_mut().unwrap().push(
-            json!({"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind"]}),
-        );
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/data", "type": "bind", "source": "/nonexistent/srv", "options": ["rbind"]}));
         let (_tmp, b) = bundle_with(&c);
-        assert!(matches!(b, Err(SpecError::BindMount { .. })));
+        assert!(matches!(b, Err(SpecError::BindMount(_))));
     }
 
     #[test]

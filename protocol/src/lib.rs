@@ -19,8 +19,14 @@ pub use frame::{read_frame_async, write_frame_async};
 
 /// Name of the virtio-serial port the agent listens on.
 pub const AGENT_PORT_NAME: &str = "agent.0";
-/// virtio-fs tag under which the container's rootfs is shared.
-pub const ROOTFS_TAG: &str = "rootfs";
+/// virtio-fs tag of the container's share: a directory holding the rootfs
+/// at [`SHARE_ROOTFS`] and each bind mount's source under `mounts/`.
+pub const SHARE_TAG: &str = "share";
+/// Where the rootfs is inside the share.
+pub const SHARE_ROOTFS: &str = "rootfs";
+/// A bind mount source in the spec the host sends that starts with this
+/// names a path inside the share (`runvm-share:mounts/0`).
+pub const SHARE_SOURCE_PREFIX: &str = "runvm-share:";
 /// Bumped whenever a change to these types breaks compatibility.
 pub const PROTOCOL_VERSION: u32 = 2;
 

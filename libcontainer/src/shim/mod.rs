@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runvm_protocol::{CreateContainer, ExitStatus, ProcessRef, Reply, Request, ROOTFS_TAG};
+use runvm_protocol::{CreateContainer, ExitStatus, ProcessRef, Reply, Request, SHARE_TAG};
 use serde::{Deserialize, Serialize};
 use slog::{error, info, warn, Logger};
 use tokio::io::Interest;
@@ -44,7 +44,7 @@ use control::{ShimReply, ShimRequest, ShimResponse, CONTROL_SOCKET};
 use exec::{ExecSession, StandIns};
 use stdio::Local;
 
-const ROOTFS_SOCKET: &str = "rootfs.sock";
+const SHARE_SOCKET: &str = "share.sock";
 /// After the container exits, how long its output may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Exit code of the shim when the container ended without one (its VM died).
@@ -77,6 +77,8 @@ pub enum ShimError {
     Control(#[source] io::Error),
     #[error("terminal")]
     Terminal(#[from] TerminalError),
+    #[error("share the container's files")]
+    Share(#[from] crate::share::ShareError),
     #[error("set up stdio")]
     Stdio(#[source] io::Error),
 }
@@ -100,6 +102,22 @@ pub struct ShimArgs {
 
 /// Run the shim; returns the process exit code.
 pub fn main(args: ShimArgs) -> i32 {
+    // Before any thread exists: the bind mounts that make up the share live
+    // in a mount namespace of the shim's own.
+    if let Err(e) = crate::share::enter_private_mount_namespace() {
+        error!(args.log, "shim"; "error" => error_chain(&e));
+        if let Some(fd) = args.ready_fd {
+            // SAFETY: `create` passed us this descriptor for our exclusive use.
+            let ready = unsafe { File::from_raw_fd(fd) };
+            report(
+                Some(ready),
+                Ready::Failed {
+                    message: error_chain(&e),
+                },
+            );
+        }
+        return 1;
+    }
     // One thread: QEMU and virtiofsd are spawned from it with a parent-death
     // signal, which fires when the *thread* that forked them exits.
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -312,12 +330,13 @@ impl Shim {
         let (accel, why) = resolve_accel(hv.accel);
         info!(self.log, "accelerator"; "accel" => accel.as_str(), "reason" => why);
 
+        let share = crate::share::assemble(&self.dir, &bundle.rootfs, &bundle.binds)?;
         let virtiofsd = Virtiofsd::spawn(
             &self.config.virtiofsd()?,
             &self.config.virtiofsd,
             &Share {
-                shared_dir: &bundle.rootfs,
-                socket: &self.sockets.path(ROOTFS_SOCKET),
+                shared_dir: &share,
+                socket: &self.sockets.path(SHARE_SOCKET),
                 // root.readonly is applied in the guest, after the mountpoints
                 // the spec needs are created in the rootfs (as runc does).
                 readonly: false,
@@ -339,8 +358,8 @@ impl Shim {
             accel,
             fs_shares: vec![FsShare {
                 id: "fs0".into(),
-                tag: ROOTFS_TAG.into(),
-                socket: ROOTFS_SOCKET.into(),
+                tag: SHARE_TAG.into(),
+                socket: SHARE_SOCKET.into(),
             }],
             seccomp_sandbox: hv.seccomp_sandbox,
         };
@@ -379,7 +398,7 @@ impl Shim {
         let reply = agent
             .request(Request::CreateContainer(CreateContainer {
                 container_id: self.id.clone(),
-                spec: bundle.raw.clone(),
+                spec: crate::share::guest_spec(&bundle.raw, &bundle.binds),
             }))
             .await
             .map_err(ShimError::Create)?;
@@ -777,7 +796,7 @@ impl Shim {
             vfs.stop(stop);
             slog::debug!(self.log, "virtiofsd stopped"; "ms" => t.elapsed().as_millis() as u64);
         }
-        for name in [CONTROL_SOCKET, ROOTFS_SOCKET, "agent.sock", "qmp.sock"] {
+        for name in [CONTROL_SOCKET, SHARE_SOCKET, "agent.sock", "qmp.sock"] {
             let _ = fs::remove_file(self.dir.join(name));
         }
     }
