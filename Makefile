@@ -8,7 +8,7 @@ GUEST_DIR := target/share/runvm
 AGENT     := target/release/runvm-agent
 RUNVM     := target/release/runvm
 
-.PHONY: all deps build agent guest install run test bench clean
+.PHONY: all deps build agent guest install run test bench soak clean
 
 all: build guest
 
@@ -42,6 +42,10 @@ test: deps guest
 
 bench: deps build guest
 	python3 scripts/bench.py --runvm $(RUNVM)
+
+# Hundreds of run/delete cycles, sequential then parallel: failures and leaks.
+soak: deps build guest
+	python3 scripts/soak.py --runvm $(RUNVM)
 
 clean:
 	$(CARGO) clean

@@ -147,6 +147,18 @@ pub fn resource_writes(
     vm_memory: u64,
     vm_cpus: u32,
 ) -> Result<Vec<(String, String)>, String> {
+    // -1 means "no limit"; other negative numbers mean nothing.
+    for ptr in [
+        "/memory/limit",
+        "/memory/reservation",
+        "/memory/swap",
+        "/pids/limit",
+        "/cpu/quota",
+    ] {
+        if let Some(n) = num(r, ptr).filter(|n| *n < -1) {
+            return Err(format!("invalid value {n} for {}", &ptr[1..]));
+        }
+    }
     let mut w: Vec<(String, String)> = Vec::new();
     let mut put = |f: &str, v: String| w.push((f.to_string(), v));
 
@@ -422,6 +434,18 @@ mod tests {
         assert!(err.contains("CPU 2 does not exist"), "{err}");
         assert!(resource_writes(&json!({"cpu": {"cpus": "x"}}), GIB, 2).is_err());
         assert!(resource_writes(&json!({"cpu": {"realtimeRuntime": 5}}), GIB, 2).is_err());
+    }
+
+    #[test]
+    fn negative_numbers_other_than_minus_one_are_refused() {
+        for r in [
+            json!({"memory": {"limit": -5}}),
+            json!({"pids": {"limit": -2}}),
+            json!({"cpu": {"quota": -100}}),
+        ] {
+            let err = resource_writes(&r, GIB, 1).unwrap_err();
+            assert!(err.starts_with("invalid value"), "{err}");
+        }
     }
 
     #[test]

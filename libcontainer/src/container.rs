@@ -20,6 +20,7 @@ use slog::{debug, warn, Logger};
 use crate::config::{Config, ConfigError};
 use crate::exec::ExecOptions;
 use crate::id::{validate_id, IdError};
+use crate::procinfo::ProcessIdentity;
 use crate::shim::control::{self, ControlError, ShimReply, ShimRequest};
 use crate::shim::Ready;
 use crate::spec::{Bundle, SpecError};
@@ -206,6 +207,7 @@ impl Runtime {
             created: Utc::now(),
             owner_uid: nix::unistd::geteuid().as_raw(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            creator: ProcessIdentity::of(std::process::id() as i32),
             shim: None,
             vmm: None,
             virtiofsd: None,
@@ -319,11 +321,9 @@ impl Runtime {
             ContainerStatus::Paused => return Err(ContainerError::StartPaused),
             ContainerStatus::Creating => return Err(ContainerError::StartCreating),
         }
-        match control::call(
-            &self.store.dir(id),
-            &ShimRequest::Start,
-            self.config.timeouts.request(),
-        ) {
+        // Starting may wait on a busy guest: it gets the boot timeout.
+        let timeout = self.config.timeouts.boot() + Duration::from_secs(5);
+        match control::call(&self.store.dir(id), &ShimRequest::Start, timeout) {
             Ok(_) => Ok(()),
             Err(e) if e.shim_gone() => Err(ContainerError::StartStopped),
             Err(e) => Err(e.into()),
@@ -361,7 +361,7 @@ impl Runtime {
         match control::call(
             &self.store.dir(id),
             &ShimRequest::Kill { signal, all },
-            self.config.timeouts.request(),
+            self.shim_timeout(),
         ) {
             Ok(_) => Ok(()),
             Err(e) if e.shim_gone() => Err(ContainerError::NotRunning),
@@ -372,7 +372,14 @@ impl Runtime {
     /// Remove a container. A running or paused one needs `force` (SIGKILL);
     /// a created one is killed, as runc does.
     pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
-        let state = self.load(id)?;
+        validate_id(id)?;
+        let state = match self.store.load(id) {
+            Ok(state) => state,
+            Err(StateError::Corrupt { .. } | StateError::Read { .. }) if force => {
+                return self.delete_unreadable(id)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let status = state.refreshed_status();
         if !force && !status.can_delete() {
             return Err(ContainerError::DeleteNotStopped {
@@ -382,21 +389,29 @@ impl Runtime {
         }
         let stop = self.config.timeouts.stop() + Duration::from_secs(5);
         if let Some(shim) = state.shim.filter(|s| s.is_alive()) {
-            if status != ContainerStatus::Stopped {
-                // The shim kills the container, stops its VM and exits.
-                let _ = control::call(
-                    &self.store.dir(id),
-                    &ShimRequest::Kill {
-                        signal: libc::SIGKILL,
-                        all: false,
-                    },
-                    self.config.timeouts.request(),
-                );
-            }
-            // A stopped container's shim may still be stopping its VM: let
-            // it finish, and kill it only if it does not.
-            if !shim.wait_gone(stop) {
-                shim.kill_and_wait(stop);
+            match status {
+                // Still booting: nothing to ask it yet.
+                ContainerStatus::Creating => {
+                    shim.kill_and_wait(stop);
+                }
+                _ => {
+                    if status != ContainerStatus::Stopped {
+                        // The shim kills the container, stops its VM and exits.
+                        let _ = control::call(
+                            &self.store.dir(id),
+                            &ShimRequest::Kill {
+                                signal: libc::SIGKILL,
+                                all: false,
+                            },
+                            self.shim_timeout(),
+                        );
+                    }
+                    // A stopped container's shim may still be stopping its
+                    // VM: let it finish, and kill it only if it does not.
+                    if !shim.wait_gone(stop) {
+                        shim.kill_and_wait(stop);
+                    }
+                }
             }
             if shim.is_alive() {
                 return Err(ContainerError::ShimStuck {
@@ -412,6 +427,21 @@ impl Runtime {
         for p in state.processes() {
             p.kill_and_wait(stop);
         }
+        self.store.remove(id)?;
+        Ok(())
+    }
+
+    /// `delete --force` of a container whose state file cannot be read: the
+    /// shim, QEMU and virtiofsd all run in the container's directory, which
+    /// identifies them without the file.
+    fn delete_unreadable(&self, id: &str) -> Result<(), ContainerError> {
+        let dir = self.store.dir(id);
+        let stop = self.config.timeouts.stop() + Duration::from_secs(5);
+        for p in ProcessIdentity::working_in(&dir) {
+            warn!(self.log, "killing a process of a container with unreadable state"; "pid" => p.pid);
+            p.kill_and_wait(stop);
+        }
+        let _lock = self.store.lock(id)?;
         self.store.remove(id)?;
         Ok(())
     }
@@ -466,6 +496,12 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// How long a verb waits for the shim: longer than the shim waits for the
+    /// agent, so the agent's timeout is the error the user sees.
+    fn shim_timeout(&self) -> Duration {
+        self.config.timeouts.request() + Duration::from_secs(5)
+    }
+
     fn live(&self, id: &str) -> Result<State, ContainerError> {
         let state = self.load(id)?;
         if state.refreshed_status() == ContainerStatus::Stopped {
@@ -476,7 +512,7 @@ impl Runtime {
 
     /// Ask a live container's shim.
     fn ask(&self, id: &str, req: &ShimRequest) -> Result<ShimReply, ContainerError> {
-        match control::call(&self.store.dir(id), req, self.config.timeouts.request()) {
+        match control::call(&self.store.dir(id), req, self.shim_timeout()) {
             Ok(reply) => Ok(reply),
             Err(e) if e.shim_gone() => Err(ContainerError::NotRunning),
             Err(e) => Err(e.into()),
@@ -512,10 +548,16 @@ impl Runtime {
                 &process,
                 opts.console_socket.as_deref(),
                 opts.pid_file.as_deref(),
+                self.shim_timeout(),
             )
             .map(|_| 0)
         } else {
-            crate::exec::run_attached(&dir, &process, opts.console_socket.as_deref())
+            crate::exec::run_attached(
+                &dir,
+                &process,
+                opts.console_socket.as_deref(),
+                self.shim_timeout(),
+            )
         };
         result.map_err(|e| match e {
             crate::exec::ExecError::Control(c) if c.shim_gone() => ContainerError::ExecStopped,

@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -228,15 +229,30 @@ fn start_session(
     exec_id: &str,
     process: &Value,
     fds: &[OwnedFd; 3],
+    timeout: Duration,
 ) -> Result<(UnixStream, i32), ExecError> {
     let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
     let mut stream = control::connect(state_dir, Some(raw))?;
+    let io = |e| ExecError::Control(ControlError::Io(e));
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let req = ShimRequest::Exec {
         exec_id: exec_id.to_string(),
         process: process.clone(),
     };
     runvm_protocol::send(&mut stream, &req).map_err(ControlError::from)?;
-    let resp: ShimResponse = runvm_protocol::recv(&mut stream).map_err(ControlError::from)?;
+    let resp: ShimResponse = runvm_protocol::recv(&mut stream).map_err(|e| match e {
+        runvm_protocol::FrameError::Read(ref io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            ControlError::Timeout(timeout)
+        }
+        e => ControlError::from(e),
+    })?;
+    // From now on the session lasts as long as the process does.
+    stream.set_read_timeout(None).map_err(io)?;
     match resp.map_err(ControlError::Shim)? {
         ShimReply::ExecStarted { guest_pid } => Ok((stream, guest_pid)),
         other => Err(ControlError::Shim(format!("unexpected reply {other:?}")).into()),
@@ -319,13 +335,14 @@ pub fn run_attached(
     state_dir: &Path,
     process: &Value,
     console_socket: Option<&Path>,
+    timeout: Duration,
 ) -> Result<i32, ExecError> {
     if let Some(path) = console_socket {
         terminal::check_console_socket(path)?;
     }
     let mut signals = signal_fd()?;
     let stdio = stand_in_stdio(terminal_of(process), console_socket)?;
-    let (stream, _pid) = start_session(state_dir, &new_exec_id(), process, &stdio.fds)?;
+    let (stream, _pid) = start_session(state_dir, &new_exec_id(), process, &stdio.fds, timeout)?;
     drop(stdio.fds);
     relay_until_exit(stream, stdio.resize_source.as_ref(), &mut signals)
 }
@@ -337,6 +354,7 @@ pub fn run_detached(
     process: &Value,
     console_socket: Option<&Path>,
     pid_file: Option<&Path>,
+    timeout: Duration,
 ) -> Result<i32, ExecError> {
     let terminal = terminal_of(process);
     if terminal && console_socket.is_none() {
@@ -350,7 +368,7 @@ pub fn run_detached(
     match unsafe { fork() }.map_err(ExecError::Fork)? {
         ForkResult::Child => {
             drop(r);
-            let code = stand_in(state_dir, process, console_socket, w);
+            let code = stand_in(state_dir, process, console_socket, w, timeout);
             std::process::exit(code)
         }
         ForkResult::Parent { child } => {
@@ -380,12 +398,13 @@ fn stand_in(
     process: &Value,
     console_socket: Option<&Path>,
     ready: OwnedFd,
+    timeout: Duration,
 ) -> i32 {
     let mut ready = File::from(ready);
     let _ = nix::unistd::setsid();
     let started = signal_fd().and_then(|signals| {
         let stdio = stand_in_stdio(terminal_of(process), console_socket)?;
-        let (stream, pid) = start_session(state_dir, &new_exec_id(), process, &stdio.fds)?;
+        let (stream, pid) = start_session(state_dir, &new_exec_id(), process, &stdio.fds, timeout)?;
         Ok((signals, stdio, stream, pid))
     });
     let (mut signals, stdio, stream, pid) = match started {

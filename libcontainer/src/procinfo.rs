@@ -56,6 +56,29 @@ impl ProcessIdentity {
         }
     }
 
+    /// Live processes whose working directory is `dir`.
+    pub fn working_in(dir: &std::path::Path) -> Vec<Self> {
+        let Ok(dir) = std::fs::canonicalize(dir) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != std::process::id() as i32)
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .ok()
+                    .as_deref()
+                    == Some(&*dir)
+            })
+            .filter_map(Self::of)
+            .filter(|p| p.is_alive())
+            .collect()
+    }
+
     /// SIGKILL the process if it is still the one recorded, and wait for it.
     pub fn kill_and_wait(&self, timeout: Duration) -> bool {
         self.signal(Signal::SIGKILL);
@@ -77,6 +100,27 @@ mod tests {
         };
         assert!(!other.is_alive());
         assert!(!other.signal(Signal::SIGTERM));
+    }
+
+    #[test]
+    fn finds_processes_by_working_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .current_dir(tmp.path())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = Vec::new();
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            found = ProcessIdentity::working_in(tmp.path());
+        }
+        assert_eq!(
+            found.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            vec![child.id() as i32]
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

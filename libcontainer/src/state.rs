@@ -59,6 +59,9 @@ pub struct State {
     pub owner_uid: u32,
     #[serde(default)]
     pub annotations: HashMap<String, String>,
+    /// The `runvm create` (or `run`) that made the container.
+    #[serde(default)]
+    pub creator: Option<ProcessIdentity>,
     /// The per-container shim: the pid in `--pid-file`.
     pub shim: Option<ProcessIdentity>,
     /// The hypervisor process (QEMU).
@@ -82,16 +85,17 @@ impl State {
         if !self.status.has_shim() {
             return self.status;
         }
-        match self.shim {
-            Some(shim) if shim.is_alive() => self.status,
-            Some(_) => ContainerStatus::Stopped,
-            // Still being created by a `create` that has not started the shim
-            // yet, or that died before it could.
-            None => self.status,
+        match (self.shim, self.creator) {
+            (Some(shim), _) if shim.is_alive() => self.status,
+            (Some(_), _) => ContainerStatus::Stopped,
+            // Being created by a `create` that has not started the shim yet...
+            (None, Some(creator)) if creator.is_alive() => self.status,
+            // ...or that died before it could.
+            (None, _) => ContainerStatus::Stopped,
         }
     }
 
-    /// Every host process recorded for this container.
+    /// Every host process recorded for this container (not its creator).
     pub fn processes(&self) -> impl Iterator<Item = ProcessIdentity> {
         [self.shim, self.vmm, self.virtiofsd].into_iter().flatten()
     }
@@ -280,6 +284,7 @@ mod tests {
             created: Utc::now(),
             owner_uid: 0,
             annotations: HashMap::new(),
+            creator: None,
             shim: None,
             vmm: None,
             virtiofsd: None,
@@ -356,5 +361,18 @@ mod tests {
         assert_eq!(st.refreshed_status(), ContainerStatus::Stopped);
         st.shim = ProcessIdentity::of(std::process::id() as i32);
         assert_eq!(st.refreshed_status(), ContainerStatus::Running);
+    }
+
+    #[test]
+    fn a_creation_whose_creator_died_before_the_shim_is_stopped() {
+        let mut st = sample("c1");
+        st.status = ContainerStatus::Creating;
+        st.creator = ProcessIdentity::of(std::process::id() as i32);
+        assert_eq!(st.refreshed_status(), ContainerStatus::Creating);
+        st.creator = Some(ProcessIdentity {
+            pid: i32::MAX,
+            start_time: 1,
+        });
+        assert_eq!(st.refreshed_status(), ContainerStatus::Stopped);
     }
 }

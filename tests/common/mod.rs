@@ -104,6 +104,8 @@ impl Bundle {
 /// runvm with a state root of its own.
 pub struct Runvm {
     root: tempfile::TempDir,
+    /// A runvm config file given through $RUNVM_CONFIG.
+    config: Option<PathBuf>,
 }
 
 impl Default for Runvm {
@@ -120,7 +122,17 @@ impl Runvm {
                 .prefix("runvm-root-")
                 .tempdir()
                 .unwrap(),
+            config: None,
         }
+    }
+
+    /// runvm with this configuration (TOML), e.g. short timeouts.
+    pub fn with_config(toml: &str) -> Runvm {
+        let mut rv = Runvm::new();
+        let path = rv.root.path().join("config.toml");
+        fs::write(&path, toml).unwrap();
+        rv.config = Some(path);
+        rv
     }
 
     pub fn root(&self) -> &Path {
@@ -130,6 +142,9 @@ impl Runvm {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(RUNVM);
         c.arg("--root").arg(self.root.path());
+        if let Some(config) = &self.config {
+            c.env("RUNVM_CONFIG", config);
+        }
         c
     }
 

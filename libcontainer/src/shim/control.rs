@@ -85,6 +85,8 @@ pub enum ControlError {
     /// The shim's own error message.
     #[error("{0}")]
     Shim(String),
+    #[error("the shim did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl ControlError {
@@ -128,8 +130,19 @@ pub fn call(dir: &Path, req: &ShimRequest, timeout: Duration) -> Result<ShimRepl
     let mut stream = connect(dir, None)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    runvm_protocol::send(&mut stream, req)?;
-    let resp: ShimResponse = runvm_protocol::recv(&mut stream)?;
+    let timed_out = |e: FrameError| match &e {
+        FrameError::Read(io) | FrameError::Write(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            ControlError::Timeout(timeout)
+        }
+        _ => ControlError::Frame(e),
+    };
+    runvm_protocol::send(&mut stream, req).map_err(timed_out)?;
+    let resp: ShimResponse = runvm_protocol::recv(&mut stream).map_err(timed_out)?;
     resp.map_err(ControlError::Shim)
 }
 

@@ -81,6 +81,8 @@ pub enum ShimError {
     Share(#[from] crate::share::ShareError),
     #[error("set up stdio")]
     Stdio(#[source] io::Error),
+    #[error("the guest's agent speaks protocol {guest}, runvm speaks {host}: rebuild the guest (make guest)")]
+    AgentVersion { guest: u32, host: u32 },
 }
 
 /// What the shim tells `runvm create` through the ready pipe.
@@ -393,13 +395,24 @@ impl Shim {
             }
         };
         let t_ready = t0.elapsed();
+        if info.protocol != runvm_protocol::PROTOCOL_VERSION {
+            return Err(ShimError::AgentVersion {
+                guest: info.protocol,
+                host: runvm_protocol::PROTOCOL_VERSION,
+            });
+        }
 
         let process = ProcessRef::init(&self.id);
+        // Creating and starting are part of bringing the container up: they
+        // get the boot timeout, which allows for a busy host.
         let reply = agent
-            .request(Request::CreateContainer(CreateContainer {
-                container_id: self.id.clone(),
-                spec: crate::share::guest_spec(&bundle.raw, &bundle.binds),
-            }))
+            .request_within(
+                Request::CreateContainer(CreateContainer {
+                    container_id: self.id.clone(),
+                    spec: crate::share::guest_spec(&bundle.raw, &bundle.binds),
+                }),
+                boot_timeout,
+            )
             .await
             .map_err(ShimError::Create)?;
         let guest_pid = match reply {
@@ -753,10 +766,11 @@ impl Shim {
                 return Err("cannot start a container that is not created yet".into())
             }
         }
+        let req = Request::StartContainer {
+            container_id: self.id.clone(),
+        };
         self.agent()?
-            .request(Request::StartContainer {
-                container_id: self.id.clone(),
-            })
+            .request_within(req, self.config.timeouts.boot())
             .await
             .map_err(|e| error_chain(&e))?;
         self.status = ContainerStatus::Running;
