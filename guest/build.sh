@@ -32,7 +32,7 @@ if [ -z "$deb" ]; then
     deb=$(ls "$cache"/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
     [ -n "$deb" ] || { echo "guest: apt-get download $pkg failed" >&2; exit 1; }
 fi
-agent_sha=$(sha256sum "$agent" | cut -d' ' -f1)
+agent_sha=$(cat "$agent" "$0" | sha256sum | cut -d' ' -f1)
 if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.img" ] && [ -f "$out/guest.txt" ] &&
     grep -qx "agent_sha256=$agent_sha" "$out/guest.txt" &&
     grep -qx "kernel_deb=$(basename "$deb")" "$out/guest.txt"; then
@@ -56,6 +56,17 @@ install -m 0755 "$agent" "$stage/init"
 # The agent is a glibc program: carry the loader and every library it links.
 ldd "$agent" | awk '/=>/ {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
     [ -n "$lib" ] && [ -e "$lib" ] && cp --parents -L "$lib" "$stage/"
+done
+# Kernel modules the agent loads at start (uncompressed: finit_module).
+# virtio_balloon reports freed guest pages, so the host can drop them.
+mkdir -p "$stage/lib/modules"
+for mod in drivers/virtio/virtio_balloon; do
+    src=$(ls "$kdir"/lib/modules/"$krel"/kernel/"$mod".ko* | head -n1)
+    case "$src" in
+        *.xz) xz -dc "$src" > "$stage/lib/modules/$(basename "$mod").ko" ;;
+        *.zst) zstd -dcq "$src" > "$stage/lib/modules/$(basename "$mod").ko" ;;
+        *) cp "$src" "$stage/lib/modules/" ;;
+    esac
 done
 # The kernel opens /dev/console for PID 1's stdio before /dev is mounted.
 if [ "$(id -u)" = 0 ]; then

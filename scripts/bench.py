@@ -84,15 +84,70 @@ def hide_unified_cgroup():
     return subprocess.run(["umount", "/sys/fs/cgroup/unified"]).returncode == 0
 
 
+def pss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid):
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                stat = open(f"/proc/{p}/stat").read()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
+                out.append(int(p))
+    return out
+
+
+def idle_pss(cmd, root, bundle, n):
+    """Start n idle containers; the mean PSS (MiB) of each one's shim, QEMU
+    and virtiofsd processes."""
+    ids = [f"idle-{i}" for i in range(n)]
+    try:
+        for cid in ids:
+            subprocess.run(cmd + ["run", "-d", "--bundle", bundle, cid], check=True,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        time.sleep(3)
+        totals = []
+        for cid in ids:
+            st = json.load(open(os.path.join(root, cid, "state.json")))
+            pids = [st[k]["pid"] for k in ("shim", "vmm", "virtiofsd") if st.get(k)]
+            pids += children(st["virtiofsd"]["pid"]) if st.get("virtiofsd") else []
+            totals.append(sum(pss_kib(p) for p in pids) / 1024)
+        return statistics.mean(totals)
+    finally:
+        for cid in ids:
+            subprocess.run(cmd + ["delete", "--force", cid], capture_output=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runvm", default="target/release/runvm")
     ap.add_argument("-n", type=int, default=10)
+    ap.add_argument("--idle", type=int, default=10, help="idle containers for the PSS figures")
     a = ap.parse_args()
     runvm = os.path.abspath(a.runvm)
     bundle = make_bundle(runvm, ["true"])
+    idle_bundle = make_bundle(runvm, ["sleep", "1000"])
     roots = {}
-    runtimes = {"runvm": [runvm]}
+    # A template of the bench's own, on tmpfs, used by "runvm-template".
+    tpl_dir = tempfile.mkdtemp(prefix="runvm-bench-template-", dir="/dev/shm")
+    tpl_config = os.path.join(tpl_dir, "config.toml")
+    with open(tpl_config, "w") as f:
+        f.write(f'[factory]\nenable_template = true\ntemplate_path = "{tpl_dir}/template"\n')
+    subprocess.run([runvm, "factory", "init"], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "RUNVM_CONFIG": tpl_config})
+    os.environ["RUNVM_CONFIG_TEMPLATE"] = tpl_config
+    runtimes = {"runvm": [runvm], "runvm-template": ["env", f"RUNVM_CONFIG={tpl_config}", runvm]}
     for name in ("runc", "crun"):
         if shutil.which(name):
             runtimes[name] = [name]
@@ -100,7 +155,7 @@ def main():
         print("crun left out: cannot hide the hybrid cgroup mount", file=sys.stderr)
         del runtimes["crun"]
     results = {name: [] for name in runtimes}
-    details = []
+    details = {}
     try:
         for name, base in runtimes.items():
             roots[name] = tempfile.mkdtemp(prefix=f"bench-root-{name}-")
@@ -108,39 +163,53 @@ def main():
             for name, base in runtimes.items():
                 cmd = base + ["--root", roots[name]]
                 log = None
-                if name == "runvm":
+                if name.startswith("runvm"):
                     log = os.path.join(roots[name], f"log-{i}.txt")
                     cmd = cmd + ["--debug", "--log", log]
                 t = cycle(cmd, bundle, f"bench-{i}")
                 results[name].append(t["total"])
                 if log:
                     t.update(shim_timings(log))
-                    details.append(t)
+                    details.setdefault(name, []).append(t)
+        pss = {}
+        for name in ("runvm", "runvm-template"):
+            pss[name] = idle_pss(runtimes[name] + ["--root", roots[name]], roots[name],
+                                 idle_bundle, a.idle)
     finally:
-        for d in list(roots.values()) + [bundle]:
+        for d in list(roots.values()) + [bundle, idle_bundle]:
             shutil.rmtree(d, ignore_errors=True)
+        subprocess.run([runvm, "factory", "destroy"], capture_output=True,
+                       env={**os.environ, "RUNVM_CONFIG": tpl_config})
+        shutil.rmtree(tpl_dir, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"create + start + wait until stopped + delete of /bin/true, median of {a.n}")
     for name, m in med.items():
-        ratios = ", ".join(f"{m / med[o]:.1f}x {o}" for o in med if o != name and name == "runvm")
-        print(f"  {name:6} {m:9.1f} ms" + (f"   ({ratios})" if ratios else ""))
-    print("where runvm's time goes (median ms):")
-    dm = lambda k: statistics.median(d[k] for d in details if k in d)
+        ratios = ""
+        if name.startswith("runvm"):
+            ratios = "   (" + ", ".join(
+                f"{m / med[o]:.1f}x {o}" for o in ("runc", "crun", "runvm") if o in med and o != name
+            ) + ")"
+        print(f"  {name:15} {m:9.1f} ms{ratios}")
     rows = [
         ("create (runvm create, wall)", "create"),
         ("  QEMU launched, QMP ready", "vmm_launch_ms"),
-        ("  boot until the agent answers", "agent_ready_ms"),
+        ("  boot or restore until the agent answers", "agent_ready_ms"),
         ("  container created in the guest", "created_ms"),
         ("start", "start"),
         ("run until stopped (seen by state)", "until_stopped"),
         ("delete", "delete"),
         ("  shim teardown (VM and virtiofsd stop)", "teardown_ms"),
     ]
-    for label, key in rows:
-        if any(key in d for d in details):
-            print(f"  {label:40} {dm(key):8.1f}")
-    print("(the shim's phases are cumulative from its start)")
+    for name, ds in details.items():
+        print(f"where {name}'s time goes (median ms; the shim's phases count from its start):")
+        for label, key in rows:
+            vals = [d[key] for d in ds if key in d]
+            if vals:
+                print(f"  {label:44} {statistics.median(vals):8.1f}")
+    print(f"host memory per idle container (PSS of shim + QEMU + virtiofsd, mean of {a.idle}):")
+    for name, v in pss.items():
+        print(f"  {name:15} {v:7.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOT
 fi
 
-pkgs=(busybox-static runc crun cpio zstd libseccomp-dev libcap-ng-dev pkg-config kmod git python3)
+pkgs=(busybox-static runc crun cpio zstd xz-utils libseccomp-dev libcap-ng-dev pkg-config kmod git python3)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

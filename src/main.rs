@@ -38,6 +38,8 @@ enum Command {
     Standard(Box<StandardCmd>),
     #[command(flatten)]
     Common(Box<CommonCmd>),
+    /// Manage the VM template containers are cloned from
+    Factory(commands::factory::FactoryCmd),
     /// The per-container shim (started by create and run; not for users).
     #[command(name = "__shim", hide = true)]
     Shim(commands::shim::ShimCmd),

@@ -163,5 +163,26 @@ pub fn mount_system() -> Result<()> {
     fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" "))
         .context("enable cgroup v2 controllers")?;
     let _ = nix::unistd::sethostname("runvm");
+    load_modules();
     Ok(())
+}
+
+/// Load the kernel modules the initramfs carries. A module that fails to
+/// load costs a feature (free page reporting), not the VM.
+fn load_modules() {
+    let Ok(entries) = fs::read_dir("/lib/modules") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "ko") {
+            let loaded = fs::File::open(&path).and_then(|f| {
+                nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty())
+                    .map_err(std::io::Error::from)
+            });
+            if let Err(e) = loaded {
+                eprintln!("runvm-agent: load {}: {e}", path.display());
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod cgroup;
 mod containers;
 mod executor;
 mod fdio;
+mod guest;
 mod init;
 mod process;
 mod reaper;

@@ -128,6 +128,9 @@ async fn handle_request(agent: &Agent, req: Request) -> Response {
         Request::ListProcesses { container_id } => {
             agent.processes(&container_id).map(Reply::Processes)
         }
+        Request::SyncGuest { unix_time_ns, seed } => {
+            crate::guest::sync(unix_time_ns, &seed).map(|()| Reply::Done)
+        }
     }
 }
 

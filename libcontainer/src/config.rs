@@ -128,12 +128,33 @@ impl Timeouts {
     }
 }
 
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FactoryConfig {
+    /// Create containers by cloning a template VM (`runvm factory init`)
+    /// instead of booting one.
+    pub enable_template: bool,
+    /// Where the template lives. Its memory is a file here, so this must be
+    /// on tmpfs; clones copy it next to it.
+    pub template_path: PathBuf,
+}
+
+impl Default for FactoryConfig {
+    fn default() -> Self {
+        FactoryConfig {
+            enable_template: false,
+            template_path: PathBuf::from("/dev/shm/runvm/template"),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub virtiofsd: VirtiofsdConfig,
     pub timeouts: Timeouts,
+    pub factory: FactoryConfig,
 }
 
 impl Config {
@@ -172,6 +193,32 @@ impl Config {
             (None, Some(kernel)) => Ok(kernel.with_file_name(INITRD_FILE)),
             (None, None) => find_guest_file(INITRD_FILE, "initramfs"),
         }
+    }
+
+    /// The VM to run for a container (or a template) named `name`, with its
+    /// sockets and logs in `dir`.
+    pub fn vm_config(
+        &self,
+        name: String,
+        dir: &Path,
+        memory: crate::hypervisor::GuestMemory,
+        fs_shares: Vec<crate::hypervisor::FsShare>,
+    ) -> Result<crate::hypervisor::VmConfig, ConfigError> {
+        let hv = &self.hypervisor;
+        Ok(crate::hypervisor::VmConfig {
+            name,
+            dir: dir.to_path_buf(),
+            kernel: self.kernel()?,
+            initrd: self.initrd()?,
+            kernel_params: hv.kernel_params.clone(),
+            vcpus: hv.vcpus,
+            memory_mib: hv.memory_mib,
+            accel: crate::hypervisor::resolve_accel(hv.accel).0,
+            fs_shares,
+            seccomp_sandbox: hv.seccomp_sandbox,
+            memory,
+            incoming: false,
+        })
     }
 
     pub fn qemu(&self) -> Result<PathBuf, ConfigError> {

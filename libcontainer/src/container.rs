@@ -213,6 +213,7 @@ impl Runtime {
             virtiofsd: None,
             guest_pid: None,
             accel: None,
+            boot: None,
             exit_code: None,
             terminal: bundle.terminal(),
         };

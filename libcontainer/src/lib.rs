@@ -9,6 +9,7 @@ pub mod config;
 pub mod container;
 pub mod events;
 pub mod exec;
+pub mod factory;
 pub mod features;
 pub mod hypervisor;
 pub mod id;

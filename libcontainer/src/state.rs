@@ -71,6 +71,9 @@ pub struct State {
     pub guest_pid: Option<i32>,
     /// How the VM is accelerated: "kvm" or "tcg".
     pub accel: Option<String>,
+    /// How the VM came up: "cold" (booted) or "template" (cloned).
+    #[serde(default)]
+    pub boot: Option<String>,
     /// Exit code of the container process (128+N for signal N).
     pub exit_code: Option<i32>,
     /// The container process has a terminal.
@@ -290,6 +293,7 @@ mod tests {
             virtiofsd: None,
             guest_pid: None,
             accel: None,
+            boot: None,
             exit_code: None,
             terminal: false,
         }

@@ -104,6 +104,15 @@ pub enum Request {
     ListProcesses {
         container_id: String,
     },
+    /// After a VM is restored from a template: set the guest's clock to the
+    /// host's and mix host entropy into its RNG, so clones of one template
+    /// neither share random numbers nor live in the template's past.
+    SyncGuest {
+        /// Nanoseconds since the epoch.
+        unix_time_ns: u64,
+        /// Random bytes from the host.
+        seed: Vec<u8>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -5,6 +5,7 @@ mod create;
 mod delete;
 mod events;
 mod exec;
+pub mod factory;
 mod features;
 mod kill;
 mod list;
@@ -64,6 +65,7 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
             CommonCmd::Resume(args) => pause::resume(args, ctx),
             CommonCmd::Update(args) => update::update(args, ctx),
         },
+        Command::Factory(cmd) => factory::factory(cmd, ctx),
         Command::Shim(_) => unreachable!("the shim is dispatched before logging is set up"),
     }
 }

@@ -104,8 +104,8 @@ impl Bundle {
 /// runvm with a state root of its own.
 pub struct Runvm {
     root: tempfile::TempDir,
-    /// A runvm config file given through $RUNVM_CONFIG.
-    config: Option<PathBuf>,
+    /// A runvm config file given through $RUNVM_CONFIG (outside the root).
+    config: Option<tempfile::NamedTempFile>,
 }
 
 impl Default for Runvm {
@@ -115,24 +115,41 @@ impl Default for Runvm {
 }
 
 impl Runvm {
+    /// runvm with the default configuration, or, when RUNVM_TEST_TEMPLATE=1,
+    /// with containers cloned from a template (built once per test binary).
     pub fn new() -> Runvm {
+        Self::with_config("")
+    }
+
+    /// runvm with this configuration (TOML), e.g. short timeouts.
+    pub fn with_config(toml: &str) -> Runvm {
         become_subreaper();
-        Runvm {
+        let mut rv = Runvm {
             root: tempfile::Builder::new()
                 .prefix("runvm-root-")
                 .tempdir()
                 .unwrap(),
             config: None,
+        };
+        let mut toml = toml.to_string();
+        if template_mode() {
+            toml.push_str(&shared_template().config_section());
         }
+        if !toml.is_empty() {
+            let file = tempfile::Builder::new()
+                .prefix("runvm-config-")
+                .suffix(".toml")
+                .tempfile()
+                .unwrap();
+            fs::write(file.path(), toml).unwrap();
+            rv.config = Some(file);
+        }
+        rv
     }
 
-    /// runvm with this configuration (TOML), e.g. short timeouts.
-    pub fn with_config(toml: &str) -> Runvm {
-        let mut rv = Runvm::new();
-        let path = rv.root.path().join("config.toml");
-        fs::write(&path, toml).unwrap();
-        rv.config = Some(path);
-        rv
+    /// The state file of a container, as runvm keeps it.
+    pub fn raw_state(&self, id: &str) -> Value {
+        serde_json::from_slice(&fs::read(self.root().join(id).join("state.json")).unwrap()).unwrap()
     }
 
     pub fn root(&self) -> &Path {
@@ -143,7 +160,7 @@ impl Runvm {
         let mut c = Command::new(RUNVM);
         c.arg("--root").arg(self.root.path());
         if let Some(config) = &self.config {
-            c.env("RUNVM_CONFIG", config);
+            c.env("RUNVM_CONFIG", config.path());
         }
         c
     }
@@ -151,6 +168,14 @@ impl Runvm {
     /// Run a verb that ends quickly; stdin is empty.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// In template mode every container must be a clone: a broken template
+    /// must not let the suite pass on cold boots.
+    fn check_boot(&self, id: &str) {
+        if template_mode() {
+            assert_eq!(self.raw_state(id)["boot"], "template", "{id} booted cold");
+        }
     }
 
     pub fn state(&self, id: &str) -> Value {
@@ -199,6 +224,9 @@ impl Runvm {
         let shim_pid = fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.parse().ok());
+        if out.status.success() {
+            self.check_boot(id);
+        }
         (
             Container {
                 rv: self,
@@ -364,6 +392,7 @@ impl Runvm {
             .output()
             .unwrap();
         assert!(out.status.success(), "run -d: {}", bundle.output("err.txt"));
+        self.check_boot(id);
         let shim_pid = fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.parse().ok());
@@ -481,4 +510,76 @@ pub fn read_until(master: &std::os::fd::OwnedFd, needle: &str, timeout: Duration
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the suite runs with containers cloned from a template.
+pub fn template_mode() -> bool {
+    std::env::var("RUNVM_TEST_TEMPLATE").is_ok_and(|v| v == "1")
+}
+
+/// A template built with `runvm factory init` in a directory of its own on
+/// tmpfs.
+pub struct TestTemplate {
+    pub path: PathBuf,
+}
+
+impl TestTemplate {
+    pub fn build(name: &str) -> TestTemplate {
+        let path = PathBuf::from(format!(
+            "/dev/shm/runvm-test-templates/{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let t = TestTemplate { path };
+        let config = t.path.with_extension("toml");
+        fs::create_dir_all(t.path.parent().unwrap()).unwrap();
+        fs::write(&config, t.config_section()).unwrap();
+        let out = Command::new(RUNVM)
+            .args(["factory", "init"])
+            .env("RUNVM_CONFIG", &config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "factory init: {}", text(&out.stderr));
+        t
+    }
+
+    pub fn config_section(&self) -> String {
+        format!(
+            "\n[factory]\nenable_template = true\ntemplate_path = \"{}\"\n",
+            self.path.display()
+        )
+    }
+
+    /// Remove it (and its lock and config files).
+    pub fn destroy(&self) {
+        let _ = fs::remove_dir_all(&self.path);
+        let _ = fs::remove_file(self.path.with_extension("lock"));
+        let _ = fs::remove_file(self.path.with_extension("toml"));
+    }
+}
+
+/// The template all containers of this test binary clone in template mode;
+/// removed when the test binary exits.
+fn shared_template() -> &'static TestTemplate {
+    static T: std::sync::OnceLock<TestTemplate> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let name = std::env::args()
+            .next()
+            .and_then(|a| {
+                Path::new(&a)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "tests".into());
+        extern "C" fn cleanup() {
+            if let Some(t) = T.get() {
+                t.destroy();
+            }
+        }
+        // SAFETY: registering a plain extern "C" function with atexit.
+        unsafe {
+            libc::atexit(cleanup);
+        }
+        TestTemplate::build(&name)
+    })
 }

@@ -27,6 +27,12 @@ pub enum HypervisorError {
     Qmp(#[from] qmp::QmpError),
     #[error("the VM is not running")]
     NotRunning,
+    #[error("migration {what} ended as {status}{detail}")]
+    Migration {
+        what: &'static str,
+        status: String,
+        detail: String,
+    },
     #[error("{backend} does not support {what}")]
     Unsupported {
         backend: &'static str,
@@ -95,6 +101,15 @@ pub struct FsShare {
 pub const AGENT_SOCKET: &str = "agent.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
 
+/// Where guest RAM lives. Either way it is shared, as vhost-user needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuestMemory {
+    /// Anonymous memory (a memfd): a VM booted from scratch.
+    Memfd,
+    /// A file on tmpfs: a template's memory, or a clone's copy of it.
+    File(PathBuf),
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -110,6 +125,9 @@ pub struct VmConfig {
     /// Shares attached at boot. More can be hotplugged later.
     pub fs_shares: Vec<FsShare>,
     pub seccomp_sandbox: bool,
+    pub memory: GuestMemory,
+    /// Start paused, waiting for `restore` (QEMU's `-incoming defer`).
+    pub incoming: bool,
 }
 
 impl VmConfig {
@@ -146,6 +164,12 @@ pub trait Hypervisor: Send {
     fn pause(&mut self) -> Result<(), HypervisorError>;
     fn resume(&mut self) -> Result<(), HypervisorError>;
     fn hotplug_fs(&mut self, share: &FsShare) -> Result<(), HypervisorError>;
+    /// Stop the vCPUs and save the device state to `state`; the memory stays
+    /// in its file (the VM must use `GuestMemory::File`).
+    fn snapshot(&mut self, state: &Path) -> Result<(), HypervisorError>;
+    /// Load the device state saved by `snapshot` into a VM launched with
+    /// `incoming`, over a copy of the snapshot's memory, and run it.
+    fn restore(&mut self, state: &Path) -> Result<(), HypervisorError>;
     /// Stop the VM: ask politely, kill after `timeout`.
     fn stop(&mut self, timeout: Duration) -> Result<(), HypervisorError>;
     fn capabilities(&self) -> Capabilities;

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,8 @@ use tokio::sync::watch;
 
 use super::qmp::Qmp;
 use super::{
-    Capabilities, ExitWatch, FsShare, Hypervisor, HypervisorError, ResolvedAccel, VmConfig,
-    AGENT_SOCKET, QMP_SOCKET,
+    Capabilities, ExitWatch, FsShare, GuestMemory, Hypervisor, HypervisorError, ResolvedAccel,
+    VmConfig, AGENT_SOCKET, QMP_SOCKET,
 };
 use crate::sockdir::SocketDir;
 
@@ -29,6 +29,8 @@ const FAST_BOOT_PARAMS: &str = "tsc=reliable no_timer_check rcupdate.rcu_expedit
      cryptomgr.notests 8250.nr_uarts=1";
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const QMP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A template's device state is well under a megabyte.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Qemu {
     binary: PathBuf,
@@ -97,10 +99,19 @@ pub fn command_line(c: &VmConfig) -> Vec<String> {
     push(&["-machine", &format!("q35,accel={accel},memory-backend=mem")]);
     push(&["-cpu", cpu, "-smp", &c.vcpus.to_string(), "-m", &mem]);
     // vhost-user devices (virtio-fs) need guest memory the daemon can map.
-    push(&[
-        "-object",
-        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-    ]);
+    match &c.memory {
+        GuestMemory::Memfd => push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        ]),
+        GuestMemory::File(path) => push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=mem,size={mem},mem-path={},share=on",
+                path.display()
+            ),
+        ]),
+    }
     push(&[
         "-kernel",
         &c.kernel.to_string_lossy(),
@@ -122,6 +133,15 @@ pub fn command_line(c: &VmConfig) -> Vec<String> {
     }
     push(&["-serial", &format!("file:{}", c.console_log().display())]);
     push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+    // A new generation id on every start tells the guest kernel to reseed its
+    // RNG: clones of one template must not share random numbers.
+    push(&["-device", "vmgenid,guid=auto"]);
+    // The guest reports the pages it frees; QEMU drops them, so a VM holds
+    // the memory it uses now, not the most it ever touched.
+    push(&[
+        "-device",
+        "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
+    ]);
     push(&["-device", "virtio-serial-pci,id=vser0"]);
     push(&[
         "-chardev",
@@ -140,6 +160,9 @@ pub fn command_line(c: &VmConfig) -> Vec<String> {
             &format!("pcie-root-port,id=rp{i},chassis={},slot={}", i + 1, i + 1),
         ]);
     }
+    if c.incoming {
+        push(&["-incoming", "defer"]);
+    }
     for (i, share) in c.fs_shares.iter().enumerate() {
         push(&[
             "-chardev",
@@ -154,6 +177,45 @@ pub fn command_line(c: &VmConfig) -> Vec<String> {
         ]);
     }
     a
+}
+
+fn ignore_shared(qmp: &mut Qmp) -> Result<(), HypervisorError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    )?;
+    Ok(())
+}
+
+/// Poll `query-migrate` until the migration has completed or failed.
+fn wait_migration(qmp: &mut Qmp, what: &'static str) -> Result<(), HypervisorError> {
+    let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    loop {
+        let info = qmp.execute("query-migrate", None)?;
+        let status = info["status"].as_str().unwrap_or("").to_string();
+        match status.as_str() {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                let detail = info["error-desc"]
+                    .as_str()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                return Err(HypervisorError::Migration {
+                    what,
+                    status,
+                    detail,
+                });
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(HypervisorError::Migration {
+                    what,
+                    status,
+                    detail: format!(" after {MIGRATION_TIMEOUT:?}"),
+                })
+            }
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
 }
 
 fn describe(status: std::process::ExitStatus) -> String {
@@ -298,6 +360,32 @@ impl Hypervisor for Qemu {
         Ok(())
     }
 
+    fn snapshot(&mut self, state: &Path) -> Result<(), HypervisorError> {
+        if !matches!(self.config.memory, GuestMemory::File(_)) {
+            return Err(HypervisorError::Unsupported {
+                backend: "qemu",
+                what: "snapshots of a VM whose memory is not a file",
+            });
+        }
+        let qmp = self.qmp()?;
+        qmp.execute("stop", None)?;
+        // The memory stays in its file; only device state goes to the stream.
+        ignore_shared(qmp)?;
+        let uri = format!("file:{}", state.display());
+        qmp.execute("migrate", Some(json!({ "uri": uri })))?;
+        wait_migration(qmp, "save")
+    }
+
+    fn restore(&mut self, state: &Path) -> Result<(), HypervisorError> {
+        let qmp = self.qmp()?;
+        ignore_shared(qmp)?;
+        let uri = format!("file:{}", state.display());
+        qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
+        wait_migration(qmp, "restore")?;
+        qmp.execute("cont", None)?;
+        Ok(())
+    }
+
     fn stop(&mut self, timeout: Duration) -> Result<(), HypervisorError> {
         let Some(pid) = self.pid else {
             return Ok(());
@@ -318,7 +406,7 @@ impl Hypervisor for Qemu {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pause: true,
-            snapshot: false,
+            snapshot: true,
             fs_hotplug: true,
         }
     }
@@ -350,6 +438,8 @@ mod tests {
                 socket: "fs0.sock".into(),
             }],
             seccomp_sandbox: true,
+            memory: GuestMemory::Memfd,
+            incoming: false,
         }
     }
 
@@ -392,6 +482,22 @@ mod tests {
             "pcie-root-port,id=rp1,chassis=2,slot=2"
         ));
         assert!(a.iter().any(|s| s.starts_with("on,obsolete=deny")));
+    }
+
+    #[test]
+    fn a_clone_waits_for_its_state_over_file_memory() {
+        let mut c = config(ResolvedAccel::Tcg);
+        c.memory = GuestMemory::File("/dev/shm/x.mem".into());
+        c.incoming = true;
+        c.fs_shares.clear();
+        let a = command_line(&c);
+        assert!(has_pair(
+            &a,
+            "-object",
+            "memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/x.mem,share=on"
+        ));
+        assert!(has_pair(&a, "-incoming", "defer"));
+        assert!(!a.iter().any(|s| s.starts_with("vhost-user-fs-pci")));
     }
 
     #[test]

@@ -32,7 +32,9 @@ use crate::agent::{AgentClient, AgentClientError};
 use crate::config::{Config, ConfigError};
 use crate::error_chain;
 use crate::hypervisor::qemu::Qemu;
-use crate::hypervisor::{resolve_accel, FsShare, Hypervisor, HypervisorError, VmConfig};
+use crate::hypervisor::{
+    resolve_accel, FsShare, GuestMemory, Hypervisor, HypervisorError, VmConfig,
+};
 use crate::procinfo::ProcessIdentity;
 use crate::sockdir::SocketDir;
 use crate::spec::{Bundle, SpecError};
@@ -79,6 +81,8 @@ pub enum ShimError {
     Terminal(#[from] TerminalError),
     #[error("share the container's files")]
     Share(#[from] crate::share::ShareError),
+    #[error("template")]
+    Factory(#[from] crate::factory::FactoryError),
     #[error("set up stdio")]
     Stdio(#[source] io::Error),
     #[error("the guest's agent speaks protocol {guest}, runvm speaks {host}: rebuild the guest (make guest)")]
@@ -349,33 +353,53 @@ impl Shim {
         self.virtiofsd = Some(virtiofsd);
         self.record(|s| s.virtiofsd = vfs_id)?;
 
-        let vm_config = VmConfig {
-            name: format!("runvm-{}", self.id),
-            dir: self.dir.clone(),
-            kernel: self.config.kernel()?,
-            initrd: self.config.initrd()?,
-            kernel_params: hv.kernel_params.clone(),
-            vcpus: hv.vcpus,
-            memory_mib: hv.memory_mib,
-            accel,
-            fs_shares: vec![FsShare {
-                id: "fs0".into(),
-                tag: SHARE_TAG.into(),
-                socket: SHARE_SOCKET.into(),
-            }],
-            seccomp_sandbox: hv.seccomp_sandbox,
+        let share_dev = FsShare {
+            id: "fs0".into(),
+            tag: SHARE_TAG.into(),
+            socket: SHARE_SOCKET.into(),
+        };
+        let name = format!("runvm-{}", self.id);
+        // A clone of the template when there is a usable one; else a boot.
+        let clone = self.template().and_then(|t| match t.copy_memory(&self.id) {
+            Ok(mem) => Some((t, mem)),
+            Err(e) => {
+                warn!(self.log, "booting cold: cannot copy the template's memory"; "error" => error_chain(&e));
+                None
+            }
+        });
+        let vm_config = match &clone {
+            Some((_, mem)) => VmConfig {
+                incoming: true,
+                ..crate::factory::template_vm_config(&self.config, name, &self.dir, mem)?
+            },
+            None => self.config.vm_config(
+                name,
+                &self.dir,
+                GuestMemory::Memfd,
+                vec![share_dev.clone()],
+            )?,
         };
         let mut vm: Box<dyn Hypervisor> = Box::new(Qemu::new(self.config.qemu()?, vm_config));
         let launched = vm.launch();
+        if let Some((_, mem)) = &clone {
+            // QEMU holds it open now; it goes away with QEMU.
+            let _ = fs::remove_file(mem);
+        }
         let vmm_id = vm.pid().and_then(ProcessIdentity::of);
         let agent_socket = vm.agent_socket();
         let mut vm_exit = vm.exit_watch();
         self.vm = Some(vm);
+        let boot = if clone.is_some() { "template" } else { "cold" };
         self.record(|s| {
             s.vmm = vmm_id;
             s.accel = Some(accel.as_str().to_string());
+            s.boot = Some(boot.to_string());
         })?;
         launched?;
+        if let Some((template, _)) = &clone {
+            let vm = self.vm.as_mut().expect("the VM was just launched");
+            vm.restore(&template.state())?;
+        }
         let t_launch = t0.elapsed();
 
         let agent = AgentClient::connect(&agent_socket, self.config.timeouts.request())
@@ -400,6 +424,27 @@ impl Shim {
                 guest: info.protocol,
                 host: runvm_protocol::PROTOCOL_VERSION,
             });
+        }
+        if clone.is_some() {
+            // The share comes now, into the root port the template left
+            // free; then the clone stops living in the template's past and
+            // stops sharing its random numbers.
+            let vm = self.vm.as_mut().expect("the VM runs");
+            vm.hotplug_fs(&share_dev)?;
+            slog::debug!(self.log, "share hotplugged"; "ms" => t0.elapsed().as_millis() as u64);
+            let mut seed = vec![0u8; 64];
+            getrandom(&mut seed).map_err(ShimError::Stdio)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            agent
+                .request(Request::SyncGuest {
+                    unix_time_ns: now.as_nanos() as u64,
+                    seed,
+                })
+                .await
+                .map_err(ShimError::Agent)?;
+            slog::debug!(self.log, "guest clock and RNG synced"; "ms" => t0.elapsed().as_millis() as u64);
         }
 
         let process = ProcessRef::init(&self.id);
@@ -444,6 +489,7 @@ impl Shim {
             s.guest_pid = Some(guest_pid);
         })?;
         info!(self.log, "container created";
+            "boot" => boot,
             "kernel" => info.kernel_release,
             "vmm_launch_ms" => t_launch.as_millis() as u64,
             "agent_ready_ms" => t_ready.as_millis() as u64,
@@ -522,6 +568,20 @@ impl Shim {
         self.teardown().await;
         info!(self.log, "shim exiting"; "code" => code, "teardown_ms" => t.elapsed().as_millis() as u64);
         code
+    }
+
+    /// The template to clone, if templates are on and the one there matches.
+    fn template(&self) -> Option<crate::factory::Template> {
+        if !self.config.factory.enable_template {
+            return None;
+        }
+        match crate::factory::Factory::new(&self.config).usable(&self.config) {
+            Ok(t) => Some(t),
+            Err(reason) => {
+                info!(self.log, "booting cold: the template is not usable"; "reason" => reason);
+                None
+            }
+        }
     }
 
     /// The container's stdio on the host: what `create` was given, or, for a
@@ -825,4 +885,10 @@ async fn preface(stream: &UnixStream) -> io::Result<Option<[OwnedFd; 3]>> {
             result => return result,
         }
     }
+}
+
+/// Bytes from the host's RNG.
+fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    use std::io::Read;
+    File::open("/dev/urandom")?.read_exact(buf)
 }

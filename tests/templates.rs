@@ -1,0 +1,125 @@
+//! VM templates: `factory init/status/destroy`, and containers cloned from a
+//! template instead of booted.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn runvm_with(template: &TestTemplate, extra: &str) -> Runvm {
+    Runvm::with_config(&format!("{extra}{}", template.config_section()))
+}
+
+fn factory(rv: &Runvm, verb: &str) -> std::process::Output {
+    rv.run(&["factory", verb])
+}
+
+/// Create, start, wait for the end; returns stdout and how the VM came up.
+fn run_to_end(rv: &Runvm, b: &Bundle, name: &str) -> (String, String) {
+    let id = unique_id(name);
+    let (mut c, out) = rv.create(&id, b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    let boot = rv.raw_state(&id)["boot"].as_str().unwrap().to_string();
+    assert!(rv.run(&["start", &id]).status.success());
+    assert_eq!(c.wait_shim(T), 0, "{}", b.output("err.txt"));
+    (b.output("out.txt"), boot)
+}
+
+#[test]
+fn init_status_and_destroy() {
+    let template = TestTemplate::build("verbs");
+    let rv = runvm_with(&template, "");
+    let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
+    assert_eq!(status["exists"], true);
+    assert_eq!(status["usable"], true, "{status}");
+    assert_eq!(status["template"]["memoryMib"], 256);
+    assert!(status["template"]["kernel"]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("vmlinux"));
+    assert!(status["template"]["kernelRelease"]
+        .as_str()
+        .unwrap()
+        .contains("cloud-amd64"));
+    assert!(template.path.join("mem").is_file() && template.path.join("state").is_file());
+
+    assert!(factory(&rv, "destroy").status.success());
+    assert!(!template.path.exists());
+    assert!(!template.path.with_extension("lock").exists());
+    let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
+    assert_eq!(status["exists"], false);
+    assert_eq!(status["usable"], false);
+    template.destroy();
+}
+
+#[test]
+fn clones_run_their_own_rootfs_with_their_own_time_and_randomness() {
+    let template = TestTemplate::build("clones");
+    let rv = runvm_with(&template, "");
+    // Let the template's clock fall behind the host's.
+    std::thread::sleep(Duration::from_secs(3));
+    let script = "cat /marker; date +%s; od -An -N16 -tx1 /dev/urandom | tr -d ' \\n'";
+    let b1 = Bundle::busybox(&["sh", "-c", script]);
+    std::fs::write(b1.rootfs().join("marker"), "first rootfs\n").unwrap();
+    let b2 = Bundle::busybox(&["sh", "-c", script]);
+    std::fs::write(b2.rootfs().join("marker"), "second rootfs\n").unwrap();
+
+    let (out1, boot1) = run_to_end(&rv, &b1, "clone1");
+    let host_now = chrono_now();
+    let (out2, boot2) = run_to_end(&rv, &b2, "clone2");
+    assert_eq!((boot1.as_str(), boot2.as_str()), ("template", "template"));
+    let l1: Vec<&str> = out1.lines().collect();
+    let l2: Vec<&str> = out2.lines().collect();
+    assert_eq!(l1[0], "first rootfs");
+    assert_eq!(l2[0], "second rootfs");
+    let guest_time: i64 = l1[1].parse().unwrap();
+    assert!(
+        (guest_time - host_now).abs() <= 5,
+        "guest {guest_time}, host {host_now}"
+    );
+    assert_eq!(l1[2].len(), 32);
+    assert_ne!(l1[2], l2[2], "sibling clones drew the same random numbers");
+    template.destroy();
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn a_stale_template_is_not_used() {
+    let template = TestTemplate::build("stale");
+    // The VM size changed since the template was made.
+    let rv = runvm_with(&template, "[hypervisor]\nmemory_mib = 320\n");
+    let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
+    assert_eq!(status["usable"], false);
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("size or devices changed"),
+        "{status}"
+    );
+    let b = Bundle::busybox(&["sh", "-c", "echo cold"]);
+    let (out, boot) = run_to_end(&rv, &b, "stale");
+    assert_eq!(out, "cold\n");
+    assert_eq!(boot, "cold");
+    template.destroy();
+}
+
+#[test]
+fn a_missing_template_means_a_cold_boot() {
+    let template = TestTemplate::build("missing");
+    template.destroy();
+    let rv = runvm_with(&template, "");
+    let b = Bundle::busybox(&["sh", "-c", "echo cold"]);
+    let (out, boot) = run_to_end(&rv, &b, "missing");
+    assert_eq!((out.as_str(), boot.as_str()), ("cold\n", "cold"));
+}
