@@ -36,10 +36,26 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The clients the tests drive runvm with. Their daemons are started by the
+# tests, never as services: keep the packages from starting them.
+clients=(podman conmon containerd docker.io uidmap iptables)
+missing=()
+for p in "${clients[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    policy=/usr/sbin/policy-rc.d
+    [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; added_policy=1; }
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "${added_policy:-}" ] || rm -f "$policy"
+fi
+
 # virtiofsd is not packaged for bookworm; build the released crate.
 virtiofsd=$(command -v virtiofsd || echo /usr/local/bin/virtiofsd)
 if [ ! -x "$virtiofsd" ]; then
     cargo install --locked --quiet --root /usr/local virtiofsd --version 1.14.0
     virtiofsd=/usr/local/bin/virtiofsd
 fi
-echo "install-deps: $(qemu-system-x86_64 --version | head -n1), $("$virtiofsd" --version)"
+echo "install-deps: $(qemu-system-x86_64 --version | head -n1), $("$virtiofsd" --version)," \
+    "podman $(podman --version | awk '{print $3}'), containerd $(containerd --version | awk '{print $3}')," \
+    "dockerd $(dockerd --version | awk '{print $3}' | tr -d ,)"

@@ -363,3 +363,35 @@ fn a_missing_bind_source_fails_at_create() {
     );
     assert_no_leaks(rv.root(), &id, b.path());
 }
+
+#[test]
+fn flags_clients_pass_are_accepted() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "echo flags"]);
+    let id = unique_id("flags");
+    let out = rv
+        .cmd()
+        .args([
+            "--systemd-cgroup",
+            "create",
+            "--no-pivot",
+            "--no-new-keyring",
+        ])
+        .args([
+            "--preserve-fds",
+            "0",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(b.path().join("out.txt")).unwrap())
+        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap())
+        .status()
+        .unwrap();
+    let _g = rv.guard(&id, &b);
+    assert!(out.success(), "{}", b.output("err.txt"));
+    assert!(rv.run(&["start", &id]).status.success());
+    rv.wait_status(&id, "stopped", Duration::from_secs(30));
+    assert_eq!(b.output("out.txt"), "flags\n");
+}

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod clients;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};

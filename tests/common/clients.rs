@@ -1,0 +1,349 @@
+//! The clients people run runvm under, started by the tests with private
+//! state: containerd, dockerd and podman, and a busybox image built locally
+//! (a rootfs tarball, `podman import`, `podman save`, then `ctr images
+//! import` and `docker load`: no registry). Each guard stops what it started
+//! and removes what it made, mounts included.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::{text, RUNVM};
+
+pub const IMAGE: &str = "localhost/runvm-test/busybox:latest";
+
+/// The runvm binary the clients are given: the one under test.
+pub fn runvm() -> &'static str {
+    RUNVM
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Unmount everything under `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Stop a daemon: SIGTERM, then SIGKILL.
+fn stop(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Kill processes whose command line mentions `needle` (shims a daemon
+/// left behind).
+fn kill_matching(needle: &str) {
+    for (pid, _) in super::processes_matching(needle) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// containerd with its own root, state and socket.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("runvm-ctd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             [grpc]\n  address = \"{sock}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_cgroup = true\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("containerd.sock").display(),
+        );
+        fs::write(d.join("config.toml"), config).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(d.join("containerd.log")).unwrap())
+            .stderr(fs::File::create(d.join("containerd.err")).unwrap())
+            .spawn()
+            .expect("containerd is installed (make deps)");
+        let c = Containerd { dir, child };
+        wait_until("containerd", Duration::from_secs(30), || {
+            c.ctr(&["version"]).status.success()
+        });
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    pub fn ctr_cmd(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(self.socket());
+        c
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+        kill_matching(&self.socket().to_string_lossy());
+        unmount_under(self.dir.path());
+    }
+}
+
+/// dockerd with its own data and exec roots and socket, on a containerd of
+/// the test's, with runvm registered as runtime `runvm`.
+pub struct Dockerd {
+    dir: tempfile::TempDir,
+    child: Child,
+    _containerd: Containerd,
+}
+
+impl Dockerd {
+    pub fn start() -> Dockerd {
+        let containerd = Containerd::start();
+        let dir = tempfile::Builder::new()
+            .prefix("runvm-dockerd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let child = Command::new("dockerd")
+            .args(["--iptables=false", "--bridge=none", "--ip-masq=false"])
+            .arg(format!("--data-root={}", d.join("root").display()))
+            .arg(format!("--exec-root={}", d.join("exec").display()))
+            .arg(format!("--pidfile={}", d.join("docker.pid").display()))
+            .arg(format!("--host=unix://{}", d.join("docker.sock").display()))
+            .arg(format!("--containerd={}", containerd.socket().display()))
+            .arg(format!("--add-runtime=runvm={}", runvm()))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(d.join("dockerd.log")).unwrap())
+            .stderr(fs::File::create(d.join("dockerd.err")).unwrap())
+            .spawn()
+            .expect("dockerd is installed (make deps)");
+        let dk = Dockerd {
+            dir,
+            child,
+            _containerd: containerd,
+        };
+        wait_until("dockerd", Duration::from_secs(60), || {
+            dk.docker(&["info"]).status.success()
+        });
+        dk
+    }
+
+    pub fn docker_cmd(&self) -> Command {
+        let mut c = Command::new("/usr/bin/docker");
+        c.arg(format!(
+            "--host=unix://{}",
+            self.dir.path().join("docker.sock").display()
+        ));
+        c
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let ids = self.docker(&["ps", "-aq"]);
+        for id in text(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        stop(&mut self.child);
+        unmount_under(self.dir.path());
+    }
+}
+
+/// podman with private storage and state, cgroupfs and file events (no
+/// systemd here), runvm as its runtime.
+pub struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    pub fn new() -> Podman {
+        Podman {
+            dir: tempfile::Builder::new()
+                .prefix("runvm-podman-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let d = self.dir.path();
+        let mut c = Command::new("podman");
+        c.arg(format!("--root={}", d.join("root").display()))
+            .arg(format!("--runroot={}", d.join("run").display()))
+            .arg(format!("--tmpdir={}", d.join("tmp").display()))
+            .args([
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=file",
+                "--storage-driver=vfs",
+            ])
+            .arg(format!("--runtime={}", runvm()));
+        c
+    }
+
+    pub fn podman(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Load the test image (from the docker-archive) into this podman.
+    pub fn with_image(self) -> Podman {
+        let out = self.podman(&["load", "-i", image_archive().to_str().unwrap()]);
+        assert!(out.status.success(), "podman load: {}", text(&out.stderr));
+        self
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-f", "-a"]);
+        unmount_under(self.dir.path());
+    }
+}
+
+/// The busybox image as a docker-archive tarball, built once per test
+/// binary: rootfs tarball, `podman import`, `podman save`.
+pub fn image_archive() -> &'static Path {
+    // Statics are never dropped: the directory goes at exit.
+    static ARCHIVE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    extern "C" fn cleanup() {
+        if let Some((dir, _)) = ARCHIVE.get() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    let (_, path) = ARCHIVE.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("runvm-image-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        // SAFETY: registering a plain extern "C" function with atexit.
+        unsafe {
+            libc::atexit(cleanup);
+        }
+        let rootfs = dir.join("rootfs");
+        let bin = rootfs.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        fs::create_dir_all(rootfs.join("etc")).unwrap();
+        fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in text(&list.stdout).lines().filter(|a| *a != "busybox") {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+        fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+        let tar = dir.join("rootfs.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tar: {}", text(&out.stderr));
+        let podman = Podman::new();
+        let out = podman.podman(&[
+            "import",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            tar.to_str().unwrap(),
+            IMAGE,
+        ]);
+        assert!(out.status.success(), "podman import: {}", text(&out.stderr));
+        let archive = dir.join("busybox-archive.tar");
+        let out = podman.podman(&[
+            "save",
+            "--format",
+            "docker-archive",
+            "-o",
+            archive.to_str().unwrap(),
+            IMAGE,
+        ]);
+        assert!(out.status.success(), "podman save: {}", text(&out.stderr));
+        (dir, archive)
+    });
+    path
+}
+
+/// No VM, shim or virtiofsd of container `id` is left.
+pub fn assert_no_vm_of(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = super::processes_matching(&format!("runvm-{id},"))
+            .into_iter()
+            .chain(
+                super::processes_matching(id)
+                    .into_iter()
+                    .filter(|(_, cmd)| cmd.contains("__shim") || cmd.contains("virtiofsd")),
+            )
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of {id} left: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The full id of a client's container from its short or long form, as
+/// printed by `run -d`.
+pub fn trimmed(out: &Output) -> String {
+    text(&out.stdout).trim().to_string()
+}
