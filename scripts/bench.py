@@ -17,20 +17,7 @@ import sys
 import tempfile
 import time
 
-
-def make_bundle(runvm, args):
-    d = tempfile.mkdtemp(prefix="runvm-bench-")
-    os.makedirs(f"{d}/rootfs/bin")
-    shutil.copy("/bin/busybox", f"{d}/rootfs/bin/busybox")
-    for a in ("sh", "true", "sleep"):
-        os.symlink("busybox", f"{d}/rootfs/bin/{a}")
-    subprocess.run([runvm, "spec", "--bundle", d], check=True)
-    with open(f"{d}/config.json") as f:
-        c = json.load(f)
-    c["process"]["args"] = args
-    with open(f"{d}/config.json", "w") as f:
-        json.dump(c, f)
-    return d
+from bundles import make_bundle
 
 
 def status(cmd, cid):
@@ -136,8 +123,8 @@ def main():
     ap.add_argument("--idle", type=int, default=10, help="idle containers for the PSS figures")
     a = ap.parse_args()
     runvm = os.path.abspath(a.runvm)
-    bundle = make_bundle(runvm, ["true"])
-    idle_bundle = make_bundle(runvm, ["sleep", "1000"])
+    bundle = make_bundle(runvm, ["true"], "runvm-bench-")
+    idle_bundle = make_bundle(runvm, ["sleep", "1000"], "runvm-bench-")
     roots = {}
     # A template of the bench's own, on tmpfs, used by "runvm-template".
     tpl_dir = tempfile.mkdtemp(prefix="runvm-bench-template-", dir="/dev/shm")

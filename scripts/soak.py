@@ -6,7 +6,6 @@ directories, mounts), and prints host memory and open fds before and after.
 Not part of CI: under TCG it takes about twenty minutes.
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -15,20 +14,7 @@ import tempfile
 import threading
 import time
 
-
-def make_bundle(runvm):
-    d = tempfile.mkdtemp(prefix="runvm-soak-")
-    os.makedirs(f"{d}/rootfs/bin")
-    shutil.copy("/bin/busybox", f"{d}/rootfs/bin/busybox")
-    for a in ("sh", "echo", "true"):
-        os.symlink("busybox", f"{d}/rootfs/bin/{a}")
-    subprocess.run([runvm, "spec", "--bundle", d], check=True)
-    with open(f"{d}/config.json") as f:
-        c = json.load(f)
-    c["process"]["args"] = ["sh", "-c", "echo ok"]
-    with open(f"{d}/config.json", "w") as f:
-        json.dump(c, f)
-    return d
+from bundles import make_bundle
 
 
 def host_figures():
@@ -93,7 +79,7 @@ def main():
     a = ap.parse_args()
     runvm = os.path.abspath(a.runvm)
     root = tempfile.mkdtemp(prefix="runvm-soak-root-")
-    bundle = make_bundle(runvm)
+    bundle = make_bundle(runvm, ["sh", "-c", "echo ok"], "runvm-soak-")
     before = host_figures()
     failures, leaked, runs = [], [], 0
     t0 = time.monotonic()

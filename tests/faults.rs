@@ -302,3 +302,39 @@ fn events_stream_until_the_container_stops() {
     assert!(t.elapsed() < T);
     c.wait_shim(T);
 }
+
+#[test]
+fn a_guest_kernel_panic_stops_only_its_container() {
+    let rv = Runvm::new();
+    // A container that owns its guest kernel: all capabilities, /proc
+    // writable, and it crashes the kernel.
+    let b = Bundle::busybox(&["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 1000"]);
+    b.edit(|c| {
+        c["linux"]["readonlyPaths"] = serde_json::json!([]);
+        c["linux"]["maskedPaths"] = serde_json::json!([]);
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push("CAP_SYS_ADMIN".into());
+        }
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        for m in mounts.iter_mut() {
+            if m["destination"] == "/proc" {
+                m["options"] = serde_json::json!([]);
+            }
+        }
+    });
+    let id = unique_id("panic");
+    let mut c = rv.run_detached(&id, &b);
+    // The VM ends with its kernel; the shim reports the container lost.
+    assert_eq!(c.wait_shim(T), 255);
+    assert_eq!(rv.status(&id), "stopped");
+    let console =
+        std::fs::read_to_string(rv.root().join(&id).join("console.log")).unwrap_or_default();
+    assert!(
+        console.contains("Kernel panic") || console.contains("sysrq"),
+        "{console}"
+    );
+    assert!(rv.run(&["delete", &id]).status.success());
+}

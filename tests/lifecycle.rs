@@ -395,3 +395,47 @@ fn flags_clients_pass_are_accepted() {
     rv.wait_status(&id, "stopped", Duration::from_secs(30));
     assert_eq!(b.output("out.txt"), "flags\n");
 }
+
+#[test]
+fn the_vm_grows_to_the_containers_limits() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "nproc; grep MemTotal /proc/meminfo"]);
+    b.edit(|c| {
+        c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 512u64 << 20});
+        c["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 200000, "period": 100000});
+    });
+    let id = unique_id("grow");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("2"));
+    let kib: u64 = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib > 500 * 1024, "{stdout}");
+}
+
+#[test]
+fn more_cpus_than_the_host_has_is_a_clear_error() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    b.edit(|c| {
+        c["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 6400000, "period": 100000})
+    });
+    let id = unique_id("toobig");
+    let out = rv.run(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("the container asks for 64 CPUs; the host has"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_leaks(rv.root(), &id, b.path());
+}

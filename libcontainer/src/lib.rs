@@ -17,6 +17,7 @@ pub mod procinfo;
 pub mod share;
 pub mod shim;
 pub mod signal;
+pub mod sizing;
 pub mod sockdir;
 pub mod spec;
 pub mod state;

@@ -83,6 +83,43 @@ pub fn send_to_console_socket(path: &Path, master: BorrowedFd<'_>) -> Result<(),
     Ok(())
 }
 
+/// The receiving side of the console-socket protocol: read the one message
+/// and take the descriptor it carries (as containerd and conmon do).
+pub fn receive_from_console_socket(conn: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::os::fd::FromRawFd;
+    let mut name = [0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([i32; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let fds: Vec<i32> = msg
+        .cmsgs()?
+        .filter_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    // SAFETY: SCM_RIGHTS installed these descriptors in our table just now;
+    // each is owned exactly once here.
+    let mut owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    match owned.len() {
+        1 => Ok(owned.remove(0)),
+        n => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("expected one descriptor on the console socket, got {n}"),
+        )),
+    }
+}
+
 /// Make `fd` (a tty) the controlling terminal of this process, which must
 /// lead its session: then window-size changes arrive as SIGWINCH.
 pub fn set_controlling(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -151,26 +188,7 @@ mod tests {
         let pty = open_pty().unwrap();
         send_to_console_socket(&path, pty.master.as_fd()).unwrap();
         let (conn, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 64];
-        let mut iov = [io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([i32; 1]);
-        let msg = nix::sys::socket::recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        )
-        .unwrap();
-        let fds: Vec<i32> = msg
-            .cmsgs()
-            .unwrap()
-            .filter_map(|c| match c {
-                nix::sys::socket::ControlMessageOwned::ScmRights(f) => Some(f),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert_eq!(fds.len(), 1);
+        let master = receive_from_console_socket(conn.as_fd()).unwrap();
         // Resizing through the received master shows on the slave.
         let ws = libc::winsize {
             ws_row: 33,
@@ -178,11 +196,12 @@ mod tests {
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        // SAFETY: TIOCSWINSZ reads a winsize we own; fds[0] is ours.
-        assert_eq!(unsafe { libc::ioctl(fds[0], libc::TIOCSWINSZ, &ws) }, 0);
+        // SAFETY: TIOCSWINSZ reads a winsize we own from a valid descriptor.
+        assert_eq!(
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+            0
+        );
         assert_eq!(window_size(pty.slave.as_fd()), Some((33, 101)));
-        // SAFETY: closing the descriptor SCM_RIGHTS gave us.
-        unsafe { libc::close(fds[0]) };
     }
 
     #[test]

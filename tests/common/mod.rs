@@ -210,10 +210,22 @@ impl Runvm {
     /// `out.txt` and `err.txt` in the bundle (the shim keeps them open, so
     /// they cannot be pipes we read to EOF). Returns the guard and output.
     pub fn create<'a>(&'a self, id: &str, bundle: &Bundle) -> (Container<'a>, Output) {
+        self.start_detached(&["create"], id, bundle)
+    }
+
+    /// `verb --bundle B --pid-file P ID` with the container's stdio in the
+    /// bundle's `out.txt` and `err.txt`.
+    fn start_detached<'a>(
+        &'a self,
+        verb: &[&str],
+        id: &str,
+        bundle: &Bundle,
+    ) -> (Container<'a>, Output) {
         let pid_file = bundle.path().join("shim.pid");
         let out = self
             .cmd()
-            .args(["create", "--bundle"])
+            .args(verb)
+            .arg("--bundle")
             .arg(bundle.path())
             .arg("--pid-file")
             .arg(&pid_file)
@@ -380,30 +392,9 @@ impl Runvm {
     /// `runvm run -d`: create and start; the container's stdio go to
     /// `out.txt` and `err.txt` in the bundle. Returns the guard.
     pub fn run_detached<'a>(&'a self, id: &str, bundle: &Bundle) -> Container<'a> {
-        let pid_file = bundle.path().join("shim.pid");
-        let out = self
-            .cmd()
-            .args(["run", "-d", "--bundle"])
-            .arg(bundle.path())
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(File::create(bundle.path().join("out.txt")).unwrap())
-            .stderr(File::create(bundle.path().join("err.txt")).unwrap())
-            .output()
-            .unwrap();
+        let (c, out) = self.start_detached(&["run", "-d"], id, bundle);
         assert!(out.status.success(), "run -d: {}", bundle.output("err.txt"));
-        self.check_boot(id);
-        let shim_pid = fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.parse().ok());
-        Container {
-            rv: self,
-            id: id.to_string(),
-            shim_pid,
-            bundle: bundle.path().to_path_buf(),
-        }
+        c
     }
 }
 
@@ -431,34 +422,13 @@ pub struct ConsoleReceiver {
 
 impl ConsoleReceiver {
     pub fn new() -> ConsoleReceiver {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let handle = std::thread::spawn(move || {
             let (conn, _) = listener.accept().unwrap();
-            let mut name = [0u8; 256];
-            let mut iov = [std::io::IoSliceMut::new(&mut name)];
-            let mut space = nix::cmsg_space!([i32; 1]);
-            let msg = nix::sys::socket::recvmsg::<()>(
-                conn.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                nix::sys::socket::MsgFlags::empty(),
-            )
-            .unwrap();
-            let fds: Vec<i32> = msg
-                .cmsgs()
+            libcontainer::terminal::receive_from_console_socket(std::os::fd::AsFd::as_fd(&conn))
                 .unwrap()
-                .filter_map(|c| match c {
-                    nix::sys::socket::ControlMessageOwned::ScmRights(f) => Some(f),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            assert_eq!(fds.len(), 1, "exactly one fd with the message");
-            // SAFETY: SCM_RIGHTS gave us this descriptor.
-            unsafe { OwnedFd::from_raw_fd(fds[0]) }
         });
         ConsoleReceiver {
             path,
