@@ -47,6 +47,8 @@ struct Container {
 pub struct Agent {
     pub reaper: Reaper,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Forks the youki helpers; without it they are exec'd.
+    zygote: Option<crate::zygote::Zygote>,
 }
 
 fn is_terminal(process: Option<&Value>) -> bool {
@@ -115,6 +117,20 @@ impl NewStdio {
 }
 
 impl Agent {
+    pub fn new() -> Self {
+        let zygote = match crate::zygote::Zygote::start() {
+            Ok(z) => Some(z),
+            Err(e) => {
+                eprintln!("runvm-agent: no zygote ({e}): helpers will be exec'd");
+                None
+            }
+        };
+        Agent {
+            zygote,
+            ..Agent::default()
+        }
+    }
+
     fn container(&self, id: &str) -> AgentResult<Arc<Container>> {
         let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
         containers
@@ -165,7 +181,7 @@ impl Agent {
         let mut args = vec!["create", "--id", &id, "--bundle", &bundle_s];
         let extra = stdio.helper_args();
         args.extend(extra.iter().map(String::as_str));
-        let out = run_helper(&self.reaper, &args, stdio.child_fds()).await?;
+        let out = run_helper(&self.reaper, self.zygote.as_ref(), &args, stdio.child_fds()).await?;
         if !out.ok() {
             let _ = nix::mount::umount2(&share, nix::mount::MntFlags::MNT_DETACH);
             return Err(AgentError::new(with_said(out.error(), &stdio.said())));
@@ -194,7 +210,13 @@ impl Agent {
         if c.init.exited() {
             return Err(AgentError::new("cannot start a container that has stopped"));
         }
-        let out = run_helper(&self.reaper, &["start", "--id", id], &[]).await?;
+        let out = run_helper(
+            &self.reaper,
+            self.zygote.as_ref(),
+            &["start", "--id", id],
+            &[],
+        )
+        .await?;
         if !out.ok() {
             return Err(AgentError::new(out.error()));
         }
@@ -233,7 +255,7 @@ impl Agent {
         // running one. Its init is already in its namespaces and cgroup, so
         // tell youki it runs for the time of the exec.
         let created = YoukiState::mark_running(&req.container_id);
-        let out = run_helper(&self.reaper, &args, stdio.child_fds()).await;
+        let out = run_helper(&self.reaper, self.zygote.as_ref(), &args, stdio.child_fds()).await;
         if let Some(state) = created {
             state.restore();
         }

@@ -20,6 +20,7 @@ mod reaper;
 mod server;
 mod tty;
 mod youki_helper;
+mod zygote;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(youki_helper::ARG) {
         return youki_helper::main(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some(zygote::ARG) {
+        return zygote::main();
     }
     if nix::unistd::getpid().as_raw() != 1 {
         eprintln!("runvm-agent: must run as PID 1 of the guest");

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::reaper::{self, Reaper};
 use crate::youki_helper;
+use crate::zygote::Zygote;
 
 pub type AgentResult<T> = Result<T, AgentError>;
 
@@ -177,12 +178,69 @@ impl HelperOutput {
     }
 }
 
-/// Run `runvm-agent __youki <args>` with `fds` as its fds 3.., and wait for it.
+/// Run `runvm-agent __youki <args>` with `fds` as its fds 3.., and wait for
+/// it: forked by the zygote when there is one, else exec'd.
 pub async fn run_helper(
     reaper: &Reaper,
+    zygote: Option<&Zygote>,
     args: &[&str],
     fds: &[OwnedFd],
 ) -> AgentResult<HelperOutput> {
+    let forked = match zygote {
+        Some(z) => tokio::task::block_in_place(|| fork_helper(reaper, z, args, fds)),
+        None => None,
+    };
+    let (exit, out_fd, err_fd) = match forked {
+        Some(started) => started,
+        None => exec_helper(reaper, args, fds)?,
+    };
+    let out_rx = pipe::Receiver::from_owned_fd(out_fd).map_err(|e| fail("helper stdout", e))?;
+    let err_rx = pipe::Receiver::from_owned_fd(err_fd).map_err(|e| fail("helper stderr", e))?;
+    // Collect the output while waiting for the helper to exit, not until EOF:
+    // the container's init inherits the helper's stderr until it execs, so
+    // EOF may come only at `start`.
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out_eof, mut err_eof) = (false, false);
+    let wait = reaper::wait(exit);
+    tokio::pin!(wait);
+    let status = loop {
+        tokio::select! {
+            status = &mut wait => break status,
+            eof = read_some(&out_rx, &mut out), if !out_eof => out_eof = eof,
+            eof = read_some(&err_rx, &mut err), if !err_eof => err_eof = eof,
+        }
+    };
+    drain(&out_rx, &mut out);
+    drain(&err_rx, &mut err);
+    Ok(HelperOutput {
+        status,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    })
+}
+
+type Started = (watch::Receiver<Option<ExitStatus>>, OwnedFd, OwnedFd);
+
+/// Have the zygote fork the helper; `None` if it cannot (then exec).
+fn fork_helper(
+    reaper: &Reaper,
+    zygote: &Zygote,
+    args: &[&str],
+    fds: &[OwnedFd],
+) -> Option<Started> {
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).ok()?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).ok()?;
+    match zygote.spawn(args, &out_w, &err_w, fds) {
+        Ok(pid) => Some((reaper.watch(pid), out_r, err_r)),
+        Err(e) => {
+            eprintln!("runvm-agent: zygote: {e}; exec'ing the helper instead");
+            None
+        }
+    }
+}
+
+/// Exec `runvm-agent __youki <args>` with `fds` as its fds 3...
+fn exec_helper(reaper: &Reaper, args: &[&str], fds: &[OwnedFd]) -> AgentResult<Started> {
     // Lift the fds above 9 first so that placing them at 3.. in the child
     // cannot overwrite one another.
     let mut high: Vec<OwnedFd> = Vec::new();
@@ -220,29 +278,7 @@ pub async fn run_helper(
     drop(high);
     let out_fd: OwnedFd = child.stdout.take().expect("piped stdout").into();
     let err_fd: OwnedFd = child.stderr.take().expect("piped stderr").into();
-    let out_rx = pipe::Receiver::from_owned_fd(out_fd).map_err(|e| fail("helper stdout", e))?;
-    let err_rx = pipe::Receiver::from_owned_fd(err_fd).map_err(|e| fail("helper stderr", e))?;
-    // Collect the output while waiting for the helper to exit, not until EOF:
-    // the container's init inherits the helper's stderr until it execs, so
-    // EOF may come only at `start`.
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (mut out_eof, mut err_eof) = (false, false);
-    let wait = reaper::wait(exit);
-    tokio::pin!(wait);
-    let status = loop {
-        tokio::select! {
-            status = &mut wait => break status,
-            eof = read_some(&out_rx, &mut out), if !out_eof => out_eof = eof,
-            eof = read_some(&err_rx, &mut err), if !err_eof => err_eof = eof,
-        }
-    };
-    drain(&out_rx, &mut out);
-    drain(&err_rx, &mut err);
-    Ok(HelperOutput {
-        status,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
-    })
+    Ok((exit, out_fd, err_fd))
 }
 
 /// Read what is available once it is; true at EOF or on error.

@@ -27,7 +27,7 @@ pub fn yamux_config() -> Config {
 }
 
 pub async fn serve() -> Result<()> {
-    let agent = Arc::new(Agent::default());
+    let agent = Arc::new(Agent::new());
     let reaper_owner = agent.clone();
     tokio::spawn(async move {
         if let Err(e) = reaper_owner.reaper.run().await {

@@ -405,6 +405,10 @@ impl Shim {
         if let Some((template, _)) = &clone {
             let vm = self.vm.as_mut().expect("the VM was just launched");
             vm.restore(&template.state())?;
+            // The share goes into the root port the template left free, at
+            // once: the guest enumerates it while the agent reconnects.
+            vm.hotplug_fs(&share_dev)?;
+            slog::debug!(self.log, "restored, share hotplugged"; "ms" => t0.elapsed().as_millis() as u64);
         }
         let t_launch = t0.elapsed();
 
@@ -432,12 +436,8 @@ impl Shim {
             });
         }
         if clone.is_some() {
-            // The share comes now, into the root port the template left
-            // free; then the clone stops living in the template's past and
-            // stops sharing its random numbers.
-            let vm = self.vm.as_mut().expect("the VM runs");
-            vm.hotplug_fs(&share_dev)?;
-            slog::debug!(self.log, "share hotplugged"; "ms" => t0.elapsed().as_millis() as u64);
+            // The clone stops living in the template's past and stops
+            // sharing its random numbers.
             let mut seed = vec![0u8; 64];
             getrandom(&mut seed).map_err(ShimError::Stdio)?;
             let now = std::time::SystemTime::now()
