@@ -40,6 +40,8 @@ enum Command {
     Common(Box<CommonCmd>),
     /// Manage the VM template containers are cloned from
     Factory(commands::factory::FactoryCmd),
+    /// Show the QEMU, virtiofsd, guest and accelerator runvm would use
+    Check(commands::check::CheckCmd),
     /// The per-container shim (started by create and run; not for users).
     #[command(name = "__shim", hide = true)]
     Shim(commands::shim::ShimCmd),

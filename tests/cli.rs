@@ -257,3 +257,18 @@ fn version_and_unimplemented_verbs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("is not implemented yet"));
 }
+
+#[test]
+fn check_reports_the_accelerator_and_the_guest() {
+    let out = std::process::Command::new(RUNVM)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(["kvm", "tcg"].contains(&v["accel"]["use"].as_str().unwrap()));
+    assert!(!v["accel"]["reason"].as_str().unwrap().is_empty());
+    for part in ["qemu", "virtiofsd", "kernel", "initrd"] {
+        assert_eq!(v[part]["ok"], true, "{part}: {v}");
+    }
+}

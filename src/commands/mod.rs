@@ -1,6 +1,7 @@
 //! One module per verb: parse (liboci-cli's structs), call libcontainer,
 //! print.
 
+pub mod check;
 mod create;
 mod delete;
 mod events;
@@ -66,6 +67,7 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
             CommonCmd::Update(args) => update::update(args, ctx),
         },
         Command::Factory(cmd) => factory::factory(cmd, ctx),
+        Command::Check(cmd) => check::check(cmd),
         Command::Shim(_) => unreachable!("the shim is dispatched before logging is set up"),
     }
 }
