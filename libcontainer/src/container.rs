@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -199,23 +199,9 @@ impl Runtime {
         let spec = serde_json::to_vec_pretty(&bundle.raw).expect("spec serializes");
         write_atomic(&dir.join(SPEC_FILE), &spec)?;
         let state = State {
-            oci_version: crate::OCI_VERSION.to_string(),
-            id: opts.id.clone(),
-            status: ContainerStatus::Creating,
-            bundle: bundle.dir.clone(),
-            rootfs: bundle.rootfs.clone(),
-            created: Utc::now(),
-            owner_uid: nix::unistd::geteuid().as_raw(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
-            creator: ProcessIdentity::of(std::process::id() as i32),
-            shim: None,
-            vmm: None,
-            virtiofsd: None,
-            guest_pid: None,
-            accel: None,
-            boot: None,
-            exit_code: None,
             terminal: bundle.terminal(),
+            ..State::creating(&opts.id, bundle.dir.clone(), bundle.rootfs.clone())
         };
         self.store.save(&state)?;
         let mut shim_args = opts.shim_args.clone();

@@ -82,6 +82,29 @@ pub struct State {
 }
 
 impl State {
+    /// The state of a container being created now, by this process.
+    pub fn creating(id: &str, bundle: PathBuf, rootfs: PathBuf) -> Self {
+        State {
+            oci_version: crate::OCI_VERSION.to_string(),
+            id: id.to_string(),
+            status: ContainerStatus::Creating,
+            bundle,
+            rootfs,
+            created: Utc::now(),
+            owner_uid: nix::unistd::geteuid().as_raw(),
+            annotations: HashMap::new(),
+            creator: ProcessIdentity::of(std::process::id() as i32),
+            shim: None,
+            vmm: None,
+            virtiofsd: None,
+            guest_pid: None,
+            accel: None,
+            boot: None,
+            exit_code: None,
+            terminal: false,
+        }
+    }
+
     /// The status as it stands now: a container whose shim is gone is stopped,
     /// whatever the file last said.
     pub fn refreshed_status(&self) -> ContainerStatus {
@@ -279,23 +302,9 @@ mod tests {
 
     fn sample(id: &str) -> State {
         State {
-            oci_version: crate::OCI_VERSION.into(),
-            id: id.into(),
             status: ContainerStatus::Created,
-            bundle: "/b".into(),
-            rootfs: "/b/rootfs".into(),
-            created: Utc::now(),
-            owner_uid: 0,
-            annotations: HashMap::new(),
             creator: None,
-            shim: None,
-            vmm: None,
-            virtiofsd: None,
-            guest_pid: None,
-            accel: None,
-            boot: None,
-            exit_code: None,
-            terminal: false,
+            ..State::creating(id, "/b".into(), "/b/rootfs".into())
         }
     }
 
