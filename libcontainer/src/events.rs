@@ -1,9 +1,51 @@
 //! `events`: a container's cgroup readings in runc's JSON shape.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use runvm_protocol::CgroupStats;
 use serde::Serialize;
+
+use crate::{ContainerError, Runtime};
+
+/// `events`: one stats object with `stats_only`; otherwise one every
+/// `interval` until the container stops. Each is handed to `emit` (which
+/// prints it). A container that is not running is an error at the start, in
+/// runc's words; one that stops while streaming ends the stream.
+pub fn stream(
+    rt: &Runtime,
+    id: &str,
+    stats_only: bool,
+    interval: Duration,
+    mut emit: impl FnMut(&Event) -> std::io::Result<()>,
+) -> Result<(), EventsError> {
+    let mut first = true;
+    loop {
+        match rt.stats(id) {
+            Ok(stats) => emit(&Event::stats(id, &stats)).map_err(EventsError::Write)?,
+            Err(ContainerError::NotRunning) if first => {
+                return Err(EventsError::NotRunning { id: id.to_string() })
+            }
+            Err(ContainerError::NotRunning) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        if stats_only {
+            return Ok(());
+        }
+        first = false;
+        std::thread::sleep(interval.max(Duration::from_secs(1)));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("container with id {id} is not running")]
+    NotRunning { id: String },
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("write the event")]
+    Write(#[source] std::io::Error),
+}
 
 /// One line of `runc events`.
 #[derive(Serialize, Debug)]

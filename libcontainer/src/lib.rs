@@ -14,6 +14,7 @@ pub mod features;
 pub mod hypervisor;
 pub mod id;
 pub mod procinfo;
+pub mod resources;
 pub mod share;
 pub mod shim;
 pub mod signal;

@@ -16,11 +16,7 @@ pub fn run(args: Run, ctx: &Context) -> Result<u8> {
         shim_args: ctx.shim_args.clone(),
     };
     if args.detach {
-        rt.create(&opts)?;
-        if let Err(e) = rt.start(&opts.id) {
-            let _ = rt.delete(&opts.id, true);
-            return Err(e.into());
-        }
+        rt.run_detached(&opts)?;
         return Ok(0);
     }
     let code = rt.run(&opts, args.keep)?;
