@@ -45,22 +45,25 @@ pub enum ContainerError {
     StartStopped,
     #[error("cannot start an already running container")]
     StartRunning,
-    #[error("cannot start an already paused container")]
-    StartPaused,
-    #[error("cannot start a container that is not created yet")]
-    StartCreating,
+    /// runc's words for the other states ("paused", "creating").
+    #[error("cannot start a container in the {0} state")]
+    StartInState(ContainerStatus),
     #[error("container not running")]
     NotRunning,
     #[error("cannot delete container {id} that is not stopped: {status}")]
     DeleteNotStopped { id: String, status: ContainerStatus },
     #[error("cannot allocate tty if runvm will detach without setting console socket")]
     TerminalWithoutConsole,
+    #[error("cannot use console socket if runvm will not detach or allocate tty")]
+    ConsoleWithoutTerminal,
     #[error(transparent)]
     Terminal(#[from] crate::terminal::TerminalError),
     #[error(transparent)]
     Exec(#[from] crate::exec::ExecError),
     #[error("cannot exec in a stopped container")]
     ExecStopped,
+    #[error("cannot exec in a container that is still being created")]
+    ExecCreating,
     #[error("cannot exec in a paused container (use --ignore-paused to override)")]
     ExecPaused,
     #[error("container not paused")]
@@ -166,18 +169,14 @@ impl Runtime {
         if bundle.terminal() && opts.console_socket.is_none() && detach {
             return Err(ContainerError::TerminalWithoutConsole);
         }
+        if opts.console_socket.is_some() && (!detach || !bundle.terminal()) {
+            return Err(ContainerError::ConsoleWithoutTerminal);
+        }
         if let Some(path) = &opts.console_socket {
             crate::terminal::check_console_socket(path)?;
         }
         if let Some(pid_file) = &opts.pid_file {
-            let parent = pid_file.parent().filter(|p| !p.as_os_str().is_empty());
-            if let Some(parent) = parent {
-                if !parent.is_dir() {
-                    return Err(ContainerError::PidFileDir {
-                        path: parent.to_path_buf(),
-                    });
-                }
-            }
+            check_pid_file_dir(pid_file)?;
         }
         let dir = self.store.create_dir(&opts.id)?;
         match self.create_in(&dir, &bundle, opts, detach) {
@@ -196,14 +195,19 @@ impl Runtime {
         opts: &CreateOptions,
         detach: bool,
     ) -> Result<Pid, ContainerError> {
-        let spec = serde_json::to_vec_pretty(&bundle.raw).expect("spec serializes");
-        write_atomic(&dir.join(SPEC_FILE), &spec)?;
-        let state = State {
-            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
-            terminal: bundle.terminal(),
-            ..State::creating(&opts.id, bundle.dir.clone(), bundle.rootfs.clone())
-        };
-        self.store.save(&state)?;
+        {
+            // Held until the state file exists, so that a concurrent delete
+            // does not take the new directory for one a killed create left.
+            let _lock = self.store.lock(&opts.id)?;
+            let spec = serde_json::to_vec_pretty(&bundle.raw).expect("spec serializes");
+            write_atomic(&dir.join(SPEC_FILE), &spec)?;
+            let state = State {
+                annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+                terminal: bundle.terminal(),
+                ..State::creating(&opts.id, bundle.dir.clone(), bundle.rootfs.clone())
+            };
+            self.store.save(&state)?;
+        }
         let mut shim_args = opts.shim_args.clone();
         if let Some(console) = &opts.console_socket {
             shim_args.push("--console-socket".into());
@@ -301,12 +305,8 @@ impl Runtime {
 
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
         let state = self.load(id)?;
-        match state.refreshed_status() {
-            ContainerStatus::Created => {}
-            ContainerStatus::Stopped => return Err(ContainerError::StartStopped),
-            ContainerStatus::Running => return Err(ContainerError::StartRunning),
-            ContainerStatus::Paused => return Err(ContainerError::StartPaused),
-            ContainerStatus::Creating => return Err(ContainerError::StartCreating),
+        if let Some(refusal) = start_refusal(state.refreshed_status()) {
+            return Err(refusal);
         }
         // Starting may wait on a busy guest: it gets the boot timeout.
         let timeout = self.config.timeouts.boot() + Duration::from_secs(5);
@@ -365,6 +365,19 @@ impl Runtime {
             Err(StateError::Corrupt { .. } | StateError::Read { .. }) if force => {
                 return self.delete_unreadable(id)
             }
+            Err(StateError::NotExist { .. }) => {
+                // As runc: a directory without a state file is what a create
+                // that was killed early leaves (no process was started yet);
+                // remove it. With --force that is a successful delete. A
+                // container that is not there at all stays an error, even
+                // with --force, so that of racing deletes exactly one wins.
+                let removed = self.remove_stateless_dir(id);
+                return if force && removed {
+                    Ok(())
+                } else {
+                    Err(StateError::NotExist { id: id.to_string() }.into())
+                };
+            }
             Err(e) => return Err(e.into()),
         };
         let status = state.refreshed_status();
@@ -418,6 +431,24 @@ impl Runtime {
         Ok(())
     }
 
+    /// Remove `<root>/<id>` if it exists without a state file; whether it
+    /// did.
+    fn remove_stateless_dir(&self, id: &str) -> bool {
+        let Ok(_lock) = self.store.lock(id) else {
+            return false;
+        };
+        if self.store.exists(id) {
+            return false;
+        }
+        match self.store.remove(id) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(self.log, "remove a directory without state"; "error" => crate::error_chain(&e));
+                false
+            }
+        }
+    }
+
     /// `delete --force` of a container whose state file cannot be read: the
     /// shim, QEMU and virtiofsd all run in the container's directory, which
     /// identifies them without the file.
@@ -430,6 +461,17 @@ impl Runtime {
         }
         let _lock = self.store.lock(id)?;
         self.store.remove(id)?;
+        Ok(())
+    }
+
+    /// `run --detach`: create and start; a container that fails to start is
+    /// deleted again.
+    pub fn run_detached(&self, opts: &CreateOptions) -> Result<(), ContainerError> {
+        self.create(opts)?;
+        if let Err(e) = self.start(&opts.id) {
+            let _ = self.delete(&opts.id, true);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -511,13 +553,18 @@ impl Runtime {
     pub fn exec(&self, opts: &ExecOptions) -> Result<i32, ContainerError> {
         let state = self.load(&opts.id)?;
         match state.refreshed_status() {
-            ContainerStatus::Stopped | ContainerStatus::Creating => {
-                return Err(ContainerError::ExecStopped)
-            }
+            ContainerStatus::Stopped => return Err(ContainerError::ExecStopped),
+            ContainerStatus::Creating => return Err(ContainerError::ExecCreating),
             ContainerStatus::Paused if !opts.ignore_paused => {
                 return Err(ContainerError::ExecPaused)
             }
             _ => {}
+        }
+        if !opts.detach && opts.console_socket.is_some() {
+            return Err(crate::exec::ExecError::ConsoleWithoutTerminal.into());
+        }
+        if let Some(pid_file) = &opts.pid_file {
+            check_pid_file_dir(pid_file)?;
         }
         let dir = self.store.dir(&opts.id);
         let spec_path = dir.join(SPEC_FILE);
@@ -542,7 +589,7 @@ impl Runtime {
             crate::exec::run_attached(
                 &dir,
                 &process,
-                opts.console_socket.as_deref(),
+                opts.pid_file.as_deref(),
                 self.shim_timeout(),
             )
         };
@@ -567,7 +614,7 @@ impl Runtime {
 
     pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
         let state = self.live(id)?;
-        if state.refreshed_status() != ContainerStatus::Running {
+        if !state.refreshed_status().can_pause() {
             return Err(ContainerError::NotRunning);
         }
         self.ask(id, &ShimRequest::Pause).map(|_| ())
@@ -575,7 +622,7 @@ impl Runtime {
 
     pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
         let state = self.load(id)?;
-        if state.refreshed_status() != ContainerStatus::Paused {
+        if !state.refreshed_status().can_resume() {
             return Err(ContainerError::NotPaused);
         }
         self.ask(id, &ShimRequest::Resume).map(|_| ())
@@ -598,6 +645,30 @@ impl Runtime {
     pub fn features(&self) -> serde_json::Value {
         crate::features::features(&self.config)
     }
+}
+
+/// A pid file can only be written where its directory exists: check before
+/// anything is started.
+fn check_pid_file_dir(pid_file: &Path) -> Result<(), ContainerError> {
+    match pid_file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) if !parent.is_dir() => Err(ContainerError::PidFileDir {
+            path: parent.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Why a container in `status` cannot be started, in runc's words; `None`
+/// if it can.
+pub fn start_refusal(status: ContainerStatus) -> Option<ContainerError> {
+    if status.can_start() {
+        return None;
+    }
+    Some(match status {
+        ContainerStatus::Stopped => ContainerError::StartStopped,
+        ContainerStatus::Running => ContainerError::StartRunning,
+        other => ContainerError::StartInState(other),
+    })
 }
 
 fn oci_state(state: &State) -> OciState {

@@ -55,6 +55,8 @@ pub enum ExecError {
     RelativeCwd(PathBuf),
     #[error("cannot allocate tty if runvm will detach without setting console socket")]
     TerminalWithoutConsole,
+    #[error("cannot use console socket if runvm will not detach or allocate tty")]
+    ConsoleWithoutTerminal,
     #[error(transparent)]
     Terminal(#[from] TerminalError),
     #[error(transparent)]
@@ -115,8 +117,11 @@ pub fn build_process(opts: &ExecOptions, container_process: &Value) -> Result<Va
             }
             p["env"] = json!(env);
             if let Some((uid, gid)) = opts.user {
+                // As runc: a uid alone keeps the container's gid.
                 p["user"]["uid"] = json!(uid);
-                p["user"]["gid"] = json!(gid.unwrap_or(0));
+                if let Some(gid) = gid {
+                    p["user"]["gid"] = json!(gid);
+                }
             }
             if !opts.additional_gids.is_empty() {
                 p["user"]["additionalGids"] = json!(opts.additional_gids);
@@ -330,21 +335,46 @@ pub fn new_exec_id() -> String {
     format!("exec-{}-{}", std::process::id(), now.as_nanos())
 }
 
-/// Run the exec in the foreground: returns the process's exit code.
+/// Run the exec in the foreground, as its own stand-in: writes its own pid
+/// to `pid_file` once the process runs (as runc does without --detach) and
+/// returns the process's exit code.
 pub fn run_attached(
     state_dir: &Path,
     process: &Value,
-    console_socket: Option<&Path>,
+    pid_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<i32, ExecError> {
-    if let Some(path) = console_socket {
-        terminal::check_console_socket(path)?;
-    }
     let mut signals = signal_fd()?;
-    let stdio = stand_in_stdio(terminal_of(process), console_socket)?;
-    let (stream, _pid) = start_session(state_dir, &new_exec_id(), process, &stdio.fds, timeout)?;
+    let stdio = stand_in_stdio(terminal_of(process), None)?;
+    let (mut stream, _pid) =
+        start_session(state_dir, &new_exec_id(), process, &stdio.fds, timeout)?;
     drop(stdio.fds);
+    if let Some(pid_file) = pid_file {
+        if let Err(e) = write_own_pid(pid_file) {
+            kill_session(&mut stream);
+            return Err(e);
+        }
+    }
     relay_until_exit(stream, stdio.resize_source.as_ref(), &mut signals)
+}
+
+/// Write this process's pid, with no trailing newline (containerd parses it
+/// with Atoi).
+fn write_own_pid(pid_file: &Path) -> Result<(), ExecError> {
+    write_atomic(pid_file, std::process::id().to_string().as_bytes()).map_err(ExecError::PidFile)
+}
+
+/// Kill the session's process: it must not run on when its exec failed.
+fn kill_session(stream: &mut UnixStream) {
+    let _ = runvm_protocol::send(
+        stream,
+        &ShimRequest::ExecSignal {
+            signal: libc::SIGKILL,
+        },
+    );
+    // Wait for the exit report, so the process is gone when we return.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = runvm_protocol::recv::<_, ShimResponse>(stream);
 }
 
 /// Fork the stand-in, wait until the process runs in the guest, write the
@@ -360,6 +390,9 @@ pub fn run_detached(
     if terminal && console_socket.is_none() {
         return Err(ExecError::TerminalWithoutConsole);
     }
+    if !terminal && console_socket.is_some() {
+        return Err(ExecError::ConsoleWithoutTerminal);
+    }
     if let Some(path) = console_socket {
         terminal::check_console_socket(path)?;
     }
@@ -368,7 +401,7 @@ pub fn run_detached(
     match unsafe { fork() }.map_err(ExecError::Fork)? {
         ForkResult::Child => {
             drop(r);
-            let code = stand_in(state_dir, process, console_socket, w, timeout);
+            let code = stand_in(state_dir, process, console_socket, pid_file, w, timeout);
             std::process::exit(code)
         }
         ForkResult::Parent { child } => {
@@ -376,27 +409,29 @@ pub fn run_detached(
             let mut r = File::from(r);
             let report: Result<Result<i32, String>, _> = runvm_protocol::recv(&mut r);
             match report {
-                Ok(Ok(_guest_pid)) => {
-                    if let Some(pid_file) = pid_file {
-                        // No trailing newline: containerd parses it with Atoi.
-                        write_atomic(pid_file, child.as_raw().to_string().as_bytes())
-                            .map_err(ExecError::PidFile)?;
-                    }
-                    Ok(child.as_raw())
+                Ok(Ok(_guest_pid)) => Ok(child.as_raw()),
+                Ok(Err(msg)) => {
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    Err(ControlError::Shim(msg).into())
                 }
-                Ok(Err(msg)) => Err(ControlError::Shim(msg).into()),
-                Err(_) => Err(ExecError::StandInVanished),
+                Err(_) => {
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    Err(ExecError::StandInVanished)
+                }
             }
         }
     }
 }
 
-/// The detached stand-in: report the start on `ready`, then wait for the
-/// exit code and return it.
+/// The detached stand-in: once the process runs, write its own pid to
+/// `pid_file` and report the start on `ready`; then wait for the exit code
+/// and return it. If the pid file cannot be written, the process is killed
+/// and the failure reported: nothing may run that the caller cannot reap.
 fn stand_in(
     state_dir: &Path,
     process: &Value,
     console_socket: Option<&Path>,
+    pid_file: Option<&Path>,
     ready: OwnedFd,
     timeout: Duration,
 ) -> i32 {
@@ -404,7 +439,14 @@ fn stand_in(
     let _ = nix::unistd::setsid();
     let started = signal_fd().and_then(|signals| {
         let stdio = stand_in_stdio(terminal_of(process), console_socket)?;
-        let (stream, pid) = start_session(state_dir, &new_exec_id(), process, &stdio.fds, timeout)?;
+        let (mut stream, pid) =
+            start_session(state_dir, &new_exec_id(), process, &stdio.fds, timeout)?;
+        if let Some(pid_file) = pid_file {
+            if let Err(e) = write_own_pid(pid_file) {
+                kill_session(&mut stream);
+                return Err(e);
+            }
+        }
         Ok((signals, stdio, stream, pid))
     });
     let (mut signals, stdio, stream, pid) = match started {

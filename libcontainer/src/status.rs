@@ -37,8 +37,9 @@ impl ContainerStatus {
         matches!(self, ContainerStatus::Created | ContainerStatus::Stopped)
     }
 
+    /// Like runc, a created container can be paused as well as a running one.
     pub fn can_pause(self) -> bool {
-        self == ContainerStatus::Running
+        matches!(self, ContainerStatus::Created | ContainerStatus::Running)
     }
 
     pub fn can_resume(self) -> bool {
@@ -87,7 +88,7 @@ mod tests {
     fn created() {
         let s = Created;
         assert!(s.can_start() && s.can_kill() && s.can_delete() && s.can_exec());
-        assert!(!s.can_pause() && !s.can_resume());
+        assert!(s.can_pause() && !s.can_resume());
     }
 
     #[test]

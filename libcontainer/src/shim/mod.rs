@@ -235,6 +235,9 @@ struct Shim {
     sockets: SocketDir,
     config: Config,
     status: ContainerStatus,
+    /// What a paused container was before (created or running), and is
+    /// again once resumed.
+    paused_from: ContainerStatus,
     vm: Option<Box<dyn Hypervisor>>,
     virtiofsd: Option<Virtiofsd>,
     agent: Option<Arc<AgentClient>>,
@@ -269,6 +272,7 @@ impl Shim {
             dir,
             sockets,
             status: ContainerStatus::Creating,
+            paused_from: ContainerStatus::Running,
             vm: None,
             virtiofsd: None,
             agent: None,
@@ -514,13 +518,16 @@ impl Shim {
             .as_ref()
             .expect("setup started virtiofsd")
             .exit_watch();
+        let (queue, mut requests) = mpsc::unbounded_channel();
+        let read_timeout = self.config.timeouts.request();
         let end = loop {
             tokio::select! {
                 conn = listener.accept() => {
                     if let Ok((stream, _)) = conn {
-                        self.handle_control(stream).await;
+                        tokio::spawn(requests::read_request(stream, read_timeout, queue.clone()));
                     }
                 }
+                Some(incoming) = requests.recv() => self.handle_control(incoming).await,
                 Some(sig) = signals.recv() => self.forward(sig).await,
                 status = &mut exit => {
                     match status {

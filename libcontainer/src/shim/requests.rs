@@ -16,18 +16,39 @@ use crate::agent::AgentClient;
 use crate::error_chain;
 use crate::status::ContainerStatus;
 
+/// A control request, read off its connection.
+pub(super) struct Incoming {
+    stream: UnixStream,
+    fds: Option<[OwnedFd; 3]>,
+    req: ShimRequest,
+}
+
+/// Read a connection's preface and request, then queue it for the serve
+/// loop. Runs as a task of its own, so a client that connects and sends
+/// nothing holds up nobody (it is dropped after `timeout`).
+pub(super) async fn read_request(
+    mut stream: UnixStream,
+    timeout: std::time::Duration,
+    queue: tokio::sync::mpsc::UnboundedSender<Incoming>,
+) {
+    let fds = match tokio::time::timeout(timeout, preface(&stream)).await {
+        Ok(Ok(fds)) => fds,
+        _ => return,
+    };
+    let req = match tokio::time::timeout(timeout, runvm_protocol::recv_async(&mut stream)).await {
+        Ok(Ok(req)) => req,
+        _ => return,
+    };
+    let _ = queue.send(Incoming { stream, fds, req });
+}
+
 impl Shim {
-    pub(super) async fn handle_control(&mut self, mut stream: UnixStream) {
-        let timeout = self.config.timeouts.request();
-        let fds = match tokio::time::timeout(timeout, preface(&stream)).await {
-            Ok(Ok(fds)) => fds,
-            _ => return,
-        };
-        let req: ShimRequest =
-            match tokio::time::timeout(timeout, runvm_protocol::recv_async(&mut stream)).await {
-                Ok(Ok(req)) => req,
-                _ => return,
-            };
+    pub(super) async fn handle_control(&mut self, incoming: Incoming) {
+        let Incoming {
+            mut stream,
+            fds,
+            req,
+        } = incoming;
         let resp: ShimResponse = match req {
             ShimRequest::Exec { exec_id, process } => match self.exec(exec_id, process, fds) {
                 Ok(session) => {
@@ -119,30 +140,33 @@ impl Shim {
     }
 
     /// Freeze (pause) or thaw (resume) the container's cgroup in the guest.
+    /// As under runc, a created container can be paused too; resuming it
+    /// makes it created again.
     async fn pause(&mut self, freeze: bool) -> ShimResponse {
-        let (from, to, req) = if freeze {
+        let (to, req) = if freeze {
+            if !self.status.can_pause() {
+                return Err("container not running".into());
+            }
             let req = Request::Pause {
                 container_id: self.id.clone(),
             };
-            (ContainerStatus::Running, ContainerStatus::Paused, req)
+            (ContainerStatus::Paused, req)
         } else {
+            if !self.status.can_resume() {
+                return Err("container not paused".into());
+            }
             let req = Request::Resume {
                 container_id: self.id.clone(),
             };
-            (ContainerStatus::Paused, ContainerStatus::Running, req)
+            (self.paused_from, req)
         };
-        if self.status != from {
-            return Err(if freeze {
-                "container not running"
-            } else {
-                "container not paused"
-            }
-            .into());
-        }
         self.agent()?
             .request(req)
             .await
             .map_err(|e| error_chain(&e))?;
+        if freeze {
+            self.paused_from = self.status;
+        }
         self.status = to;
         self.record(|s| s.status = to)
             .map_err(|e| error_chain(&e))?;
@@ -156,20 +180,8 @@ impl Shim {
     }
 
     async fn start(&mut self) -> ShimResponse {
-        match self.status {
-            ContainerStatus::Created => {}
-            ContainerStatus::Stopped => {
-                return Err("cannot start a container that has stopped".into())
-            }
-            ContainerStatus::Running => {
-                return Err("cannot start an already running container".into())
-            }
-            ContainerStatus::Paused => {
-                return Err("cannot start an already paused container".into())
-            }
-            ContainerStatus::Creating => {
-                return Err("cannot start a container that is not created yet".into())
-            }
+        if let Some(refusal) = crate::container::start_refusal(self.status) {
+            return Err(refusal.to_string());
         }
         let req = Request::StartContainer {
             container_id: self.id.clone(),
