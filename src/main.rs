@@ -42,6 +42,10 @@ enum Command {
     Factory(commands::factory::FactoryCmd),
     /// Show the QEMU, virtiofsd, guest and accelerator runvm would use
     Check(commands::check::CheckCmd),
+    /// Checkpoint a running container (not implemented)
+    Checkpoint(commands::Unsupported),
+    /// Restore a container from a checkpoint (not implemented)
+    Restore(commands::Unsupported),
     /// The per-container shim (started by create and run; not for users).
     #[command(name = "__shim", hide = true)]
     Shim(commands::shim::ShimCmd),
@@ -52,8 +56,19 @@ enum Command {
 /// optional here, in one place.
 fn parse() -> Cli {
     let matches = Cli::command()
+        // liboci-cli spells it "checkpointt"; runvm answers to "checkpoint".
+        .mut_subcommand("checkpointt", |c| c.hide(true))
+        .mut_arg("log", |a| {
+            a.help("set the log file to write runvm's logs to (default is stderr)")
+        })
         .mut_subcommand("kill", |c| {
             c.mut_arg("signal", |a| a.required(false).default_value("SIGTERM"))
+        })
+        // The table shows the processes as the guest sees them; there is no
+        // host `ps` to pass options to.
+        .mut_subcommand("ps", |c| {
+            c.about("Display the processes inside the container (as the guest sees them; --format json: the host pids standing for it)")
+                .mut_arg("ps_options", |a| a.hide(true))
         })
         // runc takes a duration ("5s", "1m"); liboci-cli a number of seconds.
         .mut_subcommand("events", |c| {

@@ -116,8 +116,20 @@ fn runvm_killed_during_create_can_be_deleted_and_recreated() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Killed while its VM boots.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed while its VM boots: once QEMU is recorded, before create ends.
+    let deadline = Instant::now() + T;
+    let state_file = rv.root().join(&id).join("state.json");
+    loop {
+        let state: Option<serde_json::Value> = std::fs::read(&state_file)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok());
+        if state.is_some_and(|s| s["status"] == "creating" && !s["vmm"].is_null()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "QEMU never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(create.try_wait().unwrap().is_none(), "create already ended");
     create.kill().unwrap();
     create.wait().unwrap();
     let del = rv.run(&["delete", "--force", &id]);
@@ -127,6 +139,35 @@ fn runvm_killed_during_create_can_be_deleted_and_recreated() {
     let _g = rv.guard(&id, &b);
     let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
     assert_eq!(text(&out.stdout), "second life\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_directory_without_state_is_removed_as_runc_does() {
+    // What a create killed before its first state write leaves.
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "echo reborn"]);
+    let id = unique_id("stateless");
+    let dir = rv.root().join(&id);
+    for force in [false, true] {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(&id);
+        let out = rv.run(&args);
+        if force {
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        } else {
+            assert_eq!(out.status.code(), Some(1));
+            assert!(text(&out.stderr).contains("container does not exist"));
+        }
+        assert!(!dir.exists(), "delete {force} left {}", dir.display());
+    }
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(text(&out.stdout), "reborn\n", "{}", text(&out.stderr));
 }
 
 #[test]

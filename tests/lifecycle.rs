@@ -67,7 +67,9 @@ fn create_start_state_and_the_shim_exit_code() {
     assert_eq!(state["bundle"], b.path().to_str().unwrap());
     assert!(state["ociVersion"].as_str().unwrap().starts_with("1."));
     // Nothing ran yet: held until start, like runc's exec fifo.
+    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(b.output("out.txt"), "");
+    assert_eq!(rv.status(&id), "created");
 
     let start = rv.run(&["start", &id]);
     assert!(start.status.success(), "start: {}", text(&start.stderr));
@@ -141,6 +143,75 @@ fn kill_by_name_and_number_and_pid1_ignores_unhandled_term() {
     assert!(rv.run(&["kill", &id, "KILL"]).status.success());
     assert_eq!(c.wait_shim(Duration::from_secs(30)), 137);
     assert_eq!(rv.status(&id), "stopped");
+}
+
+#[test]
+fn signals_to_the_shim_and_to_run_reach_the_container() {
+    // The shim stands for the container: a signal it gets is the
+    // container's (containerd and conmon signal the pid in the pid file).
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "trap 'echo got USR1' USR1; trap 'echo got HUP; exit 9' HUP; echo ready; \
+         while :; do sleep 1; done",
+    ]);
+    let id = unique_id("shimsig");
+    let mut c = rv.run_detached(&id, &b);
+    wait_for_output(&b, "out.txt", "ready\n", BOOT);
+    let shim = nix::unistd::Pid::from_raw(c.shim_pid.unwrap());
+    nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    wait_for_output(&b, "out.txt", "got USR1\n", Duration::from_secs(30));
+    nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert_eq!(c.wait_shim(Duration::from_secs(30)), 9);
+    assert_eq!(b.output("out.txt"), "ready\ngot USR1\ngot HUP\n");
+
+    // `runvm run` in the foreground forwards what it gets the same way.
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 143' TERM; echo ready; while :; do sleep 1; done",
+    ]);
+    let id = unique_id("runsig");
+    let _g = rv.guard(&id, &b);
+    let mut run = rv
+        .cmd()
+        .args(["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(b.path().join("run.out")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_output(&b, "run.out", "ready\n", BOOT);
+    let pid = nix::unistd::Pid::from_raw(run.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(run.wait().unwrap().code(), Some(143));
+    assert_eq!(b.output("run.out"), "ready\ngot TERM\n");
+}
+
+#[test]
+fn seccomp_profiles_are_enforced_in_the_guest() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "mkdir /tmp/blocked && echo made; echo after"]);
+    b.edit(|c| {
+        c["root"]["readonly"] = false.into();
+        c["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    std::fs::create_dir(b.rootfs().join("tmp")).unwrap();
+    let id = unique_id("seccomp");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "after\n");
+    assert!(
+        text(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!b.rootfs().join("tmp/blocked").exists());
 }
 
 #[test]

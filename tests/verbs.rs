@@ -391,6 +391,30 @@ fn events_stats_update_ps_and_kill_all() {
         "{}",
         text(&out.stderr)
     );
+    let out = rv.run(&["exec", &id, "cat", "/sys/fs/cgroup/memory.max"]);
+    assert_eq!(text(&out.stdout), "104857600\n");
+    // The flag forms, and --resources - (stdin).
+    let out = rv.run(&["update", "--cpu-share", "512", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = rv.run(&["exec", &id, "cat", "/sys/fs/cgroup/cpu.weight"]);
+    // runc's conversion of shares to cgroup v2 weight: 1 + (s-2)*9999/262142.
+    assert_eq!(text(&out.stdout), "20\n");
+    let mut child = rv
+        .cmd()
+        .args(["update", "--resources", "-", &id])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"pids": {"limit": 77}}"#)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let pids_max = rv.run(&["exec", &id, "cat", "/sys/fs/cgroup/pids.max"]);
+    assert_eq!(text(&pids_max.stdout), "77\n");
     std::fs::write(&res, "{not json").unwrap();
     let out = rv.run(&["update", "--resources", res.to_str().unwrap(), &id]);
     assert_eq!(out.status.code(), Some(1));
@@ -430,17 +454,12 @@ fn verbs_on_unknown_or_stopped_containers() {
     let id = unique_id("stoppedverbs");
     let (mut c, out) = rv.create(&id, &b);
     assert!(out.status.success());
-    let pause = rv.run(&["pause", &id]);
-    assert!(
-        text(&pause.stderr).contains("container not running"),
-        "pause of created"
-    );
     assert!(rv.run(&["start", &id]).status.success());
     c.wait_shim(T);
     for args in [
         &["pause", &id][..],
         &["ps", &id],
-        &["events", "--stats", &id],
+        &["update", "--pids-limit", "5", &id],
     ] {
         let out = rv.run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -449,6 +468,50 @@ fn verbs_on_unknown_or_stopped_containers() {
             "{args:?}"
         );
     }
+    let out = rv.run(&["resume", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("container not paused"));
+    // runc's words for events on a stopped container, streaming or not.
+    for args in [&["events", "--stats", &id][..], &["events", &id]] {
+        let out = rv.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let want = format!("container with id {id} is not running");
+        assert!(
+            text(&out.stderr).contains(&want),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = rv.run(&["ps", "--format", "bogus", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = rv.run(&["ps", &id, "-ef"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("ps options are not supported"));
+}
+
+#[test]
+fn a_created_container_can_be_paused_as_in_runc() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "echo started"]);
+    let id = unique_id("pausecreated");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    assert!(rv.run(&["pause", &id]).status.success());
+    assert_eq!(rv.status(&id), "paused");
+    let start = rv.run(&["start", &id]);
+    assert_eq!(start.status.code(), Some(1));
+    assert!(
+        text(&start.stderr).contains("cannot start a container in the paused state"),
+        "{}",
+        text(&start.stderr)
+    );
+    // Resumed, it is created again, and starts.
+    assert!(rv.run(&["resume", &id]).status.success());
+    assert_eq!(rv.status(&id), "created");
+    assert!(rv.run(&["start", &id]).status.success());
+    assert_eq!(c.wait_shim(T), 0);
+    assert_eq!(b.output("out.txt"), "started\n");
 }
 
 #[test]
@@ -460,6 +523,15 @@ fn features_describe_runvm() {
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ociVersionMin"], "1.0.0");
+    assert!(
+        v["ociVersionMax"].as_str().unwrap().starts_with("1."),
+        "{v}"
+    );
+    for key in ["hooks", "mountOptions"] {
+        assert!(v[key].is_array(), "{key}: {v}");
+    }
+    let caps = v["linux"]["capabilities"].as_array().unwrap();
+    assert!(caps.contains(&"CAP_SYS_ADMIN".into()), "{v}");
     assert!(v["linux"]["namespaces"]
         .as_array()
         .unwrap()

@@ -66,10 +66,19 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
             CommonCmd::Resume(args) => pause::resume(args, ctx),
             CommonCmd::Update(args) => update::update(args, ctx),
         },
+        Command::Checkpoint(_) => not_implemented("checkpoint"),
+        Command::Restore(_) => not_implemented("restore"),
         Command::Factory(cmd) => factory::factory(cmd, ctx),
         Command::Check(cmd) => check::check(cmd),
         Command::Shim(_) => unreachable!("the shim is dispatched before logging is set up"),
     }
+}
+
+/// The arguments of a verb runvm does not implement, whatever they are.
+#[derive(clap::Args, Debug)]
+pub struct Unsupported {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
 }
 
 fn not_implemented(verb: &str) -> Result<u8> {

@@ -12,6 +12,9 @@ use super::Context;
 /// container's processes as the guest sees them (guest pids); ps options are
 /// not passed on.
 pub fn ps(args: Ps, ctx: &Context) -> Result<u8> {
+    if !args.ps_options.is_empty() {
+        bail!("ps options are not supported: the processes are listed by the guest");
+    }
     let (host_pids, processes) = ctx.runtime()?.ps(&args.container_id)?;
     match args.format.as_str() {
         "json" => println!("{}", serde_json::to_string(&host_pids)?),
