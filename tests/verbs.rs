@@ -45,6 +45,60 @@ fn exec_in_the_foreground_relays_output_and_exit_codes() {
     let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
     assert!(lines[0].starts_with("hi /usr/local/sbin:"), "{lines:?}");
     assert_eq!(&lines[1..], ["/bin", "1000", "100"]);
+    // A uid alone keeps the container's gid, as under runc; the other
+    // process flags reach the guest.
+    let out = rv.run(&[
+        "exec",
+        "--user",
+        "1000",
+        "--additional-gids",
+        "44",
+        "--no-new-privs",
+        &id,
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; grep NoNewPrivs /proc/self/status",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines[..2], ["1000", "0"], "{lines:?}");
+    assert!(lines[2].split(' ').any(|g| g == "44"), "{lines:?}");
+    assert_eq!(
+        lines[3].split_whitespace().collect::<Vec<_>>(),
+        ["NoNewPrivs:", "1"]
+    );
+    // --cap adds to the container's capabilities: bit 12 is CAP_NET_ADMIN,
+    // which runc's default spec does not grant.
+    let cap_eff = |extra: &[&str]| {
+        let mut args = vec!["exec"];
+        args.extend(extra);
+        args.extend([id.as_str(), "grep", "CapEff", "/proc/self/status"]);
+        let out = rv.run(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let hex = text(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        u64::from_str_radix(&hex, 16).unwrap()
+    };
+    assert_eq!(cap_eff(&[]) & (1 << 12), 0);
+    assert_ne!(cap_eff(&["--cap", "CAP_NET_ADMIN"]) & (1 << 12), 0);
+    // Without --detach the pid file holds runvm exec's own pid.
+    let pid_file = b.path().join("attached.pid");
+    let mut child = rv
+        .cmd()
+        .args(["exec", "--pid-file", pid_file.to_str().unwrap(), &id])
+        .args(["sh", "-c", "echo running; sleep 2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"running\n");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(pid, child.id().to_string());
+    assert!(child.wait().unwrap().success());
     // stdin reaches the exec'd process.
     let mut child = rv
         .cmd()
@@ -149,6 +203,41 @@ fn exec_errors() {
         "{}",
         text(&out.stderr)
     );
+    // A console socket needs --tty and --detach, as under runc.
+    let console = ConsoleReceiver::new();
+    for args in [
+        &["exec", "-d", "--console-socket"][..],
+        &["exec", "-t", "--console-socket"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend([console.path.to_str().unwrap(), &id, "true"]);
+        let out = rv.run(&args);
+        assert_eq!(out.status.code(), Some(255), "{args:?}");
+        assert!(
+            text(&out.stderr)
+                .contains("cannot use console socket if runvm will not detach or allocate tty"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A pid file that cannot be written: an error, and nothing runs on.
+    let out = rv.run(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        "/nonexistent/dir/exec.pid",
+        &id,
+        "sleep",
+        "777",
+    ]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("pid file directory /nonexistent/dir does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ps = text(&rv.run(&["ps", &id]).stdout);
+    assert!(!ps.contains("sleep 777"), "{ps}");
 
     assert!(rv.run(&["pause", &id]).status.success());
     let out = rv.run(&["exec", &id, "true"]);
@@ -216,13 +305,40 @@ fn create_with_a_terminal_sends_the_master_to_the_console_socket() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let master = console.master();
     assert!(rv.run(&["start", &id]).status.success());
-    set_window_size(&master, 24, 80);
+    set_window_size(&master, 37, 111);
     std::thread::sleep(Duration::from_millis(500));
     nix::unistd::write(&master, b"stty size; echo $((6*7))\n").unwrap();
     let seen = read_until(&master, "42", T);
-    assert!(seen.contains("24 80"), "{seen:?}");
+    assert!(seen.contains("37 111"), "{seen:?}");
     nix::unistd::write(&master, b"exit 0\n").unwrap();
     rv.wait_status(&id, "stopped", T);
+}
+
+#[test]
+fn a_console_socket_without_a_terminal_is_refused_as_by_runc() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    let id = unique_id("consolenotty");
+    let console = ConsoleReceiver::new();
+    for verb in [&["create"][..], &["run"], &["run", "-d"]] {
+        let mut args = verb.to_vec();
+        args.extend([
+            "--bundle",
+            b.path().to_str().unwrap(),
+            "--console-socket",
+            console.path.to_str().unwrap(),
+            &id,
+        ]);
+        let out = rv.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{verb:?}");
+        assert!(
+            text(&out.stderr)
+                .contains("cannot use console socket if runvm will not detach or allocate tty"),
+            "{verb:?}: {}",
+            text(&out.stderr)
+        );
+        assert_no_leaks(rv.root(), &id, b.path());
+    }
 }
 
 #[test]
