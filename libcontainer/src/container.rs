@@ -73,6 +73,11 @@ pub enum ContainerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("parse {path}")]
+    ParseSpec {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("unexpected answer from the shim: {0}")]
     Unexpected(String),
     #[error("pid file directory {path} does not exist")]
@@ -568,12 +573,14 @@ impl Runtime {
         }
         let dir = self.store.dir(&opts.id);
         let spec_path = dir.join(SPEC_FILE);
-        let spec: serde_json::Value = std::fs::read(&spec_path)
-            .ok()
-            .and_then(|d| serde_json::from_slice(&d).ok())
-            .ok_or_else(|| ContainerError::ReadSpec {
+        let data = std::fs::read(&spec_path).map_err(|source| ContainerError::ReadSpec {
+            path: spec_path.clone(),
+            source,
+        })?;
+        let spec: serde_json::Value =
+            serde_json::from_slice(&data).map_err(|source| ContainerError::ParseSpec {
                 path: spec_path.clone(),
-                source: std::io::ErrorKind::InvalidData.into(),
+                source,
             })?;
         let process = crate::exec::build_process(opts, &spec["process"])?;
         let result = if opts.detach {
