@@ -125,11 +125,15 @@ mod tests {
 
     #[test]
     fn exited_child_is_gone() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let id = ProcessIdentity::of(child.id() as i32);
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let id = ProcessIdentity::of(child.id() as i32).expect("a running child has an identity");
+        assert!(id.is_alive());
+        child.kill().unwrap();
         child.wait().unwrap();
-        if let Some(id) = id {
-            assert!(id.wait_gone(Duration::from_secs(1)));
-        }
+        assert!(id.wait_gone(Duration::from_secs(1)));
+        assert!(!id.is_alive());
     }
 }
