@@ -125,10 +125,33 @@ impl Containerd {
             .output()
             .unwrap()
     }
+
+    /// The `--root` that containerd's runc.v2 shim gives runvm for
+    /// containers of namespace `ns`: the shim's default, which is not under
+    /// the daemon's private root or state.
+    pub fn runtime_root(ns: &str) -> PathBuf {
+        Path::new("/run/containerd/runc").join(ns)
+    }
+
+    /// Delete what a failed test left, through containerd, so runvm stops
+    /// the VMs (killing the runc shims alone would leave them running).
+    fn delete_all(&self) {
+        let lines =
+            |out: Output| -> Vec<String> { text(&out.stdout).lines().map(String::from).collect() };
+        for ns in lines(self.ctr(&["namespaces", "ls", "-q"])) {
+            for task in lines(self.ctr(&["-n", &ns, "tasks", "ls", "-q"])) {
+                let _ = self.ctr(&["-n", &ns, "tasks", "delete", "--force", &task]);
+            }
+            for c in lines(self.ctr(&["-n", &ns, "containers", "ls", "-q"])) {
+                let _ = self.ctr(&["-n", &ns, "containers", "delete", &c]);
+            }
+        }
+    }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.delete_all();
         stop(&mut self.child);
         kill_matching(&self.socket().to_string_lossy());
         unmount_under(self.dir.path());
@@ -191,6 +214,17 @@ impl Dockerd {
             .output()
             .unwrap()
     }
+
+    /// The `--root` runvm gets from dockerd (through containerd's shim):
+    /// `runtime-runc/moby` under the exec root, whatever the runtime's name.
+    pub fn runtime_root(&self) -> PathBuf {
+        self.dir.path().join("exec/runtime-runc/moby")
+    }
+
+    /// A path for `--cidfile`, where docker writes the container's id.
+    pub fn cidfile(&self) -> PathBuf {
+        self.dir.path().join(super::unique_id("cid"))
+    }
 }
 
 impl Drop for Dockerd {
@@ -237,6 +271,17 @@ impl Podman {
 
     pub fn podman(&self, args: &[&str]) -> Output {
         self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// The runvm root of podman's containers: runvm's default, as podman
+    /// passes no `--root` to a runtime it does not know by name.
+    pub fn runtime_root(&self) -> PathBuf {
+        PathBuf::from("/run/runvm")
+    }
+
+    /// A path for `--cidfile`, where podman writes the container's id.
+    pub fn cidfile(&self) -> PathBuf {
+        self.dir.path().join(super::unique_id("cid"))
     }
 
     /// Load the test image (from the docker-archive) into this podman.
@@ -319,8 +364,11 @@ pub fn image_archive() -> &'static Path {
     path
 }
 
-/// No VM, shim or virtiofsd of container `id` is left.
-pub fn assert_no_vm_of(id: &str) {
+/// Nothing of container `id` is left once its client removed it: no QEMU,
+/// shim or virtiofsd process, and no state directory under `root`, the
+/// `--root` the client gives runvm. The root itself must exist, so a wrong
+/// path cannot make the check pass by itself.
+pub fn assert_no_leaks_of(root: &Path, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left: Vec<_> = super::processes_matching(&format!("runvm-{id},"))
@@ -331,15 +379,42 @@ pub fn assert_no_vm_of(id: &str) {
                     .filter(|(_, cmd)| cmd.contains("__shim") || cmd.contains("virtiofsd")),
             )
             .collect();
-        if left.is_empty() {
-            return;
+        let dir = root.join(id);
+        if left.is_empty() && !dir.exists() {
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "processes of {id} left: {left:?}"
+            "left of {id}: processes {left:?}, state directory {} {}",
+            dir.display(),
+            if dir.exists() { "present" } else { "gone" }
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(
+        root.is_dir(),
+        "runtime root {} does not exist: is it the --root the client passes?",
+        root.display()
+    );
+}
+
+/// Container `id` runs in a VM of runvm's, with its state under `root`:
+/// the other half of [`assert_no_leaks_of`].
+pub fn assert_runs_in_vm(root: &Path, id: &str) {
+    let state = root.join(id).join("state.json");
+    assert!(state.is_file(), "no runvm state at {}", state.display());
+    assert!(
+        !super::processes_matching(&format!("runvm-{id},")).is_empty(),
+        "no QEMU of {id}"
+    );
+}
+
+/// The id a client wrote to a `--cidfile`.
+pub fn read_cid(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cidfile {}: {e}", path.display()))
+        .trim()
+        .to_string()
 }
 
 /// The full id of a client's container from its short or long form, as
