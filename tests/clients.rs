@@ -3,11 +3,16 @@
 //! by the tests with private state.
 
 mod common;
+// Only this test binary speaks CRI: the gRPC client stays out of `common`,
+// which every test binary builds.
+#[path = "common/cri.rs"]
+mod cri;
 
 use std::time::{Duration, Instant};
 
 use common::clients::{
     assert_no_leaks_of, assert_runs_in_vm, read_cid, trimmed, Containerd, Dockerd, Podman, IMAGE,
+    PAUSE_IMAGE,
 };
 use common::{text, unique_id};
 
@@ -217,6 +222,139 @@ fn containerd_runs_containers_in_vms() {
     assert!(seen.contains("30 90"), "{seen:?}");
     assert!(seen.contains("rc=3"), "{seen:?}");
     assert_no_leaks_of(&root, &format!("{id}-t"));
+}
+
+/// The configuration form: Kubernetes' way in. A CRI client (as the kubelet
+/// is) asks containerd for a pod with runtime handler `runvm`, which
+/// containerd's config maps to the runc.v2 shim with `BinaryName` = runvm.
+#[test]
+fn containerd_cri_runs_pods_with_the_runvm_handler() {
+    let c = Containerd::with_cri_runtime();
+    let root = Containerd::runtime_root("k8s.io");
+    for archive in [
+        common::clients::image_archive(),
+        common::clients::pause_archive(),
+    ] {
+        let archive = archive.to_str().unwrap();
+        let out = c.ctr(&["-n", "k8s.io", "images", "import", archive]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let mut api = cri::Cri::connect(&c.socket());
+    let version = api
+        .version()
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail()));
+    assert_eq!(version.runtime_name, "containerd");
+    assert_eq!(version.runtime_api_version, "v1");
+    for image in [IMAGE, PAUSE_IMAGE] {
+        api.wait_for_image(image, Duration::from_secs(30));
+    }
+
+    let logs = c.dir().join("pod-logs");
+    let host_network = || cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        ..Default::default()
+    };
+    let pod = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "uname".into(),
+            uid: unique_id("pod"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.to_string_lossy().into_owned(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(host_network()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod_id = api
+        .run_pod(&pod, "runvm")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_tail()));
+    // The pod's sandbox runs in a VM of runvm's.
+    assert_runs_in_vm(&root, &pod_id);
+
+    // A busybox container of the pod running `script`, logging to `name`.log
+    // in the pod's log directory; its id.
+    let start = |api: &mut cri::Cri, name: &str, script: &str| {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+            command: ["/bin/sh", "-c", script].map(String::from).into(),
+            log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(host_network()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = api
+            .create_container(&pod_id, config, &pod)
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log_tail()));
+        api.start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log_tail()));
+        id
+    };
+    // What the container wrote, from the log containerd writes for the
+    // kubelet, once there is something.
+    let output = |name: &str| {
+        let log = logs.join(format!("{name}.log"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines = cri::log_lines(&std::fs::read_to_string(&log).unwrap_or_default());
+            if !lines.is_empty() {
+                return lines;
+            }
+            assert!(Instant::now() < deadline, "nothing in {}", log.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // A container that ends by itself: its exit code, and the guest's
+    // kernel in its log.
+    let done_id = start(&mut api, "exit7", "uname -r; exit 7");
+    let status = api.wait_exited(&done_id, Duration::from_secs(60));
+    assert_eq!(status.exit_code, 7, "{status:?}");
+    let lines = output("exit7");
+    assert!(lines[0].contains("cloud-amd64"), "{lines:?}");
+    assert_ne!(lines[0], host_kernel());
+
+    // A container that runs until stopped.
+    let ctr_id = start(&mut api, "uname", &format!("uname -r; {TRAP_TERM}"));
+    let lines = output("uname");
+    assert!(lines[0].contains("cloud-amd64"), "{lines:?}");
+    assert_ne!(lines[0], host_kernel());
+    // The container has a VM of its own, not the sandbox's.
+    let status = api.container_status(&ctr_id).unwrap();
+    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
+    assert_runs_in_vm(&root, &ctr_id);
+    // StopContainer's SIGTERM reaches the trap in the guest, and its exit
+    // code comes back to the CRI client.
+    api.stop_container(&ctr_id, 30)
+        .unwrap_or_else(|e| panic!("StopContainer: {e}\n{}", c.log_tail()));
+    let status = api.wait_exited(&ctr_id, Duration::from_secs(60));
+    assert_eq!(status.exit_code, 42, "{status:?}");
+
+    api.stop_pod(&pod_id)
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log_tail()));
+    api.remove_pod(&pod_id)
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log_tail()));
+    assert_eq!(api.pods().unwrap(), Vec::<String>::new());
+    for id in [&done_id, &ctr_id, &pod_id] {
+        assert_no_leaks_of(&root, id);
+    }
 }
 
 #[test]

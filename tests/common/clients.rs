@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use super::{text, RUNVM};
 
 pub const IMAGE: &str = "localhost/runvm-test/busybox:latest";
+/// The same busybox, whose default command runs until killed: the sandbox
+/// ("pause") image of CRI pods.
+pub const PAUSE_IMAGE: &str = "localhost/runvm-test/pause:latest";
 
 /// The runvm binary the clients are given: the one under test.
 pub fn runvm() -> &'static str {
@@ -79,6 +82,39 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Self::start_with(|_| {
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_cgroup = true\n".into()
+        })
+    }
+
+    /// containerd whose CRI plugin has runvm as runtime handler `runvm`, set
+    /// up as on a Kubernetes node: the runc.v2 shim with `BinaryName` in the
+    /// handler's options. Pods use the host's network (the CNI directories
+    /// are empty), and the sandbox image is [`PAUSE_IMAGE`], which must be
+    /// imported into the `k8s.io` namespace: it is never pulled.
+    pub fn with_cri_runtime() -> Containerd {
+        Self::start_with(|d| {
+            let cni = d.join("cni");
+            fs::create_dir_all(cni.join("bin")).unwrap();
+            fs::create_dir_all(cni.join("net.d")).unwrap();
+            let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+            let runvm_handler = format!("{cri}.containerd.runtimes.runvm");
+            format!(
+                "[{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n\
+                 [{cri}.cni]\n  bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n\
+                 [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [{runvm_handler}]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [{runvm_handler}.options]\n  BinaryName = \"{runvm}\"\n",
+                bin = cni.join("bin").display(),
+                conf = cni.join("net.d").display(),
+                runvm = runvm(),
+            )
+        })
+    }
+
+    /// containerd with a private root, state and socket, and `plugins`
+    /// (TOML, given the private directory) as the rest of its config.
+    fn start_with(plugins: impl FnOnce(&Path) -> String) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("runvm-ctd-")
             .tempdir()
@@ -86,11 +122,11 @@ impl Containerd {
         let d = dir.path();
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             [grpc]\n  address = \"{sock}\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_cgroup = true\n",
+             [grpc]\n  address = \"{sock}\"\n{plugins}",
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = d.join("containerd.sock").display(),
+            plugins = plugins(d),
         );
         fs::write(d.join("config.toml"), config).unwrap();
         let child = Command::new("containerd")
@@ -106,6 +142,18 @@ impl Containerd {
             c.ctr(&["version"]).status.success()
         });
         c
+    }
+
+    /// The private directory: config, logs, root, state, socket.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The end of containerd's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.path().join("containerd.err")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -299,17 +347,51 @@ impl Drop for Podman {
     }
 }
 
-/// The busybox image as a docker-archive tarball, built once per test
-/// binary: rootfs tarball, `podman import`, `podman save`.
+/// The busybox image ([`IMAGE`], default command `sh`) as a docker-archive
+/// tarball, built once per test binary.
 pub fn image_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| archive(IMAGE, r#"CMD ["/bin/sh"]"#))
+}
+
+/// [`PAUSE_IMAGE`] as a docker-archive tarball, built once per test binary.
+pub fn pause_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| archive(PAUSE_IMAGE, r#"CMD ["/bin/sleep", "100000"]"#))
+}
+
+/// `podman import` of the busybox rootfs tarball as `name` with `change`,
+/// then `podman save`: the archive's path.
+fn archive(name: &str, change: &str) -> PathBuf {
+    let (dir, tar) = rootfs_tar();
+    let podman = Podman::new();
+    let out = podman.podman(&["import", "--change", change, tar.to_str().unwrap(), name]);
+    assert!(out.status.success(), "podman import: {}", text(&out.stderr));
+    let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+    let out = podman.podman(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        name,
+    ]);
+    assert!(out.status.success(), "podman save: {}", text(&out.stderr));
+    archive
+}
+
+/// A busybox rootfs tarball (busybox-static, its applets as symlinks, a
+/// minimal /etc/passwd), built once per test binary; the directory it is in
+/// (removed at exit) and its path.
+fn rootfs_tar() -> &'static (PathBuf, PathBuf) {
     // Statics are never dropped: the directory goes at exit.
-    static ARCHIVE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    static TAR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     extern "C" fn cleanup() {
-        if let Some((dir, _)) = ARCHIVE.get() {
+        if let Some((dir, _)) = TAR.get() {
             let _ = fs::remove_dir_all(dir);
         }
     }
-    let (_, path) = ARCHIVE.get_or_init(|| {
+    TAR.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("runvm-image-")
             .tempdir()
@@ -340,28 +422,8 @@ pub fn image_archive() -> &'static Path {
             .output()
             .unwrap();
         assert!(out.status.success(), "tar: {}", text(&out.stderr));
-        let podman = Podman::new();
-        let out = podman.podman(&[
-            "import",
-            "--change",
-            "CMD [\"/bin/sh\"]",
-            tar.to_str().unwrap(),
-            IMAGE,
-        ]);
-        assert!(out.status.success(), "podman import: {}", text(&out.stderr));
-        let archive = dir.join("busybox-archive.tar");
-        let out = podman.podman(&[
-            "save",
-            "--format",
-            "docker-archive",
-            "-o",
-            archive.to_str().unwrap(),
-            IMAGE,
-        ]);
-        assert!(out.status.success(), "podman save: {}", text(&out.stderr));
-        (dir, archive)
-    });
-    path
+        (dir, tar)
+    })
 }
 
 /// Nothing of container `id` is left once its client removed it: no QEMU,
