@@ -18,7 +18,10 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOT
 fi
 
-pkgs=(busybox-static runc crun cpio zstd xz-utils libseccomp-dev libcap-ng-dev pkg-config kmod git python3)
+# protobuf-compiler: the CRI client of the containerd tests (crate k8s-cri)
+# generates its gRPC code with protoc when it builds.
+pkgs=(busybox-static runc crun cpio zstd xz-utils libseccomp-dev libcap-ng-dev pkg-config kmod git python3
+      protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -437,34 +437,68 @@ fn a_missing_bind_source_fails_at_create() {
 
 #[test]
 fn flags_clients_pass_are_accepted() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
     let rv = Runvm::new();
     let b = Bundle::busybox(&["sh", "-c", "echo flags"]);
     let id = unique_id("flags");
-    let out = rv
-        .cmd()
-        .args([
-            "--systemd-cgroup",
-            "create",
-            "--no-pivot",
-            "--no-new-keyring",
-        ])
-        .args([
-            "--preserve-fds",
-            "0",
-            "--bundle",
-            b.path().to_str().unwrap(),
-            &id,
-        ])
+    // What a client with --systemd-cgroup sends: slice:prefix:name.
+    b.edit(|c| c["linux"]["cgroupsPath"] = serde_json::json!(format!("system.slice:runvm:{id}")));
+    let log = b.path().join("runvm.log");
+    // Two extra fds for --preserve-fds 2, as a client passes them: at 3 and
+    // 4 in runvm. Parked at 10 and above first, so the dup2s below cannot
+    // clobber each other.
+    let extra: Vec<OwnedFd> = [b.path().join("config.json"), "/dev/null".into()]
+        .iter()
+        .map(|p| {
+            let f = std::fs::File::open(p).unwrap();
+            nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                .map(|fd| {
+                    // SAFETY: fcntl just returned this fd, and nothing else owns it.
+                    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+                })
+                .unwrap()
+        })
+        .collect();
+    let (a, z) = (extra[0].as_raw_fd(), extra[1].as_raw_fd());
+    let mut cmd = rv.cmd();
+    cmd.arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "--systemd-cgroup", "create"])
+        .args(["--no-pivot", "--no-new-keyring", "--preserve-fds", "2"])
+        .args(["--bundle", b.path().to_str().unwrap(), &id])
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(b.path().join("out.txt")).unwrap())
-        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap())
-        .status()
-        .unwrap();
+        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap());
+    // SAFETY: between fork and exec the child only calls dup2, which is
+    // async-signal-safe, on fds that stay open in the parent until the
+    // child has exec'd; dup2 clears FD_CLOEXEC on 3 and 4 (a and z are >= 10,
+    // so neither is its own target).
+    unsafe {
+        cmd.pre_exec(move || {
+            for (from, to) in [(a, 3), (z, 4)] {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.status().unwrap();
+    drop(extra);
     let _g = rv.guard(&id, &b);
     assert!(out.success(), "{}", b.output("err.txt"));
     assert!(rv.run(&["start", &id]).status.success());
     rv.wait_status(&id, "stopped", Duration::from_secs(30));
     assert_eq!(b.output("out.txt"), "flags\n");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let warned = logged.lines().any(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["level"] == "warning"
+            && v["msg"] == "--preserve-fds is ignored: host fds cannot reach the guest"
+    });
+    assert!(warned, "no --preserve-fds warning in the log: {logged}");
 }
 
 #[test]

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use super::{text, RUNVM};
 
 pub const IMAGE: &str = "localhost/runvm-test/busybox:latest";
+/// The same busybox, whose default command runs until killed: the sandbox
+/// ("pause") image of CRI pods.
+pub const PAUSE_IMAGE: &str = "localhost/runvm-test/pause:latest";
 
 /// The runvm binary the clients are given: the one under test.
 pub fn runvm() -> &'static str {
@@ -79,6 +82,39 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Self::start_with(|_| {
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_cgroup = true\n".into()
+        })
+    }
+
+    /// containerd whose CRI plugin has runvm as runtime handler `runvm`, set
+    /// up as on a Kubernetes node: the runc.v2 shim with `BinaryName` in the
+    /// handler's options. Pods use the host's network (the CNI directories
+    /// are empty), and the sandbox image is [`PAUSE_IMAGE`], which must be
+    /// imported into the `k8s.io` namespace: it is never pulled.
+    pub fn with_cri_runtime() -> Containerd {
+        Self::start_with(|d| {
+            let cni = d.join("cni");
+            fs::create_dir_all(cni.join("bin")).unwrap();
+            fs::create_dir_all(cni.join("net.d")).unwrap();
+            let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+            let runvm_handler = format!("{cri}.containerd.runtimes.runvm");
+            format!(
+                "[{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n\
+                 [{cri}.cni]\n  bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n\
+                 [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [{runvm_handler}]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [{runvm_handler}.options]\n  BinaryName = \"{runvm}\"\n",
+                bin = cni.join("bin").display(),
+                conf = cni.join("net.d").display(),
+                runvm = runvm(),
+            )
+        })
+    }
+
+    /// containerd with a private root, state and socket, and `plugins`
+    /// (TOML, given the private directory) as the rest of its config.
+    fn start_with(plugins: impl FnOnce(&Path) -> String) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("runvm-ctd-")
             .tempdir()
@@ -86,11 +122,11 @@ impl Containerd {
         let d = dir.path();
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             [grpc]\n  address = \"{sock}\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_cgroup = true\n",
+             [grpc]\n  address = \"{sock}\"\n{plugins}",
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = d.join("containerd.sock").display(),
+            plugins = plugins(d),
         );
         fs::write(d.join("config.toml"), config).unwrap();
         let child = Command::new("containerd")
@@ -106,6 +142,18 @@ impl Containerd {
             c.ctr(&["version"]).status.success()
         });
         c
+    }
+
+    /// The private directory: config, logs, root, state, socket.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The end of containerd's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.path().join("containerd.err")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -125,10 +173,33 @@ impl Containerd {
             .output()
             .unwrap()
     }
+
+    /// The `--root` that containerd's runc.v2 shim gives runvm for
+    /// containers of namespace `ns`: the shim's default, which is not under
+    /// the daemon's private root or state.
+    pub fn runtime_root(ns: &str) -> PathBuf {
+        Path::new("/run/containerd/runc").join(ns)
+    }
+
+    /// Delete what a failed test left, through containerd, so runvm stops
+    /// the VMs (killing the runc shims alone would leave them running).
+    fn delete_all(&self) {
+        let lines =
+            |out: Output| -> Vec<String> { text(&out.stdout).lines().map(String::from).collect() };
+        for ns in lines(self.ctr(&["namespaces", "ls", "-q"])) {
+            for task in lines(self.ctr(&["-n", &ns, "tasks", "ls", "-q"])) {
+                let _ = self.ctr(&["-n", &ns, "tasks", "delete", "--force", &task]);
+            }
+            for c in lines(self.ctr(&["-n", &ns, "containers", "ls", "-q"])) {
+                let _ = self.ctr(&["-n", &ns, "containers", "delete", &c]);
+            }
+        }
+    }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.delete_all();
         stop(&mut self.child);
         kill_matching(&self.socket().to_string_lossy());
         unmount_under(self.dir.path());
@@ -191,6 +262,17 @@ impl Dockerd {
             .output()
             .unwrap()
     }
+
+    /// The `--root` runvm gets from dockerd (through containerd's shim):
+    /// `runtime-runc/moby` under the exec root, whatever the runtime's name.
+    pub fn runtime_root(&self) -> PathBuf {
+        self.dir.path().join("exec/runtime-runc/moby")
+    }
+
+    /// A path for `--cidfile`, where docker writes the container's id.
+    pub fn cidfile(&self) -> PathBuf {
+        self.dir.path().join(super::unique_id("cid"))
+    }
 }
 
 impl Drop for Dockerd {
@@ -239,6 +321,17 @@ impl Podman {
         self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
     }
 
+    /// The runvm root of podman's containers: runvm's default, as podman
+    /// passes no `--root` to a runtime it does not know by name.
+    pub fn runtime_root(&self) -> PathBuf {
+        PathBuf::from("/run/runvm")
+    }
+
+    /// A path for `--cidfile`, where podman writes the container's id.
+    pub fn cidfile(&self) -> PathBuf {
+        self.dir.path().join(super::unique_id("cid"))
+    }
+
     /// Load the test image (from the docker-archive) into this podman.
     pub fn with_image(self) -> Podman {
         let out = self.podman(&["load", "-i", image_archive().to_str().unwrap()]);
@@ -254,17 +347,51 @@ impl Drop for Podman {
     }
 }
 
-/// The busybox image as a docker-archive tarball, built once per test
-/// binary: rootfs tarball, `podman import`, `podman save`.
+/// The busybox image ([`IMAGE`], default command `sh`) as a docker-archive
+/// tarball, built once per test binary.
 pub fn image_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| archive(IMAGE, r#"CMD ["/bin/sh"]"#))
+}
+
+/// [`PAUSE_IMAGE`] as a docker-archive tarball, built once per test binary.
+pub fn pause_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| archive(PAUSE_IMAGE, r#"CMD ["/bin/sleep", "100000"]"#))
+}
+
+/// `podman import` of the busybox rootfs tarball as `name` with `change`,
+/// then `podman save`: the archive's path.
+fn archive(name: &str, change: &str) -> PathBuf {
+    let (dir, tar) = rootfs_tar();
+    let podman = Podman::new();
+    let out = podman.podman(&["import", "--change", change, tar.to_str().unwrap(), name]);
+    assert!(out.status.success(), "podman import: {}", text(&out.stderr));
+    let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+    let out = podman.podman(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        name,
+    ]);
+    assert!(out.status.success(), "podman save: {}", text(&out.stderr));
+    archive
+}
+
+/// A busybox rootfs tarball (busybox-static, its applets as symlinks, a
+/// minimal /etc/passwd), built once per test binary; the directory it is in
+/// (removed at exit) and its path.
+fn rootfs_tar() -> &'static (PathBuf, PathBuf) {
     // Statics are never dropped: the directory goes at exit.
-    static ARCHIVE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    static TAR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     extern "C" fn cleanup() {
-        if let Some((dir, _)) = ARCHIVE.get() {
+        if let Some((dir, _)) = TAR.get() {
             let _ = fs::remove_dir_all(dir);
         }
     }
-    let (_, path) = ARCHIVE.get_or_init(|| {
+    TAR.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("runvm-image-")
             .tempdir()
@@ -295,32 +422,15 @@ pub fn image_archive() -> &'static Path {
             .output()
             .unwrap();
         assert!(out.status.success(), "tar: {}", text(&out.stderr));
-        let podman = Podman::new();
-        let out = podman.podman(&[
-            "import",
-            "--change",
-            "CMD [\"/bin/sh\"]",
-            tar.to_str().unwrap(),
-            IMAGE,
-        ]);
-        assert!(out.status.success(), "podman import: {}", text(&out.stderr));
-        let archive = dir.join("busybox-archive.tar");
-        let out = podman.podman(&[
-            "save",
-            "--format",
-            "docker-archive",
-            "-o",
-            archive.to_str().unwrap(),
-            IMAGE,
-        ]);
-        assert!(out.status.success(), "podman save: {}", text(&out.stderr));
-        (dir, archive)
-    });
-    path
+        (dir, tar)
+    })
 }
 
-/// No VM, shim or virtiofsd of container `id` is left.
-pub fn assert_no_vm_of(id: &str) {
+/// Nothing of container `id` is left once its client removed it: no QEMU,
+/// shim or virtiofsd process, and no state directory under `root`, the
+/// `--root` the client gives runvm. The root itself must exist, so a wrong
+/// path cannot make the check pass by itself.
+pub fn assert_no_leaks_of(root: &Path, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left: Vec<_> = super::processes_matching(&format!("runvm-{id},"))
@@ -331,15 +441,42 @@ pub fn assert_no_vm_of(id: &str) {
                     .filter(|(_, cmd)| cmd.contains("__shim") || cmd.contains("virtiofsd")),
             )
             .collect();
-        if left.is_empty() {
-            return;
+        let dir = root.join(id);
+        if left.is_empty() && !dir.exists() {
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "processes of {id} left: {left:?}"
+            "left of {id}: processes {left:?}, state directory {} {}",
+            dir.display(),
+            if dir.exists() { "present" } else { "gone" }
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(
+        root.is_dir(),
+        "runtime root {} does not exist: is it the --root the client passes?",
+        root.display()
+    );
+}
+
+/// Container `id` runs in a VM of runvm's, with its state under `root`:
+/// the other half of [`assert_no_leaks_of`].
+pub fn assert_runs_in_vm(root: &Path, id: &str) {
+    let state = root.join(id).join("state.json");
+    assert!(state.is_file(), "no runvm state at {}", state.display());
+    assert!(
+        !super::processes_matching(&format!("runvm-{id},")).is_empty(),
+        "no QEMU of {id}"
+    );
+}
+
+/// The id a client wrote to a `--cidfile`.
+pub fn read_cid(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cidfile {}: {e}", path.display()))
+        .trim()
+        .to_string()
 }
 
 /// The full id of a client's container from its short or long form, as
