@@ -95,6 +95,8 @@ impl ControlError {
         match self {
             ControlError::Connect { .. } => true,
             ControlError::Frame(e) => e.is_disconnect(),
+            // The shim closed its socket as we connected (it is exiting).
+            ControlError::Io(e) => runvm_protocol::is_disconnect(e),
             _ => false,
         }
     }
