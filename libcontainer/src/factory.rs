@@ -22,9 +22,9 @@ use crate::hypervisor::{GuestMemory, Hypervisor, HypervisorError, VmConfig};
 const META_FILE: &str = "template.json";
 const MEM_FILE: &str = "mem";
 const STATE_FILE: &str = "state";
-/// How long the guest gets to notice that the host hung up before the
-/// snapshot, so clones start with the agent waiting for a new host.
-const HANGUP_GRACE: Duration = Duration::from_millis(300);
+/// How often the console log is read while waiting for the agent to report
+/// that it noticed the hang-up.
+const CONSOLE_POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FactoryError {
@@ -40,6 +40,12 @@ pub enum FactoryError {
     Agent(#[from] AgentClientError),
     #[error("the template VM did not come up: it {0}")]
     Died(String),
+    #[error("the template VM's agent did not report the end of its session within {timeout:?} (no {marker:?} in {console}); is the guest older than runvm? (make guest)")]
+    NoHangup {
+        timeout: Duration,
+        marker: &'static str,
+        console: PathBuf,
+    },
     #[error("template metadata {path}")]
     Meta {
         path: PathBuf,
@@ -212,6 +218,7 @@ impl Factory {
         let mem = tmp.join(MEM_FILE);
         let vm_config = template_vm_config(config, "runvm-template".into(), tmp, &mem)?;
         let accel = vm_config.accel;
+        let console = vm_config.console_log();
         let mut vm = Qemu::new(config.qemu()?, vm_config);
         vm.launch()?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -220,19 +227,25 @@ impl Factory {
             .map_err(io_err(tmp))?;
         let mut exit = vm.exit_watch();
         let socket = vm.agent_socket();
+        let boot_timeout = config.timeouts.boot();
         let info = rt.block_on(async {
+            let died = |why: Option<String>| FactoryError::Died(why.unwrap_or_default());
             let agent = AgentClient::connect(&socket, config.timeouts.request()).await?;
+            // The whole reply, up to the stream's close: after it the agent
+            // has nothing more to send to this host.
             let info = tokio::select! {
-                r = agent.wait_ready(config.timeouts.boot()) => r?,
-                r = exit.wait_for(Option::is_some) => {
-                    let why = r.ok().and_then(|s| s.clone()).unwrap_or_default();
-                    return Err(FactoryError::Died(why));
-                }
+                r = agent.wait_ready_drained(boot_timeout) => r?,
+                r = exit.wait_for(Option::is_some) => return Err(died(r.ok().and_then(|s| s.clone()))),
             };
-            // Hang up, and let the guest notice: clones start with the
-            // agent waiting for the host to connect.
+            // Hang up, and wait until the agent has seen it: the snapshot
+            // must catch the agent outside this session, waiting for a new
+            // host, or every clone would talk to this session's leftovers.
+            let before = session_ends(&console);
             drop(agent);
-            tokio::time::sleep(HANGUP_GRACE).await;
+            tokio::select! {
+                r = wait_session_end(&console, before, boot_timeout) => r?,
+                r = exit.wait_for(Option::is_some) => return Err(died(r.ok().and_then(|s| s.clone()))),
+            }
             Ok::<_, FactoryError>(info)
         })?;
         vm.snapshot(&tmp.join(STATE_FILE))?;
@@ -332,6 +345,35 @@ impl Factory {
     }
 }
 
+/// How many times the agent has reported the end of a session so far.
+fn session_ends(console: &Path) -> usize {
+    let text = fs::read(console).unwrap_or_default();
+    // Not whole lines: the firmware's last words have no newline.
+    String::from_utf8_lossy(&text)
+        .matches(runvm_protocol::SESSION_ENDED)
+        .count()
+}
+
+/// Wait until the console log shows more session ends than `before`.
+async fn wait_session_end(
+    console: &Path,
+    before: usize,
+    timeout: Duration,
+) -> Result<(), FactoryError> {
+    let deadline = Instant::now() + timeout;
+    while session_ends(console) <= before {
+        if Instant::now() >= deadline {
+            return Err(FactoryError::NoHangup {
+                timeout,
+                marker: runvm_protocol::SESSION_ENDED,
+                console: console.to_path_buf(),
+            });
+        }
+        tokio::time::sleep(CONSOLE_POLL).await;
+    }
+    Ok(())
+}
+
 /// Copy `src` to `dst` without filling its holes.
 fn copy_sparse(src: &Path, dst: &Path) -> io::Result<()> {
     use nix::unistd::{lseek, Whence};
@@ -388,6 +430,22 @@ mod tests {
         assert_eq!(fs::read(&src).unwrap(), fs::read(&dst).unwrap());
         let allocated = fs::metadata(&dst).unwrap().blocks() * 512;
         assert!(allocated < 8 << 20, "holes were filled: {allocated} bytes");
+    }
+
+    #[test]
+    fn session_ends_are_counted_after_firmware_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let console = tmp.path().join("console.log");
+        assert_eq!(session_ends(&console), 0);
+        let marker = runvm_protocol::SESSION_ENDED;
+        fs::write(&console, format!("Booting from ROM..{marker}\n")).unwrap();
+        assert_eq!(session_ends(&console), 1);
+        fs::write(
+            &console,
+            format!("Booting from ROM..{marker}\nx\n{marker}\n"),
+        )
+        .unwrap();
+        assert_eq!(session_ends(&console), 2);
     }
 
     #[test]
