@@ -395,16 +395,20 @@ impl Shim {
         let agent_socket = vm.agent_socket();
         let mut vm_exit = vm.exit_watch();
         self.vm = Some(vm);
-        let boot = if clone.is_some() { "template" } else { "cold" };
+        let cloned = clone.is_some();
+        let boot = if cloned { "template" } else { "cold" };
         self.record(|s| {
             s.vmm = vmm_id;
             s.accel = Some(accel.as_str().to_string());
             s.boot = Some(boot.to_string());
         })?;
         launched?;
-        if let Some((template, _)) = &clone {
+        if let Some((template, _)) = clone.as_ref() {
             let vm = self.vm.as_mut().expect("the VM was just launched");
             vm.restore(&template.state())?;
+            // The state file has been read: `factory init` may replace the
+            // template from here on.
+            drop(clone);
             // The share goes into the root port the template left free, at
             // once: the guest enumerates it while the agent reconnects.
             vm.hotplug_fs(&share_dev)?;
@@ -435,7 +439,7 @@ impl Shim {
                 host: runvm_protocol::PROTOCOL_VERSION,
             });
         }
-        if clone.is_some() {
+        if cloned {
             // The clone stops living in the template's past and stops
             // sharing its random numbers.
             let mut seed = vec![0u8; 64];

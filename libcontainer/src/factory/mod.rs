@@ -2,9 +2,10 @@
 //! container, save its device state next to its memory file, and create
 //! containers by restoring copies of it instead of booting.
 
-use std::fs::{self, File};
+mod files;
+
+use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,12 +13,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use slog::{info, Logger};
+use slog::{info, warn, Logger};
 
 use crate::agent::{AgentClient, AgentClientError};
 use crate::config::{Config, ConfigError};
 use crate::hypervisor::qemu::{command_line, Qemu};
 use crate::hypervisor::{GuestMemory, Hypervisor, HypervisorError, VmConfig};
+pub use files::{FilesError, Problem};
 
 const META_FILE: &str = "template.json";
 const MEM_FILE: &str = "mem";
@@ -32,8 +34,8 @@ pub enum FactoryError {
     Config(#[from] ConfigError),
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("lock {path}")]
-    Lock { path: PathBuf, source: nix::Error },
+    #[error(transparent)]
+    Files(#[from] FilesError),
     #[error("template VM")]
     Hypervisor(#[from] HypervisorError),
     #[error("template VM's agent")]
@@ -99,10 +101,13 @@ pub struct TemplateMeta {
     pub command_line: Vec<String>,
 }
 
-/// A usable template.
+/// A usable template. It holds a shared lock on the template, so `factory
+/// init` and `destroy` cannot replace or remove it until it is dropped:
+/// keep it until the clone has read the state file.
 pub struct Template {
     dir: PathBuf,
     pub meta: TemplateMeta,
+    _lock: Flock<fs::File>,
 }
 
 impl Template {
@@ -112,12 +117,21 @@ impl Template {
 
     /// Copy the template's memory for a clone, next to it (same tmpfs),
     /// keeping its holes: only the pages the template touched are copied.
+    /// The copy is a new file of mode 0600 (a file already there, a planted
+    /// symlink included, is an error, except the leftover of a dead shim
+    /// that had our pid).
     pub fn copy_memory(&self, name: &str) -> Result<PathBuf, FactoryError> {
         let src = self.dir.join(MEM_FILE);
         let dst = self
             .dir
             .with_file_name(format!("clone-{name}-{}.mem", std::process::id()));
-        copy_sparse(&src, &dst).map_err(io_err(&dst))?;
+        match files::copy_sparse(&src, &dst) {
+            Err(FilesError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                files::remove(&dst)?;
+                files::copy_sparse(&src, &dst)?;
+            }
+            other => other?,
+        }
         Ok(dst)
     }
 }
@@ -166,43 +180,58 @@ impl Factory {
         }
     }
 
-    fn lock(&self) -> Result<Flock<File>, FactoryError> {
-        let parent = self.dir.parent().unwrap_or(Path::new("/"));
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let path = self.dir.with_extension("lock");
-        let f = File::create(&path).map_err(io_err(&path))?;
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, source)| FactoryError::Lock { path, source })
+    fn lock_path(&self) -> PathBuf {
+        self.dir.with_extension("lock")
+    }
+
+    /// The directory that holds the template, its lock and the clones'
+    /// copies: created mode 0700, refused if anyone else could change it.
+    fn holder(&self) -> Result<&Path, FactoryError> {
+        let holder = self.dir.parent().unwrap_or(Path::new("/"));
+        files::ensure_private_dir(holder)?;
+        Ok(holder)
+    }
+
+    fn lock(&self, how: FlockArg) -> Result<Flock<fs::File>, FactoryError> {
+        self.holder()?;
+        Ok(files::lock(&self.lock_path(), how)?)
     }
 
     fn read_meta(&self) -> Result<Option<TemplateMeta>, FactoryError> {
         let path = self.dir.join(META_FILE);
-        match fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map(Some)
-                .map_err(|source| FactoryError::Meta { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        let file = match files::open_nofollow(&path) {
+            Ok(f) => f,
+            Err(FilesError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_reader(io::BufReader::new(file))
+            .map(Some)
+            .map_err(|source| FactoryError::Meta { path, source })
     }
 
     /// Boot a template VM, wait for its agent, save it. Replaces an existing
-    /// template.
+    /// template. The build takes no lock (it has a directory of its own);
+    /// only the swap waits for clones that are reading the old template.
     pub fn init(&self, config: &Config, log: &Logger) -> Result<TemplateMeta, FactoryError> {
-        let _lock = self.lock()?;
+        self.holder()?;
+        files::check_private(&self.dir)?;
         let t0 = Instant::now();
         let tmp = self
             .dir
             .with_extension(format!("new-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        // A build of a dead process that had our pid.
+        files::remove(&tmp)?;
+        files::create_private_dir(&tmp)?;
         let result = self.build(config, &tmp, log);
         if result.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = files::remove(&tmp);
             return result;
         }
-        if self.dir.exists() {
-            fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let _lock = self.lock(FlockArg::LockExclusive)?;
+        if files::check_private(&self.dir)? {
+            files::remove(&self.dir)?;
         }
         fs::rename(&tmp, &self.dir).map_err(io_err(&self.dir))?;
         info!(log, "template ready"; "path" => %self.dir.display(), "ms" => t0.elapsed().as_millis() as u64);
@@ -271,12 +300,22 @@ impl Factory {
     }
 
     /// The template, if it exists and matches the configuration now: same
-    /// QEMU, kernel, initramfs (and so agent), VM size and devices.
+    /// QEMU, kernel, initramfs (and so agent), VM size and devices. It comes
+    /// with a shared lock on it.
     pub fn usable(&self, config: &Config) -> Result<Template, String> {
+        let missing = || format!("no template at {}", self.dir.display());
+        let chain = |e: FactoryError| crate::error_chain(&e);
+        if fs::symlink_metadata(&self.dir).is_err() {
+            return Err(missing());
+        }
+        let lock = self.lock(FlockArg::LockShared).map_err(chain)?;
+        if !files::check_private(&self.dir).map_err(|e| chain(e.into()))? {
+            return Err(missing());
+        }
         let meta = match self.read_meta() {
             Ok(Some(meta)) => meta,
-            Ok(None) => return Err(format!("no template at {}", self.dir.display())),
-            Err(e) => return Err(crate::error_chain(&e)),
+            Ok(None) => return Err(missing()),
+            Err(e) => return Err(chain(e)),
         };
         let stamp = |what: &str, path: Result<PathBuf, ConfigError>, then: &FileStamp| {
             let path = path.map_err(|e| crate::error_chain(&e))?;
@@ -307,20 +346,25 @@ impl Factory {
             return Err("the VM's size or devices changed since the template was made".into());
         }
         for file in [MEM_FILE, STATE_FILE] {
-            if !self.dir.join(file).is_file() {
+            let regular = fs::symlink_metadata(self.dir.join(file)).is_ok_and(|m| m.is_file());
+            if !regular {
                 return Err(format!("the template has no {file} file"));
             }
         }
         Ok(Template {
             dir: self.dir.clone(),
             meta,
+            _lock: lock,
         })
     }
 
     pub fn status(&self, config: &Config) -> Status {
-        let meta = self.read_meta().ok().flatten();
-        let usable = self.usable(config);
-        let memory_file_bytes = fs::metadata(self.dir.join(MEM_FILE))
+        let usable = self.usable(config).map(|t| t.meta);
+        let meta = match &usable {
+            Ok(meta) => Some(meta.clone()),
+            Err(_) => self.read_meta().ok().flatten(),
+        };
+        let memory_file_bytes = fs::symlink_metadata(self.dir.join(MEM_FILE))
             .ok()
             .map(|m| m.blocks() * 512);
         Status {
@@ -333,14 +377,24 @@ impl Factory {
         }
     }
 
-    /// Remove the template; true if there was one.
-    pub fn destroy(&self) -> Result<bool, FactoryError> {
-        let _lock = self.lock()?;
-        let existed = self.dir.exists();
+    /// Remove the template, its lock, and what dead builds and shims left
+    /// beside it; true if there was a template.
+    pub fn destroy(&self, log: &Logger) -> Result<bool, FactoryError> {
+        let lock = self.lock(FlockArg::LockExclusive)?;
+        let existed = files::check_private(&self.dir)?;
         if existed {
-            fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+            files::remove(&self.dir)?;
         }
-        let _ = fs::remove_file(self.dir.with_extension("lock"));
+        for left in files::leftovers(&self.dir) {
+            match files::remove(&left) {
+                Ok(()) => info!(log, "removed a leftover"; "path" => %left.display()),
+                Err(e) => warn!(log, "remove a leftover"; "error" => crate::error_chain(&e)),
+            }
+        }
+        // Removed while locked: a waiter then finds its lock file gone and
+        // takes a new one (files::lock).
+        let _ = fs::remove_file(self.lock_path());
+        drop(lock);
         Ok(existed)
     }
 }
@@ -374,63 +428,9 @@ async fn wait_session_end(
     Ok(())
 }
 
-/// Copy `src` to `dst` without filling its holes.
-fn copy_sparse(src: &Path, dst: &Path) -> io::Result<()> {
-    use nix::unistd::{lseek, Whence};
-    let from = File::open(src)?;
-    let to = File::create(dst)?;
-    let len = from.metadata()?.len();
-    to.set_len(len)?;
-    let mut offset: i64 = 0;
-    while (offset as u64) < len {
-        let data = match lseek(from.as_raw_fd(), offset, Whence::SeekData) {
-            Ok(d) => d,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let hole = lseek(from.as_raw_fd(), data, Whence::SeekHole)?;
-        let (mut off_in, mut off_out) = (data, data);
-        let mut left = (hole - data) as usize;
-        while left > 0 {
-            let n = nix::fcntl::copy_file_range(
-                from.as_fd(),
-                Some(&mut off_in),
-                to.as_fd(),
-                Some(&mut off_out),
-                left,
-            )?;
-            if n == 0 {
-                break;
-            }
-            left -= n;
-        }
-        offset = hole;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Seek, SeekFrom, Write};
-
-    #[test]
-    fn sparse_copy_keeps_data_and_holes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        let mut f = File::create(&src).unwrap();
-        f.set_len(64 << 20).unwrap();
-        f.seek(SeekFrom::Start(1 << 20)).unwrap();
-        f.write_all(b"first").unwrap();
-        f.seek(SeekFrom::Start(40 << 20)).unwrap();
-        f.write_all(b"second").unwrap();
-        drop(f);
-        let dst = tmp.path().join("dst");
-        copy_sparse(&src, &dst).unwrap();
-        assert_eq!(fs::read(&src).unwrap(), fs::read(&dst).unwrap());
-        let allocated = fs::metadata(&dst).unwrap().blocks() * 512;
-        assert!(allocated < 8 << 20, "holes were filled: {allocated} bytes");
-    }
 
     #[test]
     fn session_ends_are_counted_after_firmware_output() {
@@ -448,11 +448,72 @@ mod tests {
         assert_eq!(session_ends(&console), 2);
     }
 
+    fn config_at(template: &Path) -> Config {
+        let mut config = Config::default();
+        config.factory.template_path = template.to_path_buf();
+        config
+    }
+
+    #[test]
+    fn a_template_dir_others_can_write_is_refused_before_anything_runs() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("runvm");
+        fs::create_dir_all(holder.join("template")).unwrap();
+        fs::set_permissions(&holder, fs::Permissions::from_mode(0o777)).unwrap();
+        let config = config_at(&holder.join("template"));
+        let factory = Factory::new(&config);
+        let reason = factory.usable(&config).err().unwrap();
+        assert_eq!(
+            reason,
+            format!(
+                "refusing the template directory {}: it is writable by group or others (mode 0777)",
+                holder.display()
+            )
+        );
+        let log = Logger::root(slog::Discard, slog::o!());
+        let err = factory.init(&config, &log).unwrap_err();
+        assert!(
+            matches!(err, FactoryError::Files(FilesError::Insecure { .. })),
+            "{err:?}"
+        );
+        assert!(factory.destroy(&log).is_err());
+        // Nothing was made in it: no lock, no build directory.
+        let names: Vec<_> = fs::read_dir(&holder)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["template"]);
+    }
+
+    #[test]
+    fn a_template_that_is_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("runvm");
+        files::ensure_private_dir(&holder).unwrap();
+        let elsewhere = tmp.path().join("planted");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, holder.join("template")).unwrap();
+        let config = config_at(&holder.join("template"));
+        let reason = Factory::new(&config).usable(&config).err().unwrap();
+        assert!(reason.ends_with("template: it is a symlink"), "{reason}");
+    }
+
+    #[test]
+    fn the_holder_is_created_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("runvm");
+        let config = config_at(&holder.join("template"));
+        let log = Logger::root(slog::Discard, slog::o!());
+        assert!(!Factory::new(&config).destroy(&log).unwrap());
+        assert_eq!(fs::metadata(&holder).unwrap().mode() & 0o7777, 0o700);
+    }
+
     #[test]
     fn a_missing_template_is_not_usable() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.factory.template_path = tmp.path().join("template");
+        let config = config_at(&tmp.path().join("template"));
         let err = Factory::new(&config).usable(&config).err().unwrap();
         assert!(err.starts_with("no template at"), "{err}");
     }
