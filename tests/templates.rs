@@ -123,3 +123,41 @@ fn a_missing_template_means_a_cold_boot() {
     let (out, boot) = run_to_end(&rv, &b, "missing");
     assert_eq!((out.as_str(), boot.as_str()), ("cold\n", "cold"));
 }
+
+#[test]
+fn a_container_larger_than_the_template_boots_cold_and_says_why() {
+    let template = TestTemplate::build("larger");
+    let rv = runvm_with(&template, "");
+    let b = Bundle::busybox(&["sh", "-c", "nproc"]);
+    b.edit(|c| {
+        c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 512u64 << 20});
+        c["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 200000, "period": 100000});
+    });
+    let id = unique_id("larger");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = rv
+        .cmd()
+        .args(["--log", log.path().to_str().unwrap(), "create", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(b.path().join("out.txt")).unwrap())
+        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap())
+        .status()
+        .unwrap();
+    let _g = rv.guard(&id, &b);
+    assert!(out.success(), "create: {}", b.output("err.txt"));
+    assert_eq!(rv.raw_state(&id)["boot"], "cold");
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        logged.contains(
+            "level=warning msg=\"booting cold: the container needs 2 vCPUs / 576 MiB, \
+             the template has 1 vCPU / 256 MiB\""
+        ),
+        "{logged}"
+    );
+    assert!(rv.run(&["start", &id]).status.success());
+    rv.wait_status(&id, "stopped", T);
+    assert_eq!(b.output("out.txt"), "2\n");
+    template.destroy();
+}
