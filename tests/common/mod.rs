@@ -529,6 +529,12 @@ pub struct TestTemplate {
 
 impl TestTemplate {
     pub fn build(name: &str) -> TestTemplate {
+        Self::build_with(name, "")
+    }
+
+    /// A template made with this configuration (TOML) besides its own
+    /// `[factory]` section.
+    pub fn build_with(name: &str, toml: &str) -> TestTemplate {
         let path = PathBuf::from(format!(
             "/dev/shm/runvm-test-templates/{name}-{}-{}",
             std::process::id(),
@@ -537,7 +543,7 @@ impl TestTemplate {
         let t = TestTemplate { path };
         let config = t.path.with_extension("toml");
         fs::create_dir_all(t.path.parent().unwrap()).unwrap();
-        fs::write(&config, t.config_section()).unwrap();
+        fs::write(&config, format!("{toml}{}", t.config_section())).unwrap();
         let out = Command::new(RUNVM)
             .args(["factory", "init"])
             .env("RUNVM_CONFIG", &config)

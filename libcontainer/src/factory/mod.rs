@@ -8,6 +8,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -48,6 +49,8 @@ pub enum FactoryError {
         marker: &'static str,
         console: PathBuf,
     },
+    #[error("{qemu} --version")]
+    QemuVersion { qemu: PathBuf, source: io::Error },
     #[error("template metadata {path}")]
     Meta {
         path: PathBuf,
@@ -91,6 +94,9 @@ pub struct TemplateMeta {
     pub agent_protocol: u32,
     pub kernel_release: String,
     pub qemu: FileStamp,
+    /// The first line of `qemu --version`.
+    #[serde(default)]
+    pub qemu_version: String,
     pub kernel: FileStamp,
     pub initrd: FileStamp,
     pub memory_mib: u32,
@@ -244,6 +250,7 @@ impl Factory {
         tmp: &Path,
         log: &Logger,
     ) -> Result<TemplateMeta, FactoryError> {
+        let qemu_version = qemu_version(&config.qemu()?)?;
         let mem = tmp.join(MEM_FILE);
         let vm_config = template_vm_config(config, "runvm-template".into(), tmp, &mem)?;
         let accel = vm_config.accel;
@@ -285,6 +292,7 @@ impl Factory {
             agent_protocol: info.protocol,
             kernel_release: info.kernel_release,
             qemu: FileStamp::of(&config.qemu()?)?,
+            qemu_version,
             kernel: FileStamp::of(&config.kernel()?)?,
             initrd: FileStamp::of(&config.initrd()?)?,
             memory_mib: config.hypervisor.memory_mib,
@@ -397,6 +405,20 @@ impl Factory {
         drop(lock);
         Ok(existed)
     }
+}
+
+/// The first line of `qemu --version`, e.g. "QEMU emulator version 10.0.2
+/// (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)".
+fn qemu_version(qemu: &Path) -> Result<String, FactoryError> {
+    let out = Command::new(qemu)
+        .arg("--version")
+        .output()
+        .map_err(|source| FactoryError::QemuVersion {
+            qemu: qemu.to_path_buf(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
 }
 
 /// How many times the agent has reported the end of a session so far.
