@@ -20,28 +20,49 @@ import time
 from bundles import make_bundle
 
 
-def status(cmd, cid):
-    out = subprocess.run(cmd + ["state", cid], capture_output=True, text=True)
+# How long a started /bin/true may take to be seen stopped.
+STOP_DEADLINE_S = 120
+
+
+def status(cmd, cid, env):
+    out = subprocess.run(cmd + ["state", cid], capture_output=True, text=True, env=env)
     return json.loads(out.stdout)["status"] if out.returncode == 0 else None
 
 
-def cycle(cmd, bundle, cid, log=None):
-    """One create/start/wait/delete; returns phase durations in ms."""
-    t = {}
+def check_boot(root, cid, boot):
+    """Abort unless runvm's state.json says the VM came up as `boot`."""
+    if boot is None:
+        return
+    with open(os.path.join(root, cid, "state.json")) as f:
+        got = json.load(f).get("boot")
+    if got != boot:
+        sys.exit(f"bench: {cid} booted {got!r}, not {boot!r}: the figures would be wrong "
+                 "(runvm factory status, and the shim's log, say why)")
+
+
+def cycle(cmd, env, bundle, cid, root, boot=None):
+    """One create/start/wait/delete; returns phase durations in ms. `boot`:
+    how a runvm VM must have come up ("cold" or "template")."""
     t0 = time.monotonic()
-    subprocess.run(cmd + ["create", "--bundle", bundle, cid], check=True,
+    subprocess.run(cmd + ["create", "--bundle", bundle, cid], check=True, env=env,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     t1 = time.monotonic()
-    subprocess.run(cmd + ["start", cid], check=True)
+    check_boot(root, cid, boot)  # not timed
+    t1s = time.monotonic()
+    subprocess.run(cmd + ["start", cid], check=True, env=env)
     t2 = time.monotonic()
-    while status(cmd, cid) != "stopped":
+    deadline = t2 + STOP_DEADLINE_S
+    while status(cmd, cid, env) != "stopped":
+        if time.monotonic() > deadline:
+            subprocess.run(cmd + ["delete", "--force", cid], capture_output=True, env=env)
+            sys.exit(f"bench: {cid} not stopped {STOP_DEADLINE_S} s after start")
         time.sleep(0.002)
     t3 = time.monotonic()
-    subprocess.run(cmd + ["delete", cid], check=True)
+    subprocess.run(cmd + ["delete", cid], check=True, env=env)
     t4 = time.monotonic()
-    t["create"], t["start"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-    t["until_stopped"], t["delete"] = (t3 - t2) * 1e3, (t4 - t3) * 1e3
-    t["total"] = (t4 - t0) * 1e3
+    t = {"create": (t1 - t0) * 1e3, "start": (t2 - t1s) * 1e3,
+         "until_stopped": (t3 - t2) * 1e3, "delete": (t4 - t3) * 1e3}
+    t["total"] = sum(t.values())
     return t
 
 
@@ -95,14 +116,15 @@ def children(pid):
     return out
 
 
-def idle_pss(cmd, root, bundle, n):
+def idle_pss(cmd, env, root, bundle, n, boot):
     """Start n idle containers; the mean PSS (MiB) of each one's shim, QEMU
     and virtiofsd processes."""
     ids = [f"idle-{i}" for i in range(n)]
     try:
         for cid in ids:
-            subprocess.run(cmd + ["run", "-d", "--bundle", bundle, cid], check=True,
+            subprocess.run(cmd + ["run", "-d", "--bundle", bundle, cid], check=True, env=env,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            check_boot(root, cid, boot)
         time.sleep(3)
         totals = []
         for cid in ids:
@@ -113,7 +135,7 @@ def idle_pss(cmd, root, bundle, n):
         return statistics.mean(totals)
     finally:
         for cid in ids:
-            subprocess.run(cmd + ["delete", "--force", cid], capture_output=True)
+            subprocess.run(cmd + ["delete", "--force", cid], capture_output=True, env=env)
 
 
 def main():
@@ -133,35 +155,42 @@ def main():
         f.write(f'[factory]\nenable_template = true\ntemplate_path = "{tpl_dir}/template"\n')
     subprocess.run([runvm, "factory", "init"], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "RUNVM_CONFIG": tpl_config})
-    os.environ["RUNVM_CONFIG_TEMPLATE"] = tpl_config
-    runtimes = {"runvm": [runvm], "runvm-template": ["env", f"RUNVM_CONFIG={tpl_config}", runvm]}
+    # The cold row must not pick up /etc/runvm/config.toml, which may turn
+    # templates on: an empty config is all defaults, templates off.
+    cold_config = os.path.join(tpl_dir, "cold.toml")
+    open(cold_config, "w").close()
+    # name: (command, environment)
+    runtimes = {"runvm": ([runvm], {**os.environ, "RUNVM_CONFIG": cold_config}),
+                "runvm-template": ([runvm], {**os.environ, "RUNVM_CONFIG": tpl_config})}
+    boots = {"runvm": "cold", "runvm-template": "template"}
     for name in ("runc", "crun"):
         if shutil.which(name):
-            runtimes[name] = [name]
+            runtimes[name] = ([name], None)
     if "crun" in runtimes and not hide_unified_cgroup():
         print("crun left out: cannot hide the hybrid cgroup mount", file=sys.stderr)
         del runtimes["crun"]
     results = {name: [] for name in runtimes}
     details = {}
     try:
-        for name, base in runtimes.items():
+        for name in runtimes:
             roots[name] = tempfile.mkdtemp(prefix=f"bench-root-{name}-")
         for i in range(a.n):
-            for name, base in runtimes.items():
-                cmd = base + ["--root", roots[name]]
-                log = None
-                if name.startswith("runvm"):
-                    log = os.path.join(roots[name], f"log-{i}.txt")
-                    cmd = cmd + ["--debug", "--log", log]
-                t = cycle(cmd, bundle, f"bench-{i}")
+            for name, (base, env) in runtimes.items():
+                # Every runtime logs the same way (runc and crun take
+                # --debug --log too), so none pays for logging the others
+                # do not.
+                log = os.path.join(roots[name], f"log-{i}.txt")
+                cmd = base + ["--root", roots[name], "--debug", "--log", log]
+                t = cycle(cmd, env, bundle, f"bench-{i}", roots[name], boots.get(name))
                 results[name].append(t["total"])
-                if log:
+                if name.startswith("runvm"):
                     t.update(shim_timings(log))
                     details.setdefault(name, []).append(t)
         pss = {}
         for name in ("runvm", "runvm-template"):
-            pss[name] = idle_pss(runtimes[name] + ["--root", roots[name]], roots[name],
-                                 idle_bundle, a.idle)
+            base, env = runtimes[name]
+            pss[name] = idle_pss(base + ["--root", roots[name]], env, roots[name],
+                                 idle_bundle, a.idle, boots[name])
     finally:
         for d in list(roots.values()) + [bundle, idle_bundle]:
             shutil.rmtree(d, ignore_errors=True)
