@@ -20,28 +20,49 @@ import time
 from bundles import make_bundle
 
 
-def status(cmd, cid):
-    out = subprocess.run(cmd + ["state", cid], capture_output=True, text=True)
+# How long a started /bin/true may take to be seen stopped.
+STOP_DEADLINE_S = 120
+
+
+def status(cmd, cid, env):
+    out = subprocess.run(cmd + ["state", cid], capture_output=True, text=True, env=env)
     return json.loads(out.stdout)["status"] if out.returncode == 0 else None
 
 
-def cycle(cmd, bundle, cid, log=None):
-    """One create/start/wait/delete; returns phase durations in ms."""
-    t = {}
+def check_boot(root, cid, boot):
+    """Abort unless runvm's state.json says the VM came up as `boot`."""
+    if boot is None:
+        return
+    with open(os.path.join(root, cid, "state.json")) as f:
+        got = json.load(f).get("boot")
+    if got != boot:
+        sys.exit(f"bench: {cid} booted {got!r}, not {boot!r}: the figures would be wrong "
+                 "(runvm factory status, and the shim's log, say why)")
+
+
+def cycle(cmd, env, bundle, cid, root, boot=None):
+    """One create/start/wait/delete; returns phase durations in ms. `boot`:
+    how a runvm VM must have come up ("cold" or "template")."""
     t0 = time.monotonic()
-    subprocess.run(cmd + ["create", "--bundle", bundle, cid], check=True,
+    subprocess.run(cmd + ["create", "--bundle", bundle, cid], check=True, env=env,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     t1 = time.monotonic()
-    subprocess.run(cmd + ["start", cid], check=True)
+    check_boot(root, cid, boot)  # not timed
+    t1s = time.monotonic()
+    subprocess.run(cmd + ["start", cid], check=True, env=env)
     t2 = time.monotonic()
-    while status(cmd, cid) != "stopped":
+    deadline = t2 + STOP_DEADLINE_S
+    while status(cmd, cid, env) != "stopped":
+        if time.monotonic() > deadline:
+            subprocess.run(cmd + ["delete", "--force", cid], capture_output=True, env=env)
+            sys.exit(f"bench: {cid} not stopped {STOP_DEADLINE_S} s after start")
         time.sleep(0.002)
     t3 = time.monotonic()
-    subprocess.run(cmd + ["delete", cid], check=True)
+    subprocess.run(cmd + ["delete", cid], check=True, env=env)
     t4 = time.monotonic()
-    t["create"], t["start"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-    t["until_stopped"], t["delete"] = (t3 - t2) * 1e3, (t4 - t3) * 1e3
-    t["total"] = (t4 - t0) * 1e3
+    t = {"create": (t1 - t0) * 1e3, "start": (t2 - t1s) * 1e3,
+         "until_stopped": (t3 - t2) * 1e3, "delete": (t4 - t3) * 1e3}
+    t["total"] = sum(t.values())
     return t
 
 
@@ -82,6 +103,36 @@ def pss_kib(pid):
     return 0
 
 
+def unmapped_guest_kib(pid):
+    """Guest RAM the VMM's memory file holds but the VMM has not mapped. A
+    clone's copy of the template memory is allocated on tmpfs by the copy,
+    and PSS counts only the pages the guest touched since the restore; the
+    rest is host memory all the same. (A cold VM's memfd gets pages only
+    when they are touched through a mapping, so this is about 0 there.)"""
+    extra = 0
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    vma, rss = None, {}
+    for line in lines:
+        fields = line.split()
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            shared = "s" in fields[1]
+            vma = fields[0] if shared and end - start >= 64 << 20 and len(fields) > 5 else None
+        elif vma and fields[0] == "Rss:":
+            rss[vma] = int(fields[1])
+    for vma, rss_kib in rss.items():
+        try:
+            allocated = os.stat(f"/proc/{pid}/map_files/{vma}").st_blocks // 2
+        except OSError:
+            continue
+        extra += max(0, allocated - rss_kib)
+    return extra
+
+
 def children(pid):
     out = []
     for p in os.listdir("/proc"):
@@ -95,25 +146,30 @@ def children(pid):
     return out
 
 
-def idle_pss(cmd, root, bundle, n):
+def idle_pss(cmd, env, root, bundle, n, boot):
     """Start n idle containers; the mean PSS (MiB) of each one's shim, QEMU
-    and virtiofsd processes."""
+    and virtiofsd processes, and the same plus the guest memory held in the
+    VM's memory file but not mapped (see unmapped_guest_kib)."""
     ids = [f"idle-{i}" for i in range(n)]
     try:
         for cid in ids:
-            subprocess.run(cmd + ["run", "-d", "--bundle", bundle, cid], check=True,
+            subprocess.run(cmd + ["run", "-d", "--bundle", bundle, cid], check=True, env=env,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            check_boot(root, cid, boot)
         time.sleep(3)
-        totals = []
+        totals, held = [], []
         for cid in ids:
             st = json.load(open(os.path.join(root, cid, "state.json")))
             pids = [st[k]["pid"] for k in ("shim", "vmm", "virtiofsd") if st.get(k)]
             pids += children(st["virtiofsd"]["pid"]) if st.get("virtiofsd") else []
-            totals.append(sum(pss_kib(p) for p in pids) / 1024)
-        return statistics.mean(totals)
+            pss = sum(pss_kib(p) for p in pids)
+            totals.append(pss / 1024)
+            unmapped = unmapped_guest_kib(st["vmm"]["pid"]) if st.get("vmm") else 0
+            held.append((pss + unmapped) / 1024)
+        return statistics.mean(totals), statistics.mean(held)
     finally:
         for cid in ids:
-            subprocess.run(cmd + ["delete", "--force", cid], capture_output=True)
+            subprocess.run(cmd + ["delete", "--force", cid], capture_output=True, env=env)
 
 
 def main():
@@ -133,35 +189,42 @@ def main():
         f.write(f'[factory]\nenable_template = true\ntemplate_path = "{tpl_dir}/template"\n')
     subprocess.run([runvm, "factory", "init"], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "RUNVM_CONFIG": tpl_config})
-    os.environ["RUNVM_CONFIG_TEMPLATE"] = tpl_config
-    runtimes = {"runvm": [runvm], "runvm-template": ["env", f"RUNVM_CONFIG={tpl_config}", runvm]}
+    # The cold row must not pick up /etc/runvm/config.toml, which may turn
+    # templates on: an empty config is all defaults, templates off.
+    cold_config = os.path.join(tpl_dir, "cold.toml")
+    open(cold_config, "w").close()
+    # name: (command, environment)
+    runtimes = {"runvm": ([runvm], {**os.environ, "RUNVM_CONFIG": cold_config}),
+                "runvm-template": ([runvm], {**os.environ, "RUNVM_CONFIG": tpl_config})}
+    boots = {"runvm": "cold", "runvm-template": "template"}
     for name in ("runc", "crun"):
         if shutil.which(name):
-            runtimes[name] = [name]
+            runtimes[name] = ([name], None)
     if "crun" in runtimes and not hide_unified_cgroup():
         print("crun left out: cannot hide the hybrid cgroup mount", file=sys.stderr)
         del runtimes["crun"]
     results = {name: [] for name in runtimes}
     details = {}
     try:
-        for name, base in runtimes.items():
+        for name in runtimes:
             roots[name] = tempfile.mkdtemp(prefix=f"bench-root-{name}-")
         for i in range(a.n):
-            for name, base in runtimes.items():
-                cmd = base + ["--root", roots[name]]
-                log = None
-                if name.startswith("runvm"):
-                    log = os.path.join(roots[name], f"log-{i}.txt")
-                    cmd = cmd + ["--debug", "--log", log]
-                t = cycle(cmd, bundle, f"bench-{i}")
+            for name, (base, env) in runtimes.items():
+                # Every runtime logs the same way (runc and crun take
+                # --debug --log too), so none pays for logging the others
+                # do not.
+                log = os.path.join(roots[name], f"log-{i}.txt")
+                cmd = base + ["--root", roots[name], "--debug", "--log", log]
+                t = cycle(cmd, env, bundle, f"bench-{i}", roots[name], boots.get(name))
                 results[name].append(t["total"])
-                if log:
+                if name.startswith("runvm"):
                     t.update(shim_timings(log))
                     details.setdefault(name, []).append(t)
         pss = {}
         for name in ("runvm", "runvm-template"):
-            pss[name] = idle_pss(runtimes[name] + ["--root", roots[name]], roots[name],
-                                 idle_bundle, a.idle)
+            base, env = runtimes[name]
+            pss[name] = idle_pss(base + ["--root", roots[name]], env, roots[name],
+                                 idle_bundle, a.idle, boots[name])
     finally:
         for d in list(roots.values()) + [bundle, idle_bundle]:
             shutil.rmtree(d, ignore_errors=True)
@@ -194,9 +257,10 @@ def main():
             vals = [d[key] for d in ds if key in d]
             if vals:
                 print(f"  {label:44} {statistics.median(vals):8.1f}")
-    print(f"host memory per idle container (PSS of shim + QEMU + virtiofsd, mean of {a.idle}):")
-    for name, v in pss.items():
-        print(f"  {name:15} {v:7.1f} MiB")
+    print(f"host memory per idle container (mean of {a.idle}): PSS of shim + QEMU + virtiofsd;")
+    print("  and with the guest memory its memory file holds that QEMU has not mapped")
+    for name, (v, held) in pss.items():
+        print(f"  {name:15} {v:7.1f} MiB   {held:7.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,15 @@ enum Command {
 /// defaults it to SIGTERM, and callers rely on that, so the argument is made
 /// optional here, in one place.
 fn parse() -> Cli {
-    let matches = Cli::command()
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn command() -> clap::Command {
+    Cli::command()
+        // A global flag given twice takes the last value, as with runc (Go's
+        // flag package): wrappers prepend their own `--log` to the caller's.
+        .args_override_self(true)
         // liboci-cli spells it "checkpointt"; runvm answers to "checkpoint".
         .mut_subcommand("checkpointt", |c| c.hide(true))
         .mut_arg("log", |a| {
@@ -74,8 +82,6 @@ fn parse() -> Cli {
         .mut_subcommand("events", |c| {
             c.mut_arg("interval", |a| a.value_parser(parse_interval))
         })
-        .get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Seconds from "5", "5s", "2m" or "1h".
@@ -183,5 +189,19 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_log_flag_wins() {
+        let m = command()
+            .try_get_matches_from(["runvm", "--log", "/a", "--log", "/b", "state", "x"])
+            .unwrap();
+        let cli = Cli::from_arg_matches(&m).unwrap();
+        assert_eq!(cli.global.log, Some(PathBuf::from("/b")));
     }
 }

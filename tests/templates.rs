@@ -45,6 +45,17 @@ fn init_status_and_destroy() {
         .as_str()
         .unwrap()
         .contains("cloud-amd64"));
+    let qemu = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let qemu = text(&qemu.stdout);
+    assert_eq!(
+        status["template"]["qemuVersion"].as_str(),
+        qemu.lines().next(),
+        "{status}"
+    );
+    assert!(qemu.starts_with("QEMU emulator version"), "{qemu}");
     assert!(template.path.join("mem").is_file() && template.path.join("state").is_file());
 
     assert!(factory(&rv, "destroy").status.success());
@@ -60,33 +71,37 @@ fn init_status_and_destroy() {
 fn clones_run_their_own_rootfs_with_their_own_time_and_randomness() {
     let template = TestTemplate::build("clones");
     let rv = runvm_with(&template, "");
-    // Let the template's clock fall behind the host's.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let the template's clock fall well behind the host's: a clone that
+    // kept it would be this far in the past.
+    std::thread::sleep(Duration::from_secs(20));
     let script = "cat /marker; date +%s; od -An -N16 -tx1 /dev/urandom | tr -d ' \\n'";
     let b1 = Bundle::busybox(&["sh", "-c", script]);
     std::fs::write(b1.rootfs().join("marker"), "first rootfs\n").unwrap();
     let b2 = Bundle::busybox(&["sh", "-c", script]);
     std::fs::write(b2.rootfs().join("marker"), "second rootfs\n").unwrap();
 
+    let before = unix_now();
     let (out1, boot1) = run_to_end(&rv, &b1, "clone1");
-    let host_now = chrono_now();
+    let after = unix_now();
     let (out2, boot2) = run_to_end(&rv, &b2, "clone2");
     assert_eq!((boot1.as_str(), boot2.as_str()), ("template", "template"));
     let l1: Vec<&str> = out1.lines().collect();
     let l2: Vec<&str> = out2.lines().collect();
     assert_eq!(l1[0], "first rootfs");
     assert_eq!(l2[0], "second rootfs");
+    // The guest read its clock between our two readings of the host's
+    // (a second either side for the rounding of `date +%s`).
     let guest_time: i64 = l1[1].parse().unwrap();
     assert!(
-        (guest_time - host_now).abs() <= 5,
-        "guest {guest_time}, host {host_now}"
+        before - 1 <= guest_time && guest_time <= after + 1,
+        "guest {guest_time}, host {before}..{after}"
     );
     assert_eq!(l1[2].len(), 32);
     assert_ne!(l1[2], l2[2], "sibling clones drew the same random numbers");
     template.destroy();
 }
 
-fn chrono_now() -> i64 {
+fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -115,6 +130,104 @@ fn a_stale_template_is_not_used() {
 }
 
 #[test]
+fn a_rebuilt_initramfs_makes_the_template_stale() {
+    let guest = std::path::Path::new(RUNVM)
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("share/runvm");
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initramfs.img");
+    std::fs::copy(guest.join("initramfs.img"), &initrd).unwrap();
+    let hv = format!("[hypervisor]\ninitrd = \"{}\"\n", initrd.display());
+    let template = TestTemplate::build_with("initrd", &hv);
+    let rv = runvm_with(&template, &hv);
+    let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
+    assert_eq!(status["usable"], true, "{status}");
+
+    // `make guest` writes a new file: same bytes, new modification time.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&initrd, std::fs::read(&initrd).unwrap()).unwrap();
+    let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
+    assert_eq!(status["exists"], true);
+    assert_eq!(status["usable"], false);
+    assert_eq!(
+        status["reason"], "the guest initramfs changed since the template was made",
+        "{status}"
+    );
+    let b = Bundle::busybox(&["sh", "-c", "echo cold"]);
+    let (out, boot) = run_to_end(&rv, &b, "initrd");
+    assert_eq!((out.as_str(), boot.as_str()), ("cold\n", "cold"));
+    template.destroy();
+}
+
+/// A template path in a directory of its own under /dev/shm, made by hand.
+fn scratch_template() -> (tempfile::TempDir, TestTemplate) {
+    let holder = tempfile::Builder::new()
+        .prefix("runvm-test-scratch-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let path = holder.path().join("template");
+    (holder, TestTemplate { path })
+}
+
+#[test]
+fn destroy_removes_what_dead_builds_and_shims_left() {
+    let (holder, template) = scratch_template();
+    let h = holder.path();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let live = std::process::id();
+    std::fs::create_dir(&template.path).unwrap();
+    std::fs::write(template.path.join("template.json"), "{}").unwrap();
+    for d in [dead, live] {
+        std::fs::create_dir(h.join(format!("template.new-{d}"))).unwrap();
+        std::fs::write(h.join(format!("template.new-{d}/mem")), "x").unwrap();
+        std::fs::write(h.join(format!("clone-my-ctr-{d}.mem")), "x").unwrap();
+    }
+    let rv = runvm_with(&template, "");
+    let out = factory(&rv, "destroy");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut left: Vec<String> = std::fs::read_dir(h)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    // What processes that still run own stays.
+    assert_eq!(
+        left,
+        [
+            format!("clone-my-ctr-{live}.mem"),
+            format!("template.new-{live}")
+        ]
+    );
+}
+
+#[test]
+fn a_template_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (holder, template) = scratch_template();
+    std::fs::set_permissions(holder.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let rv = runvm_with(&template, "");
+    let want = format!(
+        "refusing the template directory {}: it is writable by group or others (mode 0777)",
+        holder.path().display()
+    );
+    let out = factory(&rv, "init");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&want), "{}", text(&out.stderr));
+    std::fs::create_dir(&template.path).unwrap();
+    let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
+    assert_eq!(status["usable"], false);
+    assert_eq!(status["reason"], want.as_str());
+    // Templates on, so a container boots cold rather than restore from it.
+    let b = Bundle::busybox(&["sh", "-c", "echo cold"]);
+    let (out, boot) = run_to_end(&rv, &b, "insecure");
+    assert_eq!((out.as_str(), boot.as_str()), ("cold\n", "cold"));
+}
+
+#[test]
 fn a_missing_template_means_a_cold_boot() {
     let template = TestTemplate::build("missing");
     template.destroy();
@@ -122,4 +235,42 @@ fn a_missing_template_means_a_cold_boot() {
     let b = Bundle::busybox(&["sh", "-c", "echo cold"]);
     let (out, boot) = run_to_end(&rv, &b, "missing");
     assert_eq!((out.as_str(), boot.as_str()), ("cold\n", "cold"));
+}
+
+#[test]
+fn a_container_larger_than_the_template_boots_cold_and_says_why() {
+    let template = TestTemplate::build("larger");
+    let rv = runvm_with(&template, "");
+    let b = Bundle::busybox(&["sh", "-c", "nproc"]);
+    b.edit(|c| {
+        c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 512u64 << 20});
+        c["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 200000, "period": 100000});
+    });
+    let id = unique_id("larger");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = rv
+        .cmd()
+        .args(["--log", log.path().to_str().unwrap(), "create", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(b.path().join("out.txt")).unwrap())
+        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap())
+        .status()
+        .unwrap();
+    let _g = rv.guard(&id, &b);
+    assert!(out.success(), "create: {}", b.output("err.txt"));
+    assert_eq!(rv.raw_state(&id)["boot"], "cold");
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        logged.contains(
+            "level=warning msg=\"booting cold: the container needs 2 vCPUs / 576 MiB, \
+             the template has 1 vCPU / 256 MiB\""
+        ),
+        "{logged}"
+    );
+    assert!(rv.run(&["start", &id]).status.success());
+    rv.wait_status(&id, "stopped", T);
+    assert_eq!(b.output("out.txt"), "2\n");
+    template.destroy();
 }

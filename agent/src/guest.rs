@@ -21,6 +21,8 @@ struct RandPoolInfo {
 
 /// RNDADDENTROPY: _IOW('R', 0x03, int[2]).
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// RNDRESEEDCRNG: _IO('R', 0x07).
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 pub fn sync(unix_time_ns: u64, seed: &[u8]) -> AgentResult<()> {
     let ts = TimeSpec::new(
@@ -41,7 +43,9 @@ pub fn sync(unix_time_ns: u64, seed: &[u8]) -> AgentResult<()> {
         .write(true)
         .open("/dev/urandom")
         .map_err(|e| fail("open /dev/urandom", e))?;
-    // Credited: the kernel reseeds its generator from it at once.
+    // Mixed into the input pool and credited. Since Linux 5.18 that does not
+    // reseed a crng that is already initialized (as the template's is): it
+    // would only be used at the next scheduled reseed, up to a minute later.
     // SAFETY: RNDADDENTROPY reads a rand_pool_info we own, whose buf_size
     // does not exceed the buffer that follows it.
     let rc = unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY as _, &info) };
@@ -50,6 +54,15 @@ pub fn sync(unix_time_ns: u64, seed: &[u8]) -> AgentResult<()> {
         random
             .write_all(seed)
             .map_err(|e| fail("seed the RNG", e))?;
+    }
+    // So reseed now, from the pool that holds the host's seed: every
+    // process started after this reply draws from a key the template never
+    // had. (vmgenid also makes the kernel reseed, but asynchronously, when
+    // it gets to the ACPI notification.)
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let rc = unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG as _) };
+    if rc < 0 {
+        return Err(fail("reseed the RNG", std::io::Error::last_os_error()));
     }
     Ok(())
 }

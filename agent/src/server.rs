@@ -7,7 +7,7 @@ use anyhow::Result;
 use futures::StreamExt;
 use runvm_protocol::{
     recv_async, send_async, AgentError, AgentInfo, ExitStatus, ProcessRef, Reply, Request,
-    Response, StreamKind, AGENT_PORT_NAME, PROTOCOL_VERSION,
+    Response, StreamKind, AGENT_PORT_NAME, PROTOCOL_VERSION, SESSION_ENDED,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_yamux::{Config, Session, StreamHandle};
@@ -38,16 +38,25 @@ pub async fn serve() -> Result<()> {
     let port = FdIo::open(&path)?;
     // A session ends when the host side disconnects (reads return EOF while no
     // host is connected); containers keep running, and a new session starts
-    // when the host comes back.
+    // when the host comes back. Until then each new session ends at once, on
+    // the same EOF.
     loop {
         let mut session = Session::new_server(port.clone(), yamux_config());
+        let mut streams = 0u64;
         while let Some(item) = session.next().await {
             match item {
                 Ok(stream) => {
+                    streams += 1;
                     tokio::spawn(handle_stream(agent.clone(), stream));
                 }
                 Err(_) => break,
             }
+        }
+        drop(session);
+        if streams > 0 {
+            // Said only after the session is gone: `factory init` snapshots
+            // the VM once it reads this (see runvm_protocol::SESSION_ENDED).
+            eprintln!("{SESSION_ENDED}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -112,6 +112,29 @@ impl AgentClient {
         }
     }
 
+    /// [`wait_ready`](Self::wait_ready), then read the reply's stream to its
+    /// end: once the agent's close has arrived, the agent has nothing more in
+    /// flight for this host, which may then hang up without leaving bytes of
+    /// its session behind in the VM.
+    pub async fn wait_ready_drained(&self, timeout: Duration) -> Result<AgentInfo> {
+        let exchange = async {
+            let mut stream = self.open(&StreamKind::Rpc(Request::Ping)).await?;
+            let resp: Response = recv_async(&mut stream).await?;
+            let mut rest = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
+                .await
+                .map_err(|_| AgentClientError::Session)?;
+            Ok::<_, AgentClientError>(resp?)
+        };
+        match tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| AgentClientError::Timeout(timeout))??
+        {
+            Reply::Pong(info) => Ok(info),
+            other => Err(AgentClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Wait (without a time limit) for a process to exit.
     pub async fn wait_process(&self, process: ProcessRef) -> Result<ExitStatus> {
         let mut stream = self.open(&StreamKind::Wait(process)).await?;

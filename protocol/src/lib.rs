@@ -27,8 +27,14 @@ pub const SHARE_ROOTFS: &str = "rootfs";
 /// A bind mount source in the spec the host sends that starts with this
 /// names a path inside the share (`runvm-share:mounts/0`).
 pub const SHARE_SOURCE_PREFIX: &str = "runvm-share:";
-/// Bumped whenever a change to these types breaks compatibility.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped whenever a change to these types breaks compatibility, or the host
+/// comes to depend on new behaviour of the agent (3: [`SESSION_ENDED`]).
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The line the agent writes to the guest console when a yamux session that
+/// carried streams has ended (the host hung up) and it waits for a new host.
+/// `factory init` waits for it before it saves the template: a clone must
+/// start with the agent outside the template builder's session.
+pub const SESSION_ENDED: &str = "runvm-agent: host hung up, waiting for a new session";
 
 /// Which process of a container a stream or request is about.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]

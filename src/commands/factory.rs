@@ -38,7 +38,7 @@ pub fn factory(cmd: FactoryCmd, ctx: &Context) -> Result<u8> {
             );
         }
         Action::Destroy => {
-            factory.destroy()?;
+            factory.destroy(&ctx.log)?;
         }
     }
     Ok(0)

@@ -110,6 +110,9 @@ pub struct Runvm {
     root: tempfile::TempDir,
     /// A runvm config file given through $RUNVM_CONFIG (outside the root).
     config: Option<tempfile::NamedTempFile>,
+    /// In template mode, the `--log` file of every command: a shim that boots
+    /// cold says why there, as a warning, and the drop checks that none did.
+    boot_log: Option<tempfile::NamedTempFile>,
 }
 
 impl Default for Runvm {
@@ -134,6 +137,12 @@ impl Runvm {
                 .tempdir()
                 .unwrap(),
             config: None,
+            boot_log: template_mode().then(|| {
+                tempfile::Builder::new()
+                    .prefix("runvm-log-")
+                    .tempfile()
+                    .unwrap()
+            }),
         };
         let mut toml = toml.to_string();
         if template_mode() {
@@ -163,6 +172,10 @@ impl Runvm {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(RUNVM);
         c.arg("--root").arg(self.root.path());
+        if let Some(log) = &self.boot_log {
+            // A test's own --log comes later and wins.
+            c.arg("--log").arg(log.path());
+        }
         if let Some(config) = &self.config {
             c.env("RUNVM_CONFIG", config.path());
         }
@@ -262,6 +275,25 @@ impl Runvm {
             shim_pid: None,
             bundle: bundle.path().to_path_buf(),
         }
+    }
+}
+
+/// In template mode every container of the test, foreground `run`s and failed
+/// creates included, must have been a clone. The one cold boot allowed is the
+/// documented one: a container that needs a larger VM than the template's
+/// (docs/templating.md).
+impl Drop for Runvm {
+    fn drop(&mut self) {
+        let Some(log) = &self.boot_log else { return };
+        if std::thread::panicking() {
+            return;
+        }
+        let text = fs::read_to_string(log.path()).unwrap_or_default();
+        let cold: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("booting cold") && !l.contains("the container needs"))
+            .collect();
+        assert!(cold.is_empty(), "containers booted cold: {cold:#?}");
     }
 }
 
@@ -510,6 +542,12 @@ pub struct TestTemplate {
 
 impl TestTemplate {
     pub fn build(name: &str) -> TestTemplate {
+        Self::build_with(name, "")
+    }
+
+    /// A template made with this configuration (TOML) besides its own
+    /// `[factory]` section.
+    pub fn build_with(name: &str, toml: &str) -> TestTemplate {
         let path = PathBuf::from(format!(
             "/dev/shm/runvm-test-templates/{name}-{}-{}",
             std::process::id(),
@@ -518,7 +556,7 @@ impl TestTemplate {
         let t = TestTemplate { path };
         let config = t.path.with_extension("toml");
         fs::create_dir_all(t.path.parent().unwrap()).unwrap();
-        fs::write(&config, t.config_section()).unwrap();
+        fs::write(&config, format!("{toml}{}", t.config_section())).unwrap();
         let out = Command::new(RUNVM)
             .args(["factory", "init"])
             .env("RUNVM_CONFIG", &config)

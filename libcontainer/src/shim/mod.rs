@@ -341,6 +341,7 @@ impl Shim {
         // The VM grows to the container's limits; a template of another size
         // then does not match, and the container boots cold.
         let (host_cpus, host_mib) = crate::sizing::host_capacity();
+        let configured = self.config.clone();
         self.config = crate::sizing::fit(&self.config, &bundle.spec, host_cpus, host_mib)?;
         let hv = &self.config.hypervisor;
         let (accel, why) = resolve_accel(hv.accel);
@@ -370,7 +371,7 @@ impl Shim {
         };
         let name = format!("runvm-{}", self.id);
         // A clone of the template when there is a usable one; else a boot.
-        let clone = self.template().and_then(|t| match t.copy_memory(&self.id) {
+        let clone = self.template(&configured).and_then(|t| match t.copy_memory(&self.id) {
             Ok(mem) => Some((t, mem)),
             Err(e) => {
                 warn!(self.log, "booting cold: cannot copy the template's memory"; "error" => error_chain(&e));
@@ -399,16 +400,20 @@ impl Shim {
         let agent_socket = vm.agent_socket();
         let mut vm_exit = vm.exit_watch();
         self.vm = Some(vm);
-        let boot = if clone.is_some() { "template" } else { "cold" };
+        let cloned = clone.is_some();
+        let boot = if cloned { "template" } else { "cold" };
         self.record(|s| {
             s.vmm = vmm_id;
             s.accel = Some(accel.as_str().to_string());
             s.boot = Some(boot.to_string());
         })?;
         launched?;
-        if let Some((template, _)) = &clone {
+        if let Some((template, _)) = clone.as_ref() {
             let vm = self.vm.as_mut().expect("the VM was just launched");
             vm.restore(&template.state())?;
+            // The state file has been read: `factory init` may replace the
+            // template from here on.
+            drop(clone);
             // The share goes into the root port the template left free, at
             // once: the guest enumerates it while the agent reconnects.
             vm.hotplug_fs(&share_dev)?;
@@ -439,7 +444,7 @@ impl Shim {
                 host: runvm_protocol::PROTOCOL_VERSION,
             });
         }
-        if clone.is_some() {
+        if cloned {
             // The clone stops living in the template's past and stops
             // sharing its random numbers.
             let mut seed = vec![0u8; 64];
@@ -583,18 +588,36 @@ impl Shim {
         code
     }
 
-    /// The template to clone, if templates are on and the one there matches.
-    fn template(&self) -> Option<crate::factory::Template> {
-        if !self.config.factory.enable_template {
+    /// The template to clone, if templates are on, the one there matches the
+    /// configuration and it is as large as the container's VM must be.
+    /// Templates being on, every other outcome is a cold boot and says why,
+    /// as a warning: the user asked for clones.
+    fn template(&self, configured: &Config) -> Option<crate::factory::Template> {
+        if !configured.factory.enable_template {
             return None;
         }
-        match crate::factory::Factory::new(&self.config).usable(&self.config) {
-            Ok(t) => Some(t),
+        let template = match crate::factory::Factory::new(configured).usable(configured) {
+            Ok(t) => t,
             Err(reason) => {
-                info!(self.log, "booting cold: the template is not usable"; "reason" => reason);
-                None
+                warn!(self.log, "booting cold: the template is not usable"; "reason" => reason);
+                return None;
             }
+        };
+        let (needs, has) = (&self.config.hypervisor, &template.meta);
+        if needs.vcpus > has.vcpus || needs.memory_mib > has.memory_mib {
+            // Growing a clone needs CPU hotplug, which the guest kernel does
+            // not offer on q35 (docs/templating.md).
+            warn!(
+                self.log,
+                "booting cold: the container needs {} / {} MiB, the template has {} / {} MiB",
+                vcpus(needs.vcpus),
+                needs.memory_mib,
+                vcpus(has.vcpus),
+                has.memory_mib
+            );
+            return None;
         }
+        Some(template)
     }
 
     /// The container's stdio on the host: what `create` was given, or, for a
@@ -704,6 +727,14 @@ impl Shim {
         for name in [CONTROL_SOCKET, SHARE_SOCKET, "agent.sock", "qmp.sock"] {
             let _ = fs::remove_file(self.dir.join(name));
         }
+    }
+}
+
+fn vcpus(n: u32) -> String {
+    if n == 1 {
+        "1 vCPU".into()
+    } else {
+        format!("{n} vCPUs")
     }
 }
 

@@ -1,0 +1,542 @@
+//! VM templates (Kata's "factory"): boot one VM with the agent ready and no
+//! container, save its device state next to its memory file, and create
+//! containers by restoring copies of it instead of booting.
+
+mod files;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use slog::{info, warn, Logger};
+
+use crate::agent::{AgentClient, AgentClientError};
+use crate::config::{Config, ConfigError};
+use crate::hypervisor::qemu::{command_line, Qemu};
+use crate::hypervisor::{GuestMemory, Hypervisor, HypervisorError, VmConfig};
+pub use files::{FilesError, Problem};
+
+const META_FILE: &str = "template.json";
+const MEM_FILE: &str = "mem";
+const STATE_FILE: &str = "state";
+/// How often the console log is read while waiting for the agent to report
+/// that it noticed the hang-up.
+const CONSOLE_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FactoryError {
+    #[error("runtime configuration")]
+    Config(#[from] ConfigError),
+    #[error("{path}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error("template VM")]
+    Hypervisor(#[from] HypervisorError),
+    #[error("template VM's agent")]
+    Agent(#[from] AgentClientError),
+    #[error("the template VM did not come up: it {0}")]
+    Died(String),
+    #[error("the template VM's agent did not report the end of its session within {timeout:?} (no {marker:?} in {console}); is the guest older than runvm? (make guest)")]
+    NoHangup {
+        timeout: Duration,
+        marker: &'static str,
+        console: PathBuf,
+    },
+    #[error("{qemu} --version")]
+    QemuVersion { qemu: PathBuf, source: io::Error },
+    #[error("template metadata {path}")]
+    Meta {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FactoryError + '_ {
+    move |source| FactoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A file as it was when the template was made.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStamp {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Result<Self, FactoryError> {
+        let m = fs::metadata(path).map_err(io_err(path))?;
+        Ok(FileStamp {
+            path: path.to_path_buf(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        })
+    }
+}
+
+/// What a template was made from; a clone must be made from the same.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMeta {
+    pub created: DateTime<Utc>,
+    pub runvm_version: String,
+    pub agent_protocol: u32,
+    pub kernel_release: String,
+    pub qemu: FileStamp,
+    /// The first line of `qemu --version`.
+    #[serde(default)]
+    pub qemu_version: String,
+    pub kernel: FileStamp,
+    pub initrd: FileStamp,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub accel: String,
+    /// QEMU's command line for the template's devices, with the directory
+    /// written as `@DIR`: a clone's must be the same.
+    pub command_line: Vec<String>,
+}
+
+/// A usable template. It holds a shared lock on the template, so `factory
+/// init` and `destroy` cannot replace or remove it until it is dropped:
+/// keep it until the clone has read the state file.
+pub struct Template {
+    dir: PathBuf,
+    pub meta: TemplateMeta,
+    _lock: Flock<fs::File>,
+}
+
+impl Template {
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Copy the template's memory for a clone, next to it (same tmpfs),
+    /// keeping its holes: only the pages the template touched are copied.
+    /// The copy is a new file of mode 0600 (a file already there, a planted
+    /// symlink included, is an error, except the leftover of a dead shim
+    /// that had our pid).
+    pub fn copy_memory(&self, name: &str) -> Result<PathBuf, FactoryError> {
+        let src = self.dir.join(MEM_FILE);
+        let dst = self
+            .dir
+            .with_file_name(format!("clone-{name}-{}.mem", std::process::id()));
+        match files::copy_sparse(&src, &dst) {
+            Err(FilesError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                files::remove(&dst)?;
+                files::copy_sparse(&src, &dst)?;
+            }
+            other => other?,
+        }
+        Ok(dst)
+    }
+}
+
+/// The devices of a template and of its clones: no share at boot (each clone
+/// hotplugs its own), memory in a file.
+pub fn template_vm_config(
+    config: &Config,
+    name: String,
+    dir: &Path,
+    mem: &Path,
+) -> Result<VmConfig, ConfigError> {
+    config.vm_config(name, dir, GuestMemory::File(mem.to_path_buf()), Vec::new())
+}
+
+/// The command line that identifies a template's layout, paths normalized.
+fn layout(config: &Config) -> Result<Vec<String>, ConfigError> {
+    let dir = Path::new("@DIR");
+    let vm = template_vm_config(config, "runvm-template".into(), dir, &dir.join(MEM_FILE))?;
+    Ok(command_line(&vm))
+}
+
+pub struct Factory {
+    dir: PathBuf,
+}
+
+/// What `factory status` shows.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub path: PathBuf,
+    pub exists: bool,
+    pub usable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateMeta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_file_bytes: Option<u64>,
+}
+
+impl Factory {
+    pub fn new(config: &Config) -> Self {
+        Factory {
+            dir: config.factory.template_path.clone(),
+        }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.with_extension("lock")
+    }
+
+    /// The directory that holds the template, its lock and the clones'
+    /// copies: created mode 0700, refused if anyone else could change it.
+    fn holder(&self) -> Result<&Path, FactoryError> {
+        let holder = self.dir.parent().unwrap_or(Path::new("/"));
+        files::ensure_private_dir(holder)?;
+        Ok(holder)
+    }
+
+    fn lock(&self, how: FlockArg) -> Result<Flock<fs::File>, FactoryError> {
+        self.holder()?;
+        Ok(files::lock(&self.lock_path(), how)?)
+    }
+
+    fn read_meta(&self) -> Result<Option<TemplateMeta>, FactoryError> {
+        let path = self.dir.join(META_FILE);
+        let file = match files::open_nofollow(&path) {
+            Ok(f) => f,
+            Err(FilesError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_reader(io::BufReader::new(file))
+            .map(Some)
+            .map_err(|source| FactoryError::Meta { path, source })
+    }
+
+    /// Boot a template VM, wait for its agent, save it. Replaces an existing
+    /// template. The build takes no lock (it has a directory of its own);
+    /// only the swap waits for clones that are reading the old template.
+    pub fn init(&self, config: &Config, log: &Logger) -> Result<TemplateMeta, FactoryError> {
+        self.holder()?;
+        files::check_private(&self.dir)?;
+        let t0 = Instant::now();
+        let tmp = self
+            .dir
+            .with_extension(format!("new-{}", std::process::id()));
+        // A build of a dead process that had our pid.
+        files::remove(&tmp)?;
+        files::create_private_dir(&tmp)?;
+        let result = self.build(config, &tmp, log);
+        if result.is_err() {
+            let _ = files::remove(&tmp);
+            return result;
+        }
+        let _lock = self.lock(FlockArg::LockExclusive)?;
+        if files::check_private(&self.dir)? {
+            files::remove(&self.dir)?;
+        }
+        fs::rename(&tmp, &self.dir).map_err(io_err(&self.dir))?;
+        info!(log, "template ready"; "path" => %self.dir.display(), "ms" => t0.elapsed().as_millis() as u64);
+        result
+    }
+
+    fn build(
+        &self,
+        config: &Config,
+        tmp: &Path,
+        log: &Logger,
+    ) -> Result<TemplateMeta, FactoryError> {
+        let qemu_version = qemu_version(&config.qemu()?)?;
+        let mem = tmp.join(MEM_FILE);
+        let vm_config = template_vm_config(config, "runvm-template".into(), tmp, &mem)?;
+        let accel = vm_config.accel;
+        let console = vm_config.console_log();
+        let mut vm = Qemu::new(config.qemu()?, vm_config);
+        vm.launch()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_err(tmp))?;
+        let mut exit = vm.exit_watch();
+        let socket = vm.agent_socket();
+        let boot_timeout = config.timeouts.boot();
+        let info = rt.block_on(async {
+            let died = |why: Option<String>| FactoryError::Died(why.unwrap_or_default());
+            let agent = AgentClient::connect(&socket, config.timeouts.request()).await?;
+            // The whole reply, up to the stream's close: after it the agent
+            // has nothing more to send to this host.
+            let info = tokio::select! {
+                r = agent.wait_ready_drained(boot_timeout) => r?,
+                r = exit.wait_for(Option::is_some) => return Err(died(r.ok().and_then(|s| s.clone()))),
+            };
+            // Hang up, and wait until the agent has seen it: the snapshot
+            // must catch the agent outside this session, waiting for a new
+            // host, or every clone would talk to this session's leftovers.
+            let before = session_ends(&console);
+            drop(agent);
+            tokio::select! {
+                r = wait_session_end(&console, before, boot_timeout) => r?,
+                r = exit.wait_for(Option::is_some) => return Err(died(r.ok().and_then(|s| s.clone()))),
+            }
+            Ok::<_, FactoryError>(info)
+        })?;
+        vm.snapshot(&tmp.join(STATE_FILE))?;
+        vm.stop(config.timeouts.stop())?;
+        let meta = TemplateMeta {
+            created: Utc::now(),
+            runvm_version: env!("CARGO_PKG_VERSION").to_string(),
+            agent_protocol: info.protocol,
+            kernel_release: info.kernel_release,
+            qemu: FileStamp::of(&config.qemu()?)?,
+            qemu_version,
+            kernel: FileStamp::of(&config.kernel()?)?,
+            initrd: FileStamp::of(&config.initrd()?)?,
+            memory_mib: config.hypervisor.memory_mib,
+            vcpus: config.hypervisor.vcpus,
+            accel: accel.as_str().to_string(),
+            command_line: layout(config)?,
+        };
+        let path = tmp.join(META_FILE);
+        let data = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+        fs::write(&path, data).map_err(io_err(&path))?;
+        slog::debug!(log, "template saved"; "kernel" => &meta.kernel_release);
+        Ok(meta)
+    }
+
+    /// The template, if it exists and matches the configuration now: same
+    /// QEMU, kernel, initramfs (and so agent), VM size and devices. It comes
+    /// with a shared lock on it.
+    pub fn usable(&self, config: &Config) -> Result<Template, String> {
+        let missing = || format!("no template at {}", self.dir.display());
+        let chain = |e: FactoryError| crate::error_chain(&e);
+        if fs::symlink_metadata(&self.dir).is_err() {
+            return Err(missing());
+        }
+        let lock = self.lock(FlockArg::LockShared).map_err(chain)?;
+        if !files::check_private(&self.dir).map_err(|e| chain(e.into()))? {
+            return Err(missing());
+        }
+        let meta = match self.read_meta() {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Err(missing()),
+            Err(e) => return Err(chain(e)),
+        };
+        let stamp = |what: &str, path: Result<PathBuf, ConfigError>, then: &FileStamp| {
+            let path = path.map_err(|e| crate::error_chain(&e))?;
+            let now = FileStamp::of(&path).map_err(|e| crate::error_chain(&e))?;
+            if &now != then {
+                return Err(format!("the {what} changed since the template was made"));
+            }
+            Ok(())
+        };
+        stamp("QEMU binary", config.qemu(), &meta.qemu)?;
+        stamp("guest kernel", config.kernel(), &meta.kernel)?;
+        stamp("guest initramfs", config.initrd(), &meta.initrd)?;
+        if meta.agent_protocol != runvm_protocol::PROTOCOL_VERSION {
+            return Err(format!(
+                "the template's agent speaks protocol {}, runvm {}",
+                meta.agent_protocol,
+                runvm_protocol::PROTOCOL_VERSION
+            ));
+        }
+        if meta.runvm_version != env!("CARGO_PKG_VERSION") {
+            return Err(format!(
+                "the template was made by runvm {}",
+                meta.runvm_version
+            ));
+        }
+        let layout = layout(config).map_err(|e| crate::error_chain(&e))?;
+        if meta.command_line != layout {
+            return Err("the VM's size or devices changed since the template was made".into());
+        }
+        for file in [MEM_FILE, STATE_FILE] {
+            let regular = fs::symlink_metadata(self.dir.join(file)).is_ok_and(|m| m.is_file());
+            if !regular {
+                return Err(format!("the template has no {file} file"));
+            }
+        }
+        Ok(Template {
+            dir: self.dir.clone(),
+            meta,
+            _lock: lock,
+        })
+    }
+
+    pub fn status(&self, config: &Config) -> Status {
+        let usable = self.usable(config).map(|t| t.meta);
+        let meta = match &usable {
+            Ok(meta) => Some(meta.clone()),
+            Err(_) => self.read_meta().ok().flatten(),
+        };
+        let memory_file_bytes = fs::symlink_metadata(self.dir.join(MEM_FILE))
+            .ok()
+            .map(|m| m.blocks() * 512);
+        Status {
+            path: self.dir.clone(),
+            exists: meta.is_some(),
+            usable: usable.is_ok(),
+            reason: usable.err(),
+            template: meta,
+            memory_file_bytes,
+        }
+    }
+
+    /// Remove the template, its lock, and what dead builds and shims left
+    /// beside it; true if there was a template.
+    pub fn destroy(&self, log: &Logger) -> Result<bool, FactoryError> {
+        let lock = self.lock(FlockArg::LockExclusive)?;
+        let existed = files::check_private(&self.dir)?;
+        if existed {
+            files::remove(&self.dir)?;
+        }
+        for left in files::leftovers(&self.dir) {
+            match files::remove(&left) {
+                Ok(()) => info!(log, "removed a leftover"; "path" => %left.display()),
+                Err(e) => warn!(log, "remove a leftover"; "error" => crate::error_chain(&e)),
+            }
+        }
+        // Removed while locked: a waiter then finds its lock file gone and
+        // takes a new one (files::lock).
+        let _ = fs::remove_file(self.lock_path());
+        drop(lock);
+        Ok(existed)
+    }
+}
+
+/// The first line of `qemu --version`, e.g. "QEMU emulator version 10.0.2
+/// (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)".
+fn qemu_version(qemu: &Path) -> Result<String, FactoryError> {
+    let out = Command::new(qemu)
+        .arg("--version")
+        .output()
+        .map_err(|source| FactoryError::QemuVersion {
+            qemu: qemu.to_path_buf(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
+/// How many times the agent has reported the end of a session so far.
+fn session_ends(console: &Path) -> usize {
+    let text = fs::read(console).unwrap_or_default();
+    // Not whole lines: the firmware's last words have no newline.
+    String::from_utf8_lossy(&text)
+        .matches(runvm_protocol::SESSION_ENDED)
+        .count()
+}
+
+/// Wait until the console log shows more session ends than `before`.
+async fn wait_session_end(
+    console: &Path,
+    before: usize,
+    timeout: Duration,
+) -> Result<(), FactoryError> {
+    let deadline = Instant::now() + timeout;
+    while session_ends(console) <= before {
+        if Instant::now() >= deadline {
+            return Err(FactoryError::NoHangup {
+                timeout,
+                marker: runvm_protocol::SESSION_ENDED,
+                console: console.to_path_buf(),
+            });
+        }
+        tokio::time::sleep(CONSOLE_POLL).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ends_are_counted_after_firmware_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let console = tmp.path().join("console.log");
+        assert_eq!(session_ends(&console), 0);
+        let marker = runvm_protocol::SESSION_ENDED;
+        fs::write(&console, format!("Booting from ROM..{marker}\n")).unwrap();
+        assert_eq!(session_ends(&console), 1);
+        fs::write(
+            &console,
+            format!("Booting from ROM..{marker}\nx\n{marker}\n"),
+        )
+        .unwrap();
+        assert_eq!(session_ends(&console), 2);
+    }
+
+    fn config_at(template: &Path) -> Config {
+        let mut config = Config::default();
+        config.factory.template_path = template.to_path_buf();
+        config
+    }
+
+    #[test]
+    fn a_template_dir_others_can_write_is_refused_before_anything_runs() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("runvm");
+        fs::create_dir_all(holder.join("template")).unwrap();
+        fs::set_permissions(&holder, fs::Permissions::from_mode(0o777)).unwrap();
+        let config = config_at(&holder.join("template"));
+        let factory = Factory::new(&config);
+        let reason = factory.usable(&config).err().unwrap();
+        assert_eq!(
+            reason,
+            format!(
+                "refusing the template directory {}: it is writable by group or others (mode 0777)",
+                holder.display()
+            )
+        );
+        let log = Logger::root(slog::Discard, slog::o!());
+        let err = factory.init(&config, &log).unwrap_err();
+        assert!(
+            matches!(err, FactoryError::Files(FilesError::Insecure { .. })),
+            "{err:?}"
+        );
+        assert!(factory.destroy(&log).is_err());
+        // Nothing was made in it: no lock, no build directory.
+        let names: Vec<_> = fs::read_dir(&holder)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["template"]);
+    }
+
+    #[test]
+    fn a_template_that_is_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("runvm");
+        files::ensure_private_dir(&holder).unwrap();
+        let elsewhere = tmp.path().join("planted");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, holder.join("template")).unwrap();
+        let config = config_at(&holder.join("template"));
+        let reason = Factory::new(&config).usable(&config).err().unwrap();
+        assert!(reason.ends_with("template: it is a symlink"), "{reason}");
+    }
+
+    #[test]
+    fn the_holder_is_created_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("runvm");
+        let config = config_at(&holder.join("template"));
+        let log = Logger::root(slog::Discard, slog::o!());
+        assert!(!Factory::new(&config).destroy(&log).unwrap());
+        assert_eq!(fs::metadata(&holder).unwrap().mode() & 0o7777, 0o700);
+    }
+
+    #[test]
+    fn a_missing_template_is_not_usable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config_at(&tmp.path().join("template"));
+        let err = Factory::new(&config).usable(&config).err().unwrap();
+        assert!(err.starts_with("no template at"), "{err}");
+    }
+}
