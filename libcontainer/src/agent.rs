@@ -93,9 +93,21 @@ impl AgentClient {
     }
 
     pub async fn request_within(&self, req: Request, timeout: Duration) -> Result<Reply> {
+        self.exchange(req, timeout, false).await
+    }
+
+    /// One request and its reply; with `drain`, the reply's stream is also
+    /// read to its close.
+    async fn exchange(&self, req: Request, timeout: Duration, drain: bool) -> Result<Reply> {
         let exchange = async {
             let mut stream = self.open(&StreamKind::Rpc(req)).await?;
             let resp: Response = recv_async(&mut stream).await?;
+            if drain {
+                let mut rest = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
+                    .await
+                    .map_err(|_| AgentClientError::Session)?;
+            }
             Ok::<_, AgentClientError>(resp?)
         };
         tokio::time::timeout(timeout, exchange)
@@ -106,10 +118,7 @@ impl AgentClient {
     /// Wait until the agent answers; it is buffered by QEMU until the guest
     /// opens its port, so one ping covers the whole boot.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<AgentInfo> {
-        match self.request_within(Request::Ping, timeout).await? {
-            Reply::Pong(info) => Ok(info),
-            other => Err(AgentClientError::Unexpected(format!("{other:?}"))),
-        }
+        pong(self.exchange(Request::Ping, timeout, false).await?)
     }
 
     /// [`wait_ready`](Self::wait_ready), then read the reply's stream to its
@@ -117,22 +126,7 @@ impl AgentClient {
     /// flight for this host, which may then hang up without leaving bytes of
     /// its session behind in the VM.
     pub async fn wait_ready_drained(&self, timeout: Duration) -> Result<AgentInfo> {
-        let exchange = async {
-            let mut stream = self.open(&StreamKind::Rpc(Request::Ping)).await?;
-            let resp: Response = recv_async(&mut stream).await?;
-            let mut rest = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
-                .await
-                .map_err(|_| AgentClientError::Session)?;
-            Ok::<_, AgentClientError>(resp?)
-        };
-        match tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| AgentClientError::Timeout(timeout))??
-        {
-            Reply::Pong(info) => Ok(info),
-            other => Err(AgentClientError::Unexpected(format!("{other:?}"))),
-        }
+        pong(self.exchange(Request::Ping, timeout, true).await?)
     }
 
     /// Wait (without a time limit) for a process to exit.
@@ -140,6 +134,13 @@ impl AgentClient {
         let mut stream = self.open(&StreamKind::Wait(process)).await?;
         let status: std::result::Result<ExitStatus, AgentError> = recv_async(&mut stream).await?;
         Ok(status?)
+    }
+}
+
+fn pong(reply: Reply) -> Result<AgentInfo> {
+    match reply {
+        Reply::Pong(info) => Ok(info),
+        other => Err(AgentClientError::Unexpected(format!("{other:?}"))),
     }
 }
 

@@ -349,19 +349,22 @@ pub fn run_attached(
     let (mut stream, _pid) =
         start_session(state_dir, &new_exec_id(), process, &stdio.fds, timeout)?;
     drop(stdio.fds);
-    if let Some(pid_file) = pid_file {
-        if let Err(e) = write_own_pid(pid_file) {
-            kill_session(&mut stream);
-            return Err(e);
-        }
-    }
+    write_own_pid(pid_file, &mut stream)?;
     relay_until_exit(stream, stdio.resize_source.as_ref(), &mut signals)
 }
 
-/// Write this process's pid, with no trailing newline (containerd parses it
-/// with Atoi).
-fn write_own_pid(pid_file: &Path) -> Result<(), ExecError> {
-    write_atomic(pid_file, std::process::id().to_string().as_bytes()).map_err(ExecError::PidFile)
+/// Write this process's pid to `pid_file`, if there is one, with no trailing
+/// newline (containerd parses it with Atoi). If that fails, the session's
+/// process is killed: nothing may run that the caller cannot reap.
+fn write_own_pid(pid_file: Option<&Path>, stream: &mut UnixStream) -> Result<(), ExecError> {
+    let Some(pid_file) = pid_file else {
+        return Ok(());
+    };
+    let written = write_atomic(pid_file, std::process::id().to_string().as_bytes());
+    written.map_err(|e| {
+        kill_session(stream);
+        ExecError::PidFile(e)
+    })
 }
 
 /// Kill the session's process: it must not run on when its exec failed.
@@ -424,9 +427,8 @@ pub fn run_detached(
 }
 
 /// The detached stand-in: once the process runs, write its own pid to
-/// `pid_file` and report the start on `ready`; then wait for the exit code
-/// and return it. If the pid file cannot be written, the process is killed
-/// and the failure reported: nothing may run that the caller cannot reap.
+/// `pid_file` and report the start (or the failure) on `ready`; then wait
+/// for the exit code and return it.
 fn stand_in(
     state_dir: &Path,
     process: &Value,
@@ -441,12 +443,7 @@ fn stand_in(
         let stdio = stand_in_stdio(terminal_of(process), console_socket)?;
         let (mut stream, pid) =
             start_session(state_dir, &new_exec_id(), process, &stdio.fds, timeout)?;
-        if let Some(pid_file) = pid_file {
-            if let Err(e) = write_own_pid(pid_file) {
-                kill_session(&mut stream);
-                return Err(e);
-            }
-        }
+        write_own_pid(pid_file, &mut stream)?;
         Ok((signals, stdio, stream, pid))
     });
     let (mut signals, stdio, stream, pid) = match started {

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::procinfo::ProcessIdentity;
+
 /// Why a directory on the template's path is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
@@ -264,13 +266,6 @@ fn copy_sparse_files(from: &File, to: &File) -> io::Result<()> {
     Ok(())
 }
 
-fn alive(pid: i32) -> bool {
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
-}
-
 /// The pid a leftover's name ends with: `template.new-PID` (a build) or
 /// `clone-ID-PID.mem` (a shim's copy of the memory, unlinked once its QEMU
 /// has it open).
@@ -298,7 +293,8 @@ pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
     entries
         .flatten()
         .filter(|e| {
-            owner_pid(&e.file_name().to_string_lossy(), &name).is_some_and(|pid| !alive(pid))
+            owner_pid(&e.file_name().to_string_lossy(), &name)
+                .is_some_and(|pid| !ProcessIdentity::of(pid).is_some_and(|p| p.is_alive()))
         })
         .map(|e| e.path())
         .collect()
