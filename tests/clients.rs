@@ -45,8 +45,44 @@ fn in_terminal(cmd: &str) -> String {
 
 /// Exits 42 on SIGTERM: that code shows the signal reached the process in
 /// the guest and its handler ran (SIGKILL would give 137, dying of SIGTERM
-/// 143), and ctr shows only a non-zero one.
-const TRAP_TERM: &str = "trap 'exit 42' TERM; while :; do sleep 1; done";
+/// 143), and ctr shows only a non-zero one. Once the trap is set it creates
+/// [`TRAP_SET_FILE`] and prints [`TRAP_SET`]: a TERM sent before that would
+/// kill the shell, so the tests wait for one of them first.
+const TRAP_TERM: &str =
+    "trap 'exit 42' TERM; touch /trap-set; echo trap-set; while :; do sleep 1; done";
+/// The line [`TRAP_TERM`] prints once its trap is set.
+const TRAP_SET: &str = "trap-set";
+/// The file [`TRAP_TERM`] creates in the container once its trap is set,
+/// for clients that keep no log (`ctr run -d`).
+const TRAP_SET_FILE: &str = "/trap-set";
+
+/// Wait until `trap_set` says the container's TERM trap is set; `what`
+/// names the event in the failure message, with `trap_set`'s last words.
+fn wait_for_trap(what: &str, mut trap_set: impl FnMut() -> Result<(), String>) {
+    let timeout = Duration::from_secs(60);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match trap_set() {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the TERM trap was not set after {timeout:?} ({what}): {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether a client's `logs` output shows the [`TRAP_SET`] line; else what
+/// it showed.
+fn logs_show_trap_set(out: &std::process::Output) -> Result<(), String> {
+    if text(&out.stdout).lines().any(|l| l == TRAP_SET) {
+        Ok(())
+    } else {
+        Err(format!("{out:?}"))
+    }
+}
 
 #[test]
 fn podman_runs_containers_in_vms() {
@@ -97,7 +133,10 @@ fn podman_runs_containers_in_vms() {
     assert_eq!(text(&state.stdout).trim(), "paused");
     assert!(p.podman(&["unpause", &id]).status.success());
     // SIGTERM reaches the process in the guest: its trap's code, not the
-    // 137 of the SIGKILL that follows a timeout.
+    // 137 of the SIGKILL that follows a timeout. The trap must be set first.
+    wait_for_trap("podman logs", || {
+        logs_show_trap_set(&p.podman(&["logs", &id]))
+    });
     let stop = p.podman(&["stop", "-t", "20", &id]);
     assert!(stop.status.success(), "{}", text(&stop.stderr));
     let code = p.podman(&["inspect", "--format", "{{.State.ExitCode}}", &id]);
@@ -191,6 +230,19 @@ fn containerd_runs_containers_in_vms() {
     assert!(c.ctr(&["task", "pause", &id]).status.success());
     assert!(text(&c.ctr(&["task", "ls"]).stdout).contains("PAUSED"));
     assert!(c.ctr(&["task", "resume", &id]).status.success());
+    // `ctr run -d` keeps no log: the trap's file shows it is set.
+    let mut polls = 0;
+    wait_for_trap("ctr task exec test -e", || {
+        polls += 1;
+        let exec_id = format!("trap{polls}");
+        let test = ["task", "exec", "--exec-id", &exec_id, &id, "test", "-e"];
+        let out = c.ctr(&[&test[..], &[TRAP_SET_FILE]].concat());
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{out:?}"))
+        }
+    });
     assert!(c.ctr(&["task", "kill", &id]).status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !text(&c.ctr(&["task", "ls"]).stdout).contains("STOPPED") {
@@ -308,16 +360,21 @@ fn containerd_cri_runs_pods_with_the_runvm_handler() {
         id
     };
     // What the container wrote, from the log containerd writes for the
-    // kubelet, once there is something.
-    let output = |name: &str| {
+    // kubelet, once it holds `line` (or anything, if `line` is empty).
+    let output = |name: &str, line: &str| {
         let log = logs.join(format!("{name}.log"));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let timeout = Duration::from_secs(60);
+        let deadline = Instant::now() + timeout;
         loop {
             let lines = cri::log_lines(&std::fs::read_to_string(&log).unwrap_or_default());
-            if !lines.is_empty() {
+            if !lines.is_empty() && (line.is_empty() || lines.iter().any(|l| l == line)) {
                 return lines;
             }
-            assert!(Instant::now() < deadline, "nothing in {}", log.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} does not show {line:?} after {timeout:?}: {lines:?}",
+                log.display()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
@@ -327,13 +384,14 @@ fn containerd_cri_runs_pods_with_the_runvm_handler() {
     let done_id = start(&mut api, "exit7", "uname -r; exit 7");
     let status = api.wait_exited(&done_id, Duration::from_secs(60));
     assert_eq!(status.exit_code, 7, "{status:?}");
-    let lines = output("exit7");
+    let lines = output("exit7", "");
     assert!(lines[0].contains("cloud-amd64"), "{lines:?}");
     assert_ne!(lines[0], host_kernel());
 
     // A container that runs until stopped.
     let ctr_id = start(&mut api, "uname", &format!("uname -r; {TRAP_TERM}"));
-    let lines = output("uname");
+    // Its log shows the trap is set: StopContainer's TERM may come.
+    let lines = output("uname", TRAP_SET);
     assert!(lines[0].contains("cloud-amd64"), "{lines:?}");
     assert_ne!(lines[0], host_kernel());
     // The container has a VM of its own, not the sandbox's.
@@ -393,6 +451,10 @@ fn docker_runs_containers_in_vms() {
     let exec = d.docker(&["exec", &id, "sh", "-c", "exit 5"]);
     assert_eq!(exec.status.code(), Some(5));
     // SIGTERM reaches the process in the guest: its trap's code, not 137.
+    // The trap must be set first.
+    wait_for_trap("docker logs", || {
+        logs_show_trap_set(&d.docker(&["logs", &id]))
+    });
     assert!(d.docker(&["stop", "-t", "20", &id]).status.success());
     let code = d.docker(&["inspect", "-f", "{{.State.ExitCode}}", &id]);
     assert_eq!(text(&code.stdout).trim(), "42");
