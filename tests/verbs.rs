@@ -463,9 +463,11 @@ fn a_paused_container_can_be_killed_and_force_deleted() {
 #[test]
 fn events_stats_update_ps_and_kill_all() {
     let rv = Runvm::new();
-    let b = Bundle::busybox(&["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
+    let b = Bundle::busybox(&["sh", "-c", "sleep 1000 & sleep 1000 & echo forked; wait"]);
     let (id, mut c) = run_idle(&rv, "verbs", &b);
-    std::thread::sleep(Duration::from_millis(500));
+    // Once both sleeps are forked: the 3 pids below, and what kill --all
+    // signals. Under TCG no fixed pause is long enough.
+    wait_for_output(&b, "out.txt", "forked\n", T);
 
     let out = rv.run(&["events", "--stats", &id]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
