@@ -64,7 +64,6 @@ fn init_status_and_destroy() {
     let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
     assert_eq!(status["exists"], false);
     assert_eq!(status["usable"], false);
-    template.destroy();
 }
 
 #[test]
@@ -98,7 +97,6 @@ fn clones_run_their_own_rootfs_with_their_own_time_and_randomness() {
     );
     assert_eq!(l1[2].len(), 32);
     assert_ne!(l1[2], l2[2], "sibling clones drew the same random numbers");
-    template.destroy();
 }
 
 fn unix_now() -> i64 {
@@ -126,7 +124,6 @@ fn a_stale_template_is_not_used() {
     let (out, boot) = run_to_end(&rv, &b, "stale");
     assert_eq!(out, "cold\n");
     assert_eq!(boot, "cold");
-    template.destroy();
 }
 
 #[test]
@@ -158,10 +155,10 @@ fn a_rebuilt_initramfs_makes_the_template_stale() {
     let b = Bundle::busybox(&["sh", "-c", "echo cold"]);
     let (out, boot) = run_to_end(&rv, &b, "initrd");
     assert_eq!((out.as_str(), boot.as_str()), ("cold\n", "cold"));
-    template.destroy();
 }
 
-/// A template path in a directory of its own under /dev/shm, made by hand.
+/// A template path in a directory of its own under /dev/shm, made by hand;
+/// the directory goes with the `TempDir`, whatever the test put there.
 fn scratch_template() -> (tempfile::TempDir, TestTemplate) {
     let holder = tempfile::Builder::new()
         .prefix("runvm-test-scratch-")
@@ -272,5 +269,4 @@ fn a_container_larger_than_the_template_boots_cold_and_says_why() {
     assert!(rv.run(&["start", &id]).status.success());
     rv.wait_status(&id, "stopped", T);
     assert_eq!(b.output("out.txt"), "2\n");
-    template.destroy();
 }

@@ -535,7 +535,7 @@ pub fn template_mode() -> bool {
 }
 
 /// A template built with `runvm factory init` in a directory of its own on
-/// tmpfs.
+/// tmpfs; removed when dropped, so a failing test leaves no memory file.
 pub struct TestTemplate {
     pub path: PathBuf,
 }
@@ -573,16 +573,36 @@ impl TestTemplate {
         )
     }
 
-    /// Remove it (and its lock and config files).
+    /// Remove it, its lock and config files, and the directory of a build
+    /// of it that died (`NAME.new-PID`), as `factory destroy` would. Each
+    /// template's name is its own, so nothing of another is touched; the
+    /// clones' memory copies are their containers' to remove.
     pub fn destroy(&self) {
         let _ = fs::remove_dir_all(&self.path);
         let _ = fs::remove_file(self.path.with_extension("lock"));
         let _ = fs::remove_file(self.path.with_extension("toml"));
+        let (Some(holder), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let builds = format!("{}.new-", name.to_string_lossy());
+        for entry in fs::read_dir(holder).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&builds) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Tests may also destroy a template themselves, mid-test; removing what is
+/// gone already is harmless.
+impl Drop for TestTemplate {
+    fn drop(&mut self) {
+        self.destroy();
     }
 }
 
 /// The template all containers of this test binary clone in template mode;
-/// removed when the test binary exits.
+/// removed when the test binary exits (a static is never dropped).
 fn shared_template() -> &'static TestTemplate {
     static T: std::sync::OnceLock<TestTemplate> = std::sync::OnceLock::new();
     T.get_or_init(|| {
