@@ -36,9 +36,12 @@ install: build guest
 run: deps build guest
 	scripts/demo.sh $(RUNVM)
 
-# Unit tests and the end-to-end tests (real QEMU, guest, virtiofsd, busybox),
+# The gates first (unformatted code or any clippy warning fails), then the
+# unit tests and the end-to-end tests (real QEMU, guest, virtiofsd, busybox),
 # then the end-to-end tests again with every container cloned from a template.
 test: deps guest
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 	RUNVM_TEST_TEMPLATE=1 $(CARGO) test --no-fail-fast --test cli --test lifecycle \
 		--test verbs --test faults -- --test-threads=2
