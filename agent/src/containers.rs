@@ -11,9 +11,10 @@ use std::time::Duration;
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
 use runvm_protocol::{
-    AgentError, CgroupStats, CreateContainer, ExecProcess, GuestProcess, ProcessRef, SHARE_ROOTFS,
-    SHARE_SOURCE_PREFIX, SHARE_TAG,
+    AgentError, AgentErrorKind, CgroupStats, CreateContainer, Created, ExecProcess, GuestProcess,
+    ProcessRef, SHARE_ROOTFS, SHARE_SOURCE_PREFIX, SHARE_TAG,
 };
 use serde_json::Value;
 
@@ -56,6 +57,10 @@ fn is_terminal(process: Option<&Value>) -> bool {
         .and_then(|p| p.get("terminal"))
         .and_then(Value::as_bool)
         .unwrap_or(false)
+}
+
+fn not_found(what: String) -> AgentError {
+    AgentError::new(AgentErrorKind::NotFound, what)
 }
 
 /// How a new process gets its stdio: pipes passed as fds 3-5, or a console
@@ -106,7 +111,10 @@ impl NewStdio {
                 Ok(pipes_stdio(p.ours))
             }
             NewStdio::Tty(c) => {
-                let master = c.receive().await.map_err(AgentError::new)?;
+                let master = c
+                    .receive()
+                    .await
+                    .map_err(|e| AgentError::new(AgentErrorKind::System, e))?;
                 Ok(ProcStdio::Tty {
                     master,
                     taken: Mutex::new((false, false)),
@@ -136,7 +144,7 @@ impl Agent {
         containers
             .get(id)
             .cloned()
-            .ok_or_else(|| AgentError::new(format!("container {id} does not exist in the guest")))
+            .ok_or_else(|| not_found(format!("container {id} does not exist in the guest")))
     }
 
     pub fn process(&self, p: &ProcessRef) -> AgentResult<Arc<Proc>> {
@@ -149,19 +157,23 @@ impl Agent {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(exec)
                 .cloned()
-                .ok_or_else(|| AgentError::new(format!("no exec process {exec}"))),
+                .ok_or_else(|| not_found(format!("no exec process {exec}"))),
         }
     }
 
-    pub async fn create_container(&self, req: CreateContainer) -> AgentResult<i32> {
+    pub async fn create_container(&self, req: CreateContainer) -> AgentResult<Created> {
         let id = req.container_id.clone();
         if id.is_empty() || id.contains('/') || id.starts_with('.') {
-            return Err(AgentError::new(format!("invalid container id {id:?}")));
+            return Err(AgentError::new(
+                AgentErrorKind::InvalidArgument,
+                format!("invalid container id {id:?}"),
+            ));
         }
         if self.container(&id).is_ok() {
-            return Err(AgentError::new(format!(
-                "container {id} already exists in the guest"
-            )));
+            return Err(AgentError::new(
+                AgentErrorKind::AlreadyExists,
+                format!("container {id} already exists in the guest"),
+            ));
         }
         let share = Path::new(SHARE_DIR).join(&id);
         fs::create_dir_all(&share).map_err(|e| fail("create the share's mountpoint", e))?;
@@ -184,7 +196,7 @@ impl Agent {
         let out = run_helper(&self.reaper, self.zygote.as_ref(), &args, stdio.child_fds()).await?;
         if !out.ok() {
             let _ = nix::mount::umount2(&share, nix::mount::MntFlags::MNT_DETACH);
-            return Err(AgentError::new(with_said(out.error(), &stdio.said())));
+            return Err(runtime_error(out.error(), &stdio.said()));
         }
         let pid = out.pid()?;
         let exit = self.reaper.watch(pid);
@@ -201,14 +213,17 @@ impl Agent {
                 lifecycle: tokio::sync::Mutex::new(()),
             }),
         );
-        Ok(pid)
+        Ok(Created { pid })
     }
 
     pub async fn start_container(&self, id: &str) -> AgentResult<()> {
         let c = self.container(id)?;
         let _serial = c.lifecycle.lock().await;
         if c.init.exited() {
-            return Err(AgentError::new("cannot start a container that has stopped"));
+            return Err(AgentError::new(
+                AgentErrorKind::NotRunning,
+                "the container has stopped",
+            ));
         }
         let out = run_helper(
             &self.reaper,
@@ -218,16 +233,19 @@ impl Agent {
         )
         .await?;
         if !out.ok() {
-            return Err(AgentError::new(out.error()));
+            return Err(runtime_error(out.error(), ""));
         }
         Ok(())
     }
 
-    pub async fn exec(&self, req: ExecProcess) -> AgentResult<i32> {
+    pub async fn exec(&self, req: ExecProcess) -> AgentResult<Created> {
         let c = self.container(&req.container_id)?;
         let _serial = c.lifecycle.lock().await;
         if c.init.exited() {
-            return Err(AgentError::new("cannot exec in a stopped container"));
+            return Err(AgentError::new(
+                AgentErrorKind::NotRunning,
+                "the container has stopped",
+            ));
         }
         let taken = c
             .execs
@@ -235,18 +253,20 @@ impl Agent {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&req.exec_id);
         if taken {
-            return Err(AgentError::new(format!(
-                "exec id {} is already in use",
-                req.exec_id
-            )));
+            return Err(AgentError::new(
+                AgentErrorKind::AlreadyExists,
+                format!("exec id {} is already in use", req.exec_id),
+            ));
         }
         fs::create_dir_all(EXEC_DIR).map_err(|e| fail("create the exec directory", e))?;
         let file = PathBuf::from(format!(
             "{EXEC_DIR}/{}.json",
             NEXT_EXEC_FILE.fetch_add(1, Ordering::SeqCst)
         ));
-        fs::write(&file, req.process.to_string()).map_err(|e| fail("write process.json", e))?;
-        let stdio = NewStdio::new(is_terminal(Some(&req.process)))?;
+        let process =
+            serde_json::to_vec(&req.process).map_err(|e| fail("encode process.json", e))?;
+        fs::write(&file, process).map_err(|e| fail("write process.json", e))?;
+        let stdio = NewStdio::new(req.process.terminal().unwrap_or(false))?;
         let file_s = file.to_string_lossy().into_owned();
         let mut args = vec!["exec", "--id", &req.container_id, "--process", &file_s];
         let extra = stdio.helper_args();
@@ -262,7 +282,7 @@ impl Agent {
         let _ = fs::remove_file(&file);
         let out = out?;
         if !out.ok() {
-            return Err(AgentError::new(with_said(out.error(), &stdio.said())));
+            return Err(runtime_error(out.error(), &stdio.said()));
         }
         let pid = out.pid()?;
         let exit = self.reaper.watch(pid);
@@ -271,11 +291,16 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(req.exec_id, proc_);
-        Ok(pid)
+        Ok(Created { pid })
     }
 
     pub fn signal(&self, p: &ProcessRef, signal: i32, all: bool) -> AgentResult<()> {
-        let sig = Signal::try_from(signal).map_err(|e| fail("invalid signal", e))?;
+        let sig = Signal::try_from(signal).map_err(|e| {
+            AgentError::new(
+                AgentErrorKind::InvalidArgument,
+                format!("invalid signal: {e}"),
+            )
+        })?;
         if all && p.exec_id.is_none() {
             let c = self.container(&p.container_id)?;
             for pid in c.cgroup.pids() {
@@ -285,11 +310,10 @@ impl Agent {
         }
         let proc_ = self.process(p)?;
         if proc_.exited() {
-            return Err(AgentError::new(if p.exec_id.is_none() {
-                "container not running"
-            } else {
-                "process already finished"
-            }));
+            return Err(AgentError::new(
+                AgentErrorKind::NotRunning,
+                "the process has exited",
+            ));
         }
         kill(Pid::from_raw(proc_.pid), sig).map_err(|e| fail("kill", e))
     }
@@ -302,18 +326,19 @@ impl Agent {
         self.container(id)?
             .cgroup
             .freeze(frozen)
-            .map_err(AgentError::new)
+            .map_err(|e| AgentError::new(AgentErrorKind::System, e))
     }
 
     pub fn stats(&self, id: &str) -> AgentResult<CgroupStats> {
         Ok(self.container(id)?.cgroup.stats())
     }
 
-    pub fn update(&self, id: &str, resources: &Value) -> AgentResult<()> {
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> AgentResult<()> {
+        let resources = serde_json::to_value(resources).map_err(|e| fail("encode", e))?;
         self.container(id)?
             .cgroup
-            .update(resources)
-            .map_err(AgentError::new)
+            .update(&resources)
+            .map_err(|e| AgentError::new(AgentErrorKind::Refused, e))
     }
 
     pub fn processes(&self, id: &str) -> AgentResult<Vec<GuestProcess>> {
@@ -321,13 +346,14 @@ impl Agent {
     }
 }
 
-fn with_said(mut msg: String, said: &str) -> String {
-    // The process may have said more on its stderr before it died (a panic).
+/// youki's error, with what the process said on its stderr before it died
+/// (a panic), if anything.
+fn runtime_error(mut msg: String, said: &str) -> AgentError {
     if !said.trim().is_empty() {
         msg.push_str(": ");
         msg.push_str(said.trim());
     }
-    msg
+    AgentError::new(AgentErrorKind::Runtime, msg)
 }
 
 /// youki's state.json for one container, edited for the time of an exec.
@@ -380,9 +406,12 @@ async fn mount_share(tag: &str, target: &Path) -> AgentResult<()> {
 /// share, the cgroup is ours to place, and host-side references (namespace
 /// paths, hooks that name host binaries) mean nothing in the VM.
 fn guest_spec(mut spec: Value, share: &Path, cgroup: &str) -> AgentResult<Value> {
-    let obj = spec
-        .as_object_mut()
-        .ok_or_else(|| AgentError::new("config.json is not a JSON object"))?;
+    let obj = spec.as_object_mut().ok_or_else(|| {
+        AgentError::new(
+            AgentErrorKind::InvalidArgument,
+            "config.json is not a JSON object",
+        )
+    })?;
     let root = obj
         .entry("root")
         .or_insert_with(|| Value::Object(Default::default()));

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
-use runvm_protocol::AgentError;
+use runvm_protocol::{AgentError, AgentErrorKind};
 
 use crate::process::{fail, AgentResult};
 
@@ -31,7 +31,10 @@ pub fn sync(unix_time_ns: u64, seed: &[u8]) -> AgentResult<()> {
     );
     clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(|e| fail("set the clock", e))?;
     if seed.is_empty() || seed.len() > 64 {
-        return Err(AgentError::new("the seed must be 1 to 64 bytes"));
+        return Err(AgentError::new(
+            AgentErrorKind::InvalidArgument,
+            "the seed must be 1 to 64 bytes",
+        ));
     }
     let mut info = RandPoolInfo {
         entropy_count: (seed.len() * 8) as libc::c_int,

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::pipe2;
-use runvm_protocol::{AgentError, ExitStatus};
+use runvm_protocol::{AgentError, AgentErrorKind, ExitStatus};
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
@@ -18,8 +18,9 @@ use crate::zygote::Zygote;
 
 pub type AgentResult<T> = Result<T, AgentError>;
 
+/// A failed call in the guest, with what the agent was doing.
 pub fn fail(context: &str, err: impl std::fmt::Display) -> AgentError {
-    AgentError::new(format!("{context}: {err}"))
+    AgentError::system(context, err)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -89,7 +90,10 @@ impl Proc {
             ProcStdio::Tty { master, .. } => {
                 crate::tty::resize(master, rows, cols).map_err(|e| fail("resize the terminal", e))
             }
-            ProcStdio::Pipes { .. } => Err(AgentError::new("the process has no terminal")),
+            ProcStdio::Pipes { .. } => Err(AgentError::new(
+                AgentErrorKind::Refused,
+                "the process has no terminal",
+            )),
         }
     }
 

@@ -5,26 +5,18 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures::StreamExt;
+use runvm_protocol::mux::yamux_config;
 use runvm_protocol::{
-    recv_async, send_async, AgentError, AgentInfo, ExitStatus, ProcessRef, Reply, Request,
-    Response, StreamKind, AGENT_PORT_NAME, PROTOCOL_VERSION, SESSION_ENDED,
+    recv_async, send_async, AgentError, AgentErrorKind, AgentInfo, ExitStatus, ProcessRef, Request,
+    StreamKind, AGENT_PORT_NAME, PROTOCOL_VERSION, SESSION_ENDED,
 };
+use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio_yamux::{Config, Session, StreamHandle};
+use tokio_yamux::{Session, StreamHandle};
 
 use crate::containers::Agent;
 use crate::fdio::{self, FdIo};
-use crate::process::Stdio3;
-
-pub fn yamux_config() -> Config {
-    Config {
-        // The host may pause the VM or stop reading for a long time; a
-        // keepalive or write timeout would tear down a healthy session.
-        enable_keepalive: false,
-        connection_write_timeout: Duration::from_secs(24 * 3600),
-        ..Config::default()
-    }
-}
+use crate::process::{AgentResult, Stdio3};
 
 pub async fn serve() -> Result<()> {
     let agent = Arc::new(Agent::new());
@@ -72,8 +64,7 @@ async fn handle_stream(agent: Arc<Agent>, mut stream: StreamHandle) {
     };
     match kind {
         StreamKind::Rpc(req) => {
-            let resp = handle_request(&agent, req).await;
-            let _ = send_async(&mut stream, &resp).await;
+            handle_request(&agent, *req, &mut stream).await;
             let _ = stream.shutdown().await;
         }
         StreamKind::Stdin(p) => relay_stdin(&agent, &p, stream).await,
@@ -84,7 +75,7 @@ async fn handle_stream(agent: Arc<Agent>, mut stream: StreamHandle) {
                 Ok(proc_) => proc_
                     .wait()
                     .await
-                    .ok_or_else(|| AgentError::new("exit status lost")),
+                    .ok_or_else(|| AgentError::new(AgentErrorKind::System, "exit status lost")),
                 Err(e) => Err(e),
             };
             let _ = send_async(&mut stream, &status).await;
@@ -93,59 +84,45 @@ async fn handle_stream(agent: Arc<Agent>, mut stream: StreamHandle) {
     }
 }
 
-async fn handle_request(agent: &Agent, req: Request) -> Response {
+/// Answer one request on its stream, with the reply type of its kind.
+async fn handle_request(agent: &Agent, req: Request, stream: &mut StreamHandle) {
     match req {
-        Request::Ping => Ok(Reply::Pong(AgentInfo {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            protocol: PROTOCOL_VERSION,
-            kernel_release: nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        })),
-        Request::CreateContainer(create) => agent
-            .create_container(create)
-            .await
-            .map(|pid| Reply::Created { pid }),
-        Request::StartContainer { container_id } => agent
-            .start_container(&container_id)
-            .await
-            .map(|()| Reply::Done),
-        Request::Signal {
-            process,
-            signal,
-            all,
-        } => agent.signal(&process, signal, all).map(|()| Reply::Done),
-        Request::Exec(exec) => agent.exec(exec).await.map(|pid| Reply::Created { pid }),
-        Request::ResizeTty {
-            process,
-            rows,
-            cols,
-        } => agent.resize(&process, rows, cols).map(|()| Reply::Done),
-        Request::Pause { container_id } => blocking(agent, move |a| {
-            a.freeze(&container_id, true).map(|()| Reply::Done)
-        }),
-        Request::Resume { container_id } => blocking(agent, move |a| {
-            a.freeze(&container_id, false).map(|()| Reply::Done)
-        }),
-        Request::Stats { container_id } => agent.stats(&container_id).map(Reply::Stats),
-        Request::Update {
-            container_id,
-            resources,
-        } => agent
-            .update(&container_id, &resources)
-            .map(|()| Reply::Done),
-        Request::ListProcesses { container_id } => {
-            agent.processes(&container_id).map(Reply::Processes)
+        Request::Ping(_) => reply(stream, Ok(info())).await,
+        Request::CreateContainer(r) => reply(stream, agent.create_container(r).await).await,
+        Request::StartContainer(r) => {
+            reply(stream, agent.start_container(&r.container_id).await).await
         }
-        Request::SyncGuest { unix_time_ns, seed } => {
-            crate::guest::sync(unix_time_ns, &seed).map(|()| Reply::Done)
+        Request::Signal(r) => reply(stream, agent.signal(&r.process, r.signal, r.all)).await,
+        Request::Exec(r) => reply(stream, agent.exec(r).await).await,
+        Request::ResizeTty(r) => reply(stream, agent.resize(&r.process, r.rows, r.cols)).await,
+        Request::Pause(r) => reply(stream, blocking(|| agent.freeze(&r.container_id, true))).await,
+        Request::Resume(r) => {
+            reply(stream, blocking(|| agent.freeze(&r.container_id, false))).await
         }
+        Request::Stats(r) => reply(stream, agent.stats(&r.container_id)).await,
+        Request::Update(r) => reply(stream, agent.update(&r.container_id, &r.resources)).await,
+        Request::ListProcesses(r) => reply(stream, agent.processes(&r.container_id)).await,
+        Request::SyncGuest(r) => reply(stream, crate::guest::sync(r.unix_time_ns, &r.seed)).await,
+    }
+}
+
+async fn reply<T: Serialize>(stream: &mut StreamHandle, result: AgentResult<T>) {
+    let _ = send_async(stream, &result).await;
+}
+
+fn info() -> AgentInfo {
+    AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: PROTOCOL_VERSION,
+        kernel_release: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
     }
 }
 
 /// Run a short blocking call (it waits on the kernel) off the async threads.
-fn blocking(agent: &Agent, f: impl FnOnce(&Agent) -> Response) -> Response {
-    tokio::task::block_in_place(|| f(agent))
+fn blocking<T>(f: impl FnOnce() -> AgentResult<T>) -> AgentResult<T> {
+    tokio::task::block_in_place(f)
 }
 
 async fn relay_stdin(agent: &Agent, p: &ProcessRef, mut stream: StreamHandle) {

@@ -1,34 +1,58 @@
-//! The host's client of the guest agent: one yamux session over the unix
-//! socket behind the agent's virtio-serial port.
+//! The host's client of the guest agent: one yamux session over the
+//! hypervisor's agent endpoint.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
+use runvm_protocol::mux::yamux_config;
 use runvm_protocol::{
-    recv_async, send_async, AgentError, AgentInfo, ExitStatus, FrameError, ProcessRef, Reply,
-    Request, Response, StreamKind,
+    recv_async, send_async, AgentError, AgentInfo, ExitStatus, FrameError, Ping, ProcessRef, Rpc,
+    StreamKind,
 };
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
-use tokio_yamux::{Config, Control, Session, StreamHandle};
+use tokio_yamux::{Control, Session, StreamHandle};
+
+use crate::control::ShimFailure;
+use crate::hypervisor::AgentEndpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentClientError {
     #[error("connect to the agent socket {path}")]
     Connect { path: PathBuf, source: io::Error },
+    #[error("the hybrid vsock at {path} refused port {port}: {answer:?}")]
+    VsockRefused {
+        path: PathBuf,
+        port: u32,
+        answer: String,
+    },
     #[error("the connection to the agent is lost")]
     Session,
     #[error("the agent did not answer within {0:?}")]
     Timeout(Duration),
     #[error("agent stream")]
     Frame(#[from] FrameError),
-    /// The agent's own error message, as is.
+    /// The agent's own error, as is.
     #[error(transparent)]
     Agent(#[from] AgentError),
-    #[error("unexpected reply from the agent: {0}")]
-    Unexpected(String),
+}
+
+impl AgentClientError {
+    /// The same failure as the shim reports it to a verb.
+    pub fn to_failure(&self) -> ShimFailure {
+        match self {
+            AgentClientError::Timeout(d) => ShimFailure::AgentTimeout(*d),
+            AgentClientError::Agent(e) => ShimFailure::Agent(e.clone()),
+            AgentClientError::Frame(FrameError::Decode(_)) => ShimFailure::AgentGarbled,
+            AgentClientError::Connect { .. }
+            | AgentClientError::VsockRefused { .. }
+            | AgentClientError::Session
+            | AgentClientError::Frame(_) => ShimFailure::AgentLost,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, AgentClientError>;
@@ -39,27 +63,47 @@ pub struct AgentClient {
     timeout: Duration,
 }
 
-fn yamux_config() -> Config {
-    Config {
-        // The VM may be paused (QMP stop) for any length of time; neither a
-        // keepalive nor a write timeout may end the session then.
-        enable_keepalive: false,
-        connection_write_timeout: Duration::from_secs(24 * 3600),
-        ..Config::default()
+/// Connect to a hybrid vsock's unix socket and ask for `port`.
+async fn hybrid_vsock(path: &std::path::Path, port: u32) -> Result<UnixStream> {
+    let connect_err = |source| AgentClientError::Connect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).await.map_err(connect_err)?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(connect_err)?;
+    // Read the answer byte by byte: what follows its newline is the
+    // agent's, and must stay in the stream.
+    let mut reader = BufReader::with_capacity(1, &mut stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).await.map_err(connect_err)?;
+    if !answer.starts_with("OK ") {
+        return Err(AgentClientError::VsockRefused {
+            path: path.to_path_buf(),
+            port,
+            answer: answer.trim().to_string(),
+        });
     }
+    Ok(stream)
 }
 
 impl AgentClient {
-    /// Connect to the agent socket (QEMU listens on it). Requests time out
-    /// after `timeout`.
-    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self> {
-        let stream =
-            UnixStream::connect(path)
-                .await
-                .map_err(|source| AgentClientError::Connect {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+    /// Connect to the agent (the hypervisor listens on the endpoint).
+    /// Requests time out after `timeout`.
+    pub async fn connect(endpoint: &AgentEndpoint, timeout: Duration) -> Result<Self> {
+        let stream = match endpoint {
+            AgentEndpoint::Serial { socket } => {
+                UnixStream::connect(socket)
+                    .await
+                    .map_err(|source| AgentClientError::Connect {
+                        path: socket.clone(),
+                        source,
+                    })?
+            }
+            AgentEndpoint::HybridVsock { socket, port } => hybrid_vsock(socket, *port).await?,
+        };
         let mut session = Session::new_client(stream, yamux_config());
         let control = session.control();
         // The session only makes progress while it is polled.
@@ -88,20 +132,20 @@ impl AgentClient {
     }
 
     /// One request, answered within the configured timeout.
-    pub async fn request(&self, req: Request) -> Result<Reply> {
-        self.request_within(req, self.timeout).await
+    pub async fn call<R: Rpc>(&self, req: R) -> Result<R::Reply> {
+        self.call_within(req, self.timeout).await
     }
 
-    pub async fn request_within(&self, req: Request, timeout: Duration) -> Result<Reply> {
+    pub async fn call_within<R: Rpc>(&self, req: R, timeout: Duration) -> Result<R::Reply> {
         self.exchange(req, timeout, false).await
     }
 
     /// One request and its reply; with `drain`, the reply's stream is also
     /// read to its close.
-    async fn exchange(&self, req: Request, timeout: Duration, drain: bool) -> Result<Reply> {
+    async fn exchange<R: Rpc>(&self, req: R, timeout: Duration, drain: bool) -> Result<R::Reply> {
         let exchange = async {
-            let mut stream = self.open(&StreamKind::Rpc(req)).await?;
-            let resp: Response = recv_async(&mut stream).await?;
+            let mut stream = self.open(&StreamKind::Rpc(Box::new(req.into()))).await?;
+            let resp: std::result::Result<R::Reply, AgentError> = recv_async(&mut stream).await?;
             if drain {
                 let mut rest = Vec::new();
                 tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
@@ -115,10 +159,10 @@ impl AgentClient {
             .map_err(|_| AgentClientError::Timeout(timeout))?
     }
 
-    /// Wait until the agent answers; it is buffered by QEMU until the guest
-    /// opens its port, so one ping covers the whole boot.
+    /// Wait until the agent answers; it is buffered by the hypervisor until
+    /// the guest opens its port, so one ping covers the whole boot.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<AgentInfo> {
-        pong(self.exchange(Request::Ping, timeout, false).await?)
+        self.exchange(Ping, timeout, false).await
     }
 
     /// [`wait_ready`](Self::wait_ready), then read the reply's stream to its
@@ -126,7 +170,7 @@ impl AgentClient {
     /// flight for this host, which may then hang up without leaving bytes of
     /// its session behind in the VM.
     pub async fn wait_ready_drained(&self, timeout: Duration) -> Result<AgentInfo> {
-        pong(self.exchange(Request::Ping, timeout, true).await?)
+        self.exchange(Ping, timeout, true).await
     }
 
     /// Wait (without a time limit) for a process to exit.
@@ -137,15 +181,42 @@ impl AgentClient {
     }
 }
 
-fn pong(reply: Reply) -> Result<AgentInfo> {
-    match reply {
-        Reply::Pong(info) => Ok(info),
-        other => Err(AgentClientError::Unexpected(format!("{other:?}"))),
-    }
-}
-
 impl Drop for AgentClient {
     fn drop(&mut self) {
         self.driver.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixListener;
+
+    #[tokio::test]
+    async fn hybrid_vsock_asks_for_the_port_and_keeps_what_follows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut line = [0u8; 13];
+            s.read_exact(&mut line).await.unwrap();
+            assert_eq!(&line, b"CONNECT 1024\n");
+            s.write_all(b"OK 1073741824\nagent").await.unwrap();
+            let (mut s2, _) = listener.accept().await.unwrap();
+            s2.read_exact(&mut line).await.unwrap();
+            s2.write_all(b"ERR no listener\n").await.unwrap();
+        });
+        let mut stream = hybrid_vsock(&path, 1024).await.unwrap();
+        let mut rest = [0u8; 5];
+        stream.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"agent");
+        let err = hybrid_vsock(&path, 1024).await.unwrap_err();
+        assert!(
+            matches!(&err, AgentClientError::VsockRefused { answer, .. } if answer == "ERR no listener"),
+            "{err:?}"
+        );
+        server.await.unwrap();
     }
 }

@@ -1,7 +1,9 @@
 //! runvm's own configuration: which hypervisor, kernel and initramfs, how
 //! large a VM, which timeouts. Read from the TOML file named by
 //! `$RUNVM_CONFIG`, else `/etc/runvm/config.toml` if it exists; every key is
-//! optional (docs/config.md lists them with their defaults).
+//! optional (docs/config.md lists them with their defaults). This module only
+//! parses: what the values mean is up to `hypervisor`, `locate` and the
+//! others that use them.
 
 use std::env;
 use std::fs;
@@ -13,8 +15,6 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/runvm/config.toml";
 pub const CONFIG_ENV: &str = "RUNVM_CONFIG";
-pub const KERNEL_FILE: &str = "vmlinux";
-pub const INITRD_FILE: &str = "initramfs.img";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,10 +25,23 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
-    #[error("guest {what} not found (looked in {looked}); build it with `make guest`")]
-    GuestMissing { what: &'static str, looked: String },
-    #[error("{name} not found in PATH or {looked}")]
-    BinaryMissing { name: String, looked: String },
+}
+
+/// Which hypervisor runs the VMs. Only QEMU is built; another name is a
+/// parse error that lists the ones there are.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    #[default]
+    Qemu,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Qemu => "qemu",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +57,7 @@ pub enum Accel {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HypervisorConfig {
+    pub backend: Backend,
     /// QEMU binary; a bare name is looked up in PATH.
     pub qemu: PathBuf,
     /// Guest kernel; default: `vmlinux` in the first guest directory that has it.
@@ -62,6 +76,7 @@ pub struct HypervisorConfig {
 impl Default for HypervisorConfig {
     fn default() -> Self {
         HypervisorConfig {
+            backend: Backend::Qemu,
             qemu: PathBuf::from("qemu-system-x86_64"),
             kernel: None,
             initrd: None,
@@ -179,122 +194,6 @@ impl Config {
             source,
         })
     }
-
-    pub fn kernel(&self) -> Result<PathBuf, ConfigError> {
-        match &self.hypervisor.kernel {
-            Some(p) => Ok(p.clone()),
-            None => find_guest_file(KERNEL_FILE, "kernel"),
-        }
-    }
-
-    pub fn initrd(&self) -> Result<PathBuf, ConfigError> {
-        match (&self.hypervisor.initrd, &self.hypervisor.kernel) {
-            (Some(p), _) => Ok(p.clone()),
-            (None, Some(kernel)) => Ok(kernel.with_file_name(INITRD_FILE)),
-            (None, None) => find_guest_file(INITRD_FILE, "initramfs"),
-        }
-    }
-
-    /// The VM to run for a container (or a template) named `name`, with its
-    /// sockets and logs in `dir`.
-    pub fn vm_config(
-        &self,
-        name: String,
-        dir: &Path,
-        memory: crate::hypervisor::GuestMemory,
-        fs_shares: Vec<crate::hypervisor::FsShare>,
-    ) -> Result<crate::hypervisor::VmConfig, ConfigError> {
-        let hv = &self.hypervisor;
-        Ok(crate::hypervisor::VmConfig {
-            name,
-            dir: dir.to_path_buf(),
-            kernel: self.kernel()?,
-            initrd: self.initrd()?,
-            kernel_params: hv.kernel_params.clone(),
-            vcpus: hv.vcpus,
-            memory_mib: hv.memory_mib,
-            accel: crate::hypervisor::resolve_accel(hv.accel).0,
-            fs_shares,
-            seccomp_sandbox: hv.seccomp_sandbox,
-            memory,
-            incoming: false,
-        })
-    }
-
-    pub fn qemu(&self) -> Result<PathBuf, ConfigError> {
-        find_binary(&self.hypervisor.qemu)
-    }
-
-    pub fn virtiofsd(&self) -> Result<PathBuf, ConfigError> {
-        find_binary(&self.virtiofsd.path)
-    }
-}
-
-/// Where `make guest` and `make install` put the guest kernel and initramfs:
-/// `share/runvm` beside the binary's directory (so `target/release/runvm`
-/// finds `target/share/runvm`), then the usual prefixes.
-pub fn guest_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Ok(exe) = env::current_exe() {
-        if let Some(prefix) = exe.parent().and_then(Path::parent) {
-            dirs.push(prefix.join("share/runvm"));
-        }
-    }
-    dirs.push(PathBuf::from("/usr/local/share/runvm"));
-    dirs.push(PathBuf::from("/usr/share/runvm"));
-    dirs
-}
-
-fn find_guest_file(file: &str, what: &'static str) -> Result<PathBuf, ConfigError> {
-    let dirs = guest_dirs();
-    dirs.iter()
-        .map(|d| d.join(file))
-        .find(|p| p.is_file())
-        .ok_or_else(|| ConfigError::GuestMissing {
-            what,
-            looked: dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
-}
-
-/// Directories searched after PATH: containerd and conmon may run runvm with
-/// a short PATH.
-const EXTRA_BIN_DIRS: &[&str] = &[
-    "/usr/local/bin",
-    "/usr/bin",
-    "/usr/libexec",
-    "/usr/lib/qemu",
-];
-
-/// Resolve a binary: a path with a slash is taken as is; a bare name is looked
-/// up in PATH, then in a few standard directories.
-pub fn find_binary(name: &Path) -> Result<PathBuf, ConfigError> {
-    if name.components().count() > 1 || name.is_absolute() {
-        return Ok(name.to_path_buf());
-    }
-    let path_dirs = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .iter()
-        .cloned()
-        .chain(EXTRA_BIN_DIRS.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| ConfigError::BinaryMissing {
-            name: name.display().to_string(),
-            looked: EXTRA_BIN_DIRS.join(", "),
-        })
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -308,6 +207,47 @@ mod tests {
         let end = start + doc[start..].find("```").expect("end of the block");
         let documented: Config = toml::from_str(&doc[start..end]).unwrap();
         assert_eq!(documented, Config::default());
+    }
+
+    /// Every key the code knows (with every optional one set), as
+    /// `table.key`.
+    fn keys_in_code() -> Vec<String> {
+        let mut all = Config::default();
+        all.hypervisor.kernel = Some("/k".into());
+        all.hypervisor.initrd = Some("/i".into());
+        let value = toml::Value::try_from(&all).unwrap();
+        let mut keys = Vec::new();
+        for (table, entries) in value.as_table().unwrap() {
+            for key in entries.as_table().unwrap().keys() {
+                keys.push(format!("{table}.{key}"));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn every_key_in_the_code_is_documented() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```toml\n").expect("a toml block");
+        let block = &doc[start..start + doc[start..][3..].find("```").unwrap() + 3];
+        let mut table = String::new();
+        let mut documented = Vec::new();
+        for line in block.lines() {
+            let line = line.trim_start_matches("# ").trim();
+            if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = t.to_string();
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                if !key.contains(' ') {
+                    documented.push(format!("{table}.{key}"));
+                }
+            }
+        }
+        for key in keys_in_code() {
+            assert!(
+                documented.contains(&key),
+                "{key} is not in docs/config.md (documented: {documented:?})"
+            );
+        }
     }
 
     #[test]
@@ -331,25 +271,6 @@ mod tests {
         assert!(matches!(
             Config::from_file(&path),
             Err(ConfigError::Parse { .. })
-        ));
-    }
-
-    #[test]
-    fn initrd_defaults_to_beside_a_configured_kernel() {
-        let mut c = Config::default();
-        c.hypervisor.kernel = Some("/opt/guest/vmlinux".into());
-        assert_eq!(
-            c.initrd().unwrap(),
-            PathBuf::from("/opt/guest/initramfs.img")
-        );
-    }
-
-    #[test]
-    fn binaries_resolve_through_path() {
-        assert!(find_binary(Path::new("sh")).unwrap().is_absolute());
-        assert!(matches!(
-            find_binary(Path::new("no-such-binary-runvm")),
-            Err(ConfigError::BinaryMissing { .. })
         ));
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use runvm_protocol::CgroupStats;
 use serde::Serialize;
 
+use crate::status::Refusal;
 use crate::{ContainerError, Runtime};
 
 /// `events`: one stats object with `stats_only`; otherwise one every
@@ -23,10 +24,10 @@ pub fn stream(
     loop {
         match rt.stats(id) {
             Ok(stats) => emit(&Event::stats(id, &stats)).map_err(EventsError::Write)?,
-            Err(ContainerError::NotRunning) if first => {
+            Err(ContainerError::Refused(Refusal::NotRunning)) if first => {
                 return Err(EventsError::NotRunning { id: id.to_string() })
             }
-            Err(ContainerError::NotRunning) => return Ok(()),
+            Err(ContainerError::Refused(Refusal::NotRunning)) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
         if stats_only {

@@ -5,14 +5,19 @@
 //! backends, the per-container shim and the client of the guest agent.
 
 pub mod agent;
+pub mod check;
+pub mod child;
 pub mod config;
 pub mod container;
+pub mod control;
 pub mod events;
 pub mod exec;
 pub mod factory;
 pub mod features;
 pub mod hypervisor;
 pub mod id;
+pub mod locate;
+pub mod lock;
 pub mod procinfo;
 pub mod resources;
 pub mod share;

@@ -5,7 +5,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Map, Value};
+use oci_spec::runtime::{
+    LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResourcesError {
@@ -21,6 +24,10 @@ pub enum ResourcesError {
     },
     #[error("Intel RDT is not available in a VM")]
     IntelRdt,
+    #[error("blkio weight {0} is outside 10-1000")]
+    BlkioWeight(u64),
+    #[error("invalid resources")]
+    Build(#[source] oci_spec::OciSpecError),
 }
 
 /// runc's `update` flags; `None` leaves a limit as it is.
@@ -43,41 +50,87 @@ pub struct ResourceFlags {
 }
 
 impl ResourceFlags {
-    /// The `linux.resources` object the flags describe.
-    pub fn to_resources(&self) -> Result<Value, ResourcesError> {
+    /// The `linux.resources` the flags describe.
+    pub fn to_resources(&self) -> Result<LinuxResources, ResourcesError> {
         if self.intel_rdt {
             return Err(ResourcesError::IntelRdt);
         }
-        let mut r = Map::new();
-        let mut set = |section: &str, key: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                r.entry(section)
-                    .or_insert_with(|| json!({}))
-                    .as_object_mut()
-                    .expect("sections are objects")
-                    .insert(key.to_string(), v);
+        let build = ResourcesError::Build;
+        let mut r = LinuxResourcesBuilder::default();
+        if self.memory.is_some() || self.memory_reservation.is_some() || self.memory_swap.is_some()
+        {
+            let mut m = LinuxMemoryBuilder::default();
+            if let Some(v) = self.memory {
+                m = m.limit(v as i64);
             }
-        };
-        let j = |v: Option<u64>| v.map(Value::from);
-        set("memory", "limit", j(self.memory));
-        set("memory", "reservation", j(self.memory_reservation));
-        set("memory", "swap", self.memory_swap.map(Value::from));
-        set("cpu", "shares", j(self.cpu_share));
-        set("cpu", "quota", j(self.cpu_quota));
-        set("cpu", "period", j(self.cpu_period));
-        set("cpu", "realtimeRuntime", j(self.cpu_rt_runtime));
-        set("cpu", "realtimePeriod", j(self.cpu_rt_period));
-        set("cpu", "cpus", self.cpuset_cpus.clone().map(Value::from));
-        set("cpu", "mems", self.cpuset_mems.clone().map(Value::from));
-        set("pids", "limit", self.pids_limit.map(Value::from));
-        set("blockIO", "weight", j(self.blkio_weight));
-        Ok(Value::Object(r))
+            if let Some(v) = self.memory_reservation {
+                m = m.reservation(v as i64);
+            }
+            if let Some(v) = self.memory_swap {
+                m = m.swap(v);
+            }
+            r = r.memory(m.build().map_err(build)?);
+        }
+        let cpu_set = [
+            self.cpu_share,
+            self.cpu_quota,
+            self.cpu_period,
+            self.cpu_rt_runtime,
+            self.cpu_rt_period,
+        ]
+        .iter()
+        .any(Option::is_some)
+            || self.cpuset_cpus.is_some()
+            || self.cpuset_mems.is_some();
+        if cpu_set {
+            let mut c = LinuxCpuBuilder::default();
+            if let Some(v) = self.cpu_share {
+                c = c.shares(v);
+            }
+            if let Some(v) = self.cpu_quota {
+                c = c.quota(v as i64);
+            }
+            if let Some(v) = self.cpu_period {
+                c = c.period(v);
+            }
+            if let Some(v) = self.cpu_rt_runtime {
+                c = c.realtime_runtime(v as i64);
+            }
+            if let Some(v) = self.cpu_rt_period {
+                c = c.realtime_period(v);
+            }
+            if let Some(v) = &self.cpuset_cpus {
+                c = c.cpus(v.clone());
+            }
+            if let Some(v) = &self.cpuset_mems {
+                c = c.mems(v.clone());
+            }
+            r = r.cpu(c.build().map_err(build)?);
+        }
+        if let Some(limit) = self.pids_limit {
+            r = r.pids(
+                LinuxPidsBuilder::default()
+                    .limit(limit)
+                    .build()
+                    .map_err(build)?,
+            );
+        }
+        if let Some(weight) = self.blkio_weight {
+            let weight = u16::try_from(weight).map_err(|_| ResourcesError::BlkioWeight(weight))?;
+            r = r.block_io(
+                LinuxBlockIoBuilder::default()
+                    .weight(weight)
+                    .build()
+                    .map_err(build)?,
+            );
+        }
+        r.build().map_err(build)
     }
 }
 
 /// A `linux.resources` object from `path`, or from stdin when `path` is
 /// `-`; it must parse as the OCI type.
-pub fn read_resources(path: &Path) -> Result<Value, ResourcesError> {
+pub fn read_resources(path: &Path) -> Result<LinuxResources, ResourcesError> {
     let read_err = |source| ResourcesError::Read {
         path: path.to_path_buf(),
         source,
@@ -90,19 +143,16 @@ pub fn read_resources(path: &Path) -> Result<Value, ResourcesError> {
     } else {
         text = std::fs::read_to_string(path).map_err(read_err)?;
     }
-    let parse_err = |source| ResourcesError::Parse {
+    serde_json::from_str(&text).map_err(|source| ResourcesError::Parse {
         path: path.to_path_buf(),
         source,
-    };
-    let value: Value = serde_json::from_str(&text).map_err(parse_err)?;
-    serde_json::from_value::<oci_spec::runtime::LinuxResources>(value.clone())
-        .map_err(parse_err)?;
-    Ok(value)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn flags_become_oci_resources() {
@@ -116,14 +166,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            flags.to_resources().unwrap(),
+            serde_json::to_value(flags.to_resources().unwrap()).unwrap(),
             json!({
                 "memory": {"limit": 64 << 20, "swap": -1},
                 "cpu": {"quota": 50_000, "period": 100_000, "cpus": "0"},
                 "pids": {"limit": 42}
             })
         );
-        assert_eq!(ResourceFlags::default().to_resources().unwrap(), json!({}));
+        assert_eq!(
+            serde_json::to_value(ResourceFlags::default().to_resources().unwrap()).unwrap(),
+            json!({})
+        );
     }
 
     #[test]
@@ -143,10 +196,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.json");
         std::fs::write(&good, r#"{"pids": {"limit": 7}}"#).unwrap();
-        assert_eq!(
-            read_resources(&good).unwrap(),
-            json!({"pids": {"limit": 7}})
-        );
+        assert_eq!(read_resources(&good).unwrap().pids().unwrap().limit(), 7);
         let wrong = dir.path().join("wrong.json");
         std::fs::write(&wrong, r#"{"pids": {"limit": "many"}}"#).unwrap();
         assert!(matches!(

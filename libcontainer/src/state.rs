@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -29,7 +29,10 @@ pub enum StateError {
     #[error("create state directory {path}")]
     CreateDir { path: PathBuf, source: io::Error },
     #[error("lock {path}")]
-    Lock { path: PathBuf, source: nix::Error },
+    Lock {
+        path: PathBuf,
+        source: crate::lock::LockError,
+    },
     #[error("read {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("state file {path} is corrupt")]
@@ -199,19 +202,13 @@ impl StateStore {
             }
             Err(source) => return Err(StateError::Read { path: dir, source }),
         };
-        let opened_ino = file.metadata().map(|m| m.ino()).ok();
-        let lock =
-            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, source)| StateError::Lock {
-                path: dir.clone(),
-                source,
-            })?;
         // A concurrent delete may have removed (and a create re-made) the
         // directory while we waited: only the directory at the path counts.
-        let current_ino = fs::metadata(&dir).map(|m| m.ino()).ok();
-        if current_ino.is_none() || current_ino != opened_ino {
-            return Err(StateError::NotExist { id: id.to_string() });
+        match crate::lock::lock_at(&dir, file, FlockArg::LockExclusive) {
+            Ok(Some(lock)) => Ok(ContainerLock { _lock: lock }),
+            Ok(None) => Err(StateError::NotExist { id: id.to_string() }),
+            Err(source) => Err(StateError::Lock { path: dir, source }),
         }
-        Ok(ContainerLock { _lock: lock })
     }
 
     pub fn load(&self, id: &str) -> Result<State, StateError> {

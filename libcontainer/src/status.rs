@@ -1,4 +1,6 @@
-//! A container's status and the lifecycle rules that hang off it.
+//! A container's status and the lifecycle rules that hang off it, with
+//! runc's words for each refusal. Both the verbs (from state.json) and the
+//! shim (from what it knows) ask these.
 
 use std::fmt;
 
@@ -19,9 +21,42 @@ pub enum ContainerStatus {
     Stopped,
 }
 
+/// Why a verb cannot act on a container in its status, in runc's words. It
+/// crosses the shim's control socket as is, so the words are made here only.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("cannot start a container that has stopped")]
+    StartStopped,
+    #[error("cannot start an already running container")]
+    StartRunning,
+    /// runc's words for the other states ("paused", "creating").
+    #[error("cannot start a container in the {0} state")]
+    StartInState(ContainerStatus),
+    #[error("container not running")]
+    NotRunning,
+    #[error("container not paused")]
+    NotPaused,
+    #[error("cannot exec in a stopped container")]
+    ExecStopped,
+    #[error("cannot exec in a container that is still being created")]
+    ExecCreating,
+    #[error("cannot exec in a paused container (use --ignore-paused to override)")]
+    ExecPaused,
+}
+
 impl ContainerStatus {
     pub fn can_start(self) -> bool {
         self == ContainerStatus::Created
+    }
+
+    /// `start`, or why not.
+    pub fn check_start(self) -> Result<(), Refusal> {
+        match self {
+            s if s.can_start() => Ok(()),
+            ContainerStatus::Stopped => Err(Refusal::StartStopped),
+            ContainerStatus::Running => Err(Refusal::StartRunning),
+            other => Err(Refusal::StartInState(other)),
+        }
     }
 
     pub fn can_kill(self) -> bool {
@@ -29,6 +64,11 @@ impl ContainerStatus {
             self,
             ContainerStatus::Created | ContainerStatus::Running | ContainerStatus::Paused
         )
+    }
+
+    /// `kill`, or why not.
+    pub fn check_kill(self) -> Result<(), Refusal> {
+        self.can_kill().then_some(()).ok_or(Refusal::NotRunning)
     }
 
     /// Whether `delete` without `--force` may remove it. Like runc, a created
@@ -42,12 +82,34 @@ impl ContainerStatus {
         matches!(self, ContainerStatus::Created | ContainerStatus::Running)
     }
 
+    /// `pause`, or why not.
+    pub fn check_pause(self) -> Result<(), Refusal> {
+        self.can_pause().then_some(()).ok_or(Refusal::NotRunning)
+    }
+
     pub fn can_resume(self) -> bool {
         self == ContainerStatus::Paused
     }
 
+    /// `resume`, or why not.
+    pub fn check_resume(self) -> Result<(), Refusal> {
+        self.can_resume().then_some(()).ok_or(Refusal::NotPaused)
+    }
+
     pub fn can_exec(self) -> bool {
         matches!(self, ContainerStatus::Created | ContainerStatus::Running)
+    }
+
+    /// `exec` (with `--ignore-paused` or not), or why not. As under runc, a
+    /// created container takes an exec.
+    pub fn check_exec(self, ignore_paused: bool) -> Result<(), Refusal> {
+        match self {
+            s if s.can_exec() => Ok(()),
+            ContainerStatus::Paused if ignore_paused => Ok(()),
+            ContainerStatus::Paused => Err(Refusal::ExecPaused),
+            ContainerStatus::Creating => Err(Refusal::ExecCreating),
+            _ => Err(Refusal::ExecStopped),
+        }
     }
 
     /// Whether a shim process should be alive behind this status.
@@ -75,6 +137,7 @@ impl fmt::Display for ContainerStatus {
 #[cfg(test)]
 mod tests {
     use super::ContainerStatus::*;
+    use super::Refusal;
 
     #[test]
     fn creating() {
@@ -82,6 +145,9 @@ mod tests {
         assert!(!s.can_start() && !s.can_kill() && !s.can_delete());
         assert!(!s.can_pause() && !s.can_resume() && !s.can_exec());
         assert!(s.has_shim());
+        assert_eq!(s.check_start(), Err(Refusal::StartInState(Creating)));
+        assert_eq!(s.check_exec(true), Err(Refusal::ExecCreating));
+        assert_eq!(s.check_kill(), Err(Refusal::NotRunning));
     }
 
     #[test]
@@ -89,6 +155,9 @@ mod tests {
         let s = Created;
         assert!(s.can_start() && s.can_kill() && s.can_delete() && s.can_exec());
         assert!(s.can_pause() && !s.can_resume());
+        assert_eq!(s.check_start(), Ok(()));
+        assert_eq!(s.check_exec(false), Ok(()));
+        assert_eq!(s.check_resume(), Err(Refusal::NotPaused));
     }
 
     #[test]
@@ -96,6 +165,7 @@ mod tests {
         let s = Running;
         assert!(!s.can_start() && !s.can_delete() && !s.can_resume());
         assert!(s.can_kill() && s.can_pause() && s.can_exec());
+        assert_eq!(s.check_start(), Err(Refusal::StartRunning));
     }
 
     #[test]
@@ -103,6 +173,9 @@ mod tests {
         let s = Paused;
         assert!(!s.can_start() && !s.can_delete() && !s.can_pause() && !s.can_exec());
         assert!(s.can_kill() && s.can_resume());
+        assert_eq!(s.check_exec(false), Err(Refusal::ExecPaused));
+        assert_eq!(s.check_exec(true), Ok(()));
+        assert_eq!(s.check_pause(), Err(Refusal::NotRunning));
     }
 
     #[test]
@@ -111,6 +184,17 @@ mod tests {
         assert!(!s.can_start() && !s.can_kill() && !s.can_pause());
         assert!(!s.can_resume() && !s.can_exec() && !s.has_shim());
         assert!(s.can_delete());
+        assert_eq!(s.check_start(), Err(Refusal::StartStopped));
+        assert_eq!(s.check_exec(true), Err(Refusal::ExecStopped));
+    }
+
+    #[test]
+    fn refusals_use_runc_words() {
+        assert_eq!(
+            Refusal::StartInState(Paused).to_string(),
+            "cannot start a container in the paused state"
+        );
+        assert_eq!(Refusal::NotRunning.to_string(), "container not running");
     }
 
     #[test]

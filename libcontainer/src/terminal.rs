@@ -83,6 +83,20 @@ pub fn send_to_console_socket(path: &Path, master: BorrowedFd<'_>) -> Result<(),
     Ok(())
 }
 
+/// The terminal of a process whose caller holds its master: a new pty, its
+/// master sent to `console_socket`; this process leads a session with the
+/// slave as its controlling terminal, so a resize by the master's holder
+/// arrives here as SIGWINCH. Returns the slave, and whether it became the
+/// controlling terminal (without it resizes do not arrive).
+pub fn console_pty(console_socket: &Path) -> Result<(OwnedFd, io::Result<()>), TerminalError> {
+    let pty = open_pty()?;
+    send_to_console_socket(console_socket, pty.master.as_fd())?;
+    drop(pty.master);
+    let _ = nix::unistd::setsid();
+    let controlling = set_controlling(pty.slave.as_fd());
+    Ok((pty.slave, controlling))
+}
+
 /// The receiving side of the console-socket protocol: read the one message
 /// and take the descriptor it carries (as containerd and conmon do).
 pub fn receive_from_console_socket(conn: BorrowedFd<'_>) -> io::Result<OwnedFd> {

@@ -4,20 +4,20 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::sync::watch;
 
+use crate::child::{ExitWatch, Supervised};
 use crate::config::VirtiofsdConfig;
-use crate::hypervisor::ExitWatch;
+use crate::locate::{find_binary, LocateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtiofsdError {
+    #[error(transparent)]
+    Locate(#[from] LocateError),
     #[error("bind {path}")]
     Bind { path: PathBuf, source: io::Error },
     #[error("create {path}")]
@@ -27,8 +27,7 @@ pub enum VirtiofsdError {
 }
 
 pub struct Virtiofsd {
-    pid: i32,
-    exit_tx: watch::Sender<Option<String>>,
+    child: Supervised,
 }
 
 /// What to serve and how.
@@ -43,11 +42,8 @@ impl Virtiofsd {
     /// Start virtiofsd on a listening socket bound here, so the socket exists
     /// before QEMU connects to it (no polling for the file to appear).
     /// Like QEMU, it gets SIGKILL when the calling thread exits.
-    pub fn spawn(
-        binary: &Path,
-        config: &VirtiofsdConfig,
-        share: &Share<'_>,
-    ) -> Result<Self, VirtiofsdError> {
+    pub fn spawn(config: &VirtiofsdConfig, share: &Share<'_>) -> Result<Self, VirtiofsdError> {
+        let binary = find_binary(&config.path)?;
         let listener = UnixListener::bind(share.socket).map_err(|source| VirtiofsdError::Bind {
             path: share.socket.to_path_buf(),
             source,
@@ -58,7 +54,7 @@ impl Virtiofsd {
             source,
         };
         let log = File::create(share.log).map_err(log_err)?;
-        let mut cmd = Command::new(binary);
+        let mut cmd = Command::new(&binary);
         cmd.arg(format!("--fd={fd}"))
             .arg("--shared-dir")
             .arg(share.shared_dir)
@@ -71,71 +67,29 @@ impl Virtiofsd {
         if share.readonly {
             cmd.arg("--readonly");
         }
-        // SAFETY: fcntl and prctl are async-signal-safe and only touch the
-        // child's own descriptor table and process attributes.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Hand the listening socket over: clear its close-on-exec.
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| VirtiofsdError::Spawn {
-            binary: binary.to_path_buf(),
-            source,
-        })?;
+        // The listening socket is handed over: it stays open across exec.
+        let child = Supervised::spawn(cmd, &[fd])
+            .map_err(|source| VirtiofsdError::Spawn { binary, source })?;
         drop(listener);
-        let pid = child.id() as i32;
-        let exit_tx = watch::channel(None).0;
-        let tx = exit_tx.clone();
-        std::thread::spawn(move || {
-            let desc = match child.wait() {
-                Ok(s) => match (s.code(), s.signal()) {
-                    (Some(c), _) => format!("exited with status {c}"),
-                    (_, Some(sig)) => format!("killed by signal {sig}"),
-                    _ => "ended".into(),
-                },
-                Err(e) => format!("wait failed: {e}"),
-            };
-            tx.send_replace(Some(desc));
-        });
-        Ok(Virtiofsd { pid, exit_tx })
+        Ok(Virtiofsd { child })
     }
 
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.child.pid()
     }
 
     pub fn exit_watch(&self) -> ExitWatch {
-        self.exit_tx.subscribe()
+        self.child.exit_watch()
     }
 
     /// Stop it (it normally exits by itself when QEMU disconnects).
     pub fn stop(&self, timeout: Duration) {
-        if self.exit_tx.borrow().is_some() {
-            return;
-        }
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-        let deadline = Instant::now() + timeout;
-        while self.exit_tx.borrow().is_none() {
-            if Instant::now() >= deadline {
-                let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-                deadline_wait(&self.exit_tx, Duration::from_secs(5));
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-fn deadline_wait(tx: &watch::Sender<Option<String>>, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while tx.borrow().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+        self.child.stop(
+            |pid| {
+                let _ = kill(pid, Signal::SIGTERM);
+            },
+            timeout,
+        );
     }
 }
 

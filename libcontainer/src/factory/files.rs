@@ -116,7 +116,10 @@ pub enum FilesError {
     #[error("refusing the template directory {path}: it {problem}")]
     Insecure { path: PathBuf, problem: Problem },
     #[error("lock {path}")]
-    Lock { path: PathBuf, source: nix::Error },
+    Lock {
+        path: PathBuf,
+        source: crate::lock::LockError,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FilesError + '_ {
@@ -192,16 +195,15 @@ pub fn lock(path: &Path, how: FlockArg) -> Result<Flock<File>, FilesError> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(io_err(path))?;
-        let locked = Flock::lock(file, how).map_err(|(_, source)| FilesError::Lock {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let held = locked.metadata().map_err(io_err(path))?;
-        match fs::symlink_metadata(path) {
-            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(locked),
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(path)(e)),
+        match crate::lock::lock_at(path, file, how) {
+            Ok(Some(locked)) => return Ok(locked),
+            Ok(None) => continue,
+            Err(source) => {
+                return Err(FilesError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         }
     }
 }

@@ -8,7 +8,6 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -18,8 +17,8 @@ use slog::{info, warn, Logger};
 
 use crate::agent::{AgentClient, AgentClientError};
 use crate::config::{Config, ConfigError};
-use crate::hypervisor::qemu::{command_line, Qemu};
-use crate::hypervisor::{GuestMemory, Hypervisor, HypervisorError, VmConfig};
+use crate::hypervisor::{self, Hypervisor, HypervisorError, Operation, CONSOLE_LOG};
+use crate::locate::{self, LocateError};
 pub use files::{FilesError, Problem};
 
 const META_FILE: &str = "template.json";
@@ -33,6 +32,8 @@ const CONSOLE_POLL: Duration = Duration::from_millis(10);
 pub enum FactoryError {
     #[error("runtime configuration")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Locate(#[from] LocateError),
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
@@ -49,13 +50,28 @@ pub enum FactoryError {
         marker: &'static str,
         console: PathBuf,
     },
-    #[error("{qemu} --version")]
-    QemuVersion { qemu: PathBuf, source: io::Error },
     #[error("template metadata {path}")]
     Meta {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("no template at {path}")]
+    Missing { path: PathBuf },
+    #[error("the {what} changed since the template was made")]
+    Stale { what: &'static str },
+    #[error("the template's agent speaks protocol {template}, runvm {host}")]
+    Protocol { template: u32, host: u32 },
+    #[error("the template was made by runvm {version}")]
+    RunvmVersion { version: String },
+    #[error("the template was made with {template}, runvm is configured for {configured}")]
+    Backend {
+        template: String,
+        configured: String,
+    },
+    #[error("the VM's size or devices changed since the template was made")]
+    Layout,
+    #[error("the template has no {file} file")]
+    NoFile { file: &'static str },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FactoryError + '_ {
@@ -93,18 +109,20 @@ pub struct TemplateMeta {
     pub runvm_version: String,
     pub agent_protocol: u32,
     pub kernel_release: String,
-    pub qemu: FileStamp,
-    /// The first line of `qemu --version`.
-    #[serde(default)]
-    pub qemu_version: String,
+    /// The hypervisor backend ("qemu") and its binary.
+    pub backend: String,
+    pub vmm: FileStamp,
+    /// What the backend says of itself (QEMU: `qemuVersion`).
+    #[serde(flatten)]
+    pub vmm_info: serde_json::Map<String, serde_json::Value>,
     pub kernel: FileStamp,
     pub initrd: FileStamp,
     pub memory_mib: u32,
     pub vcpus: u32,
     pub accel: String,
-    /// QEMU's command line for the template's devices, with the directory
-    /// written as `@DIR`: a clone's must be the same.
-    pub command_line: Vec<String>,
+    /// The backend's account of the VM's devices and size: a clone's must
+    /// be the same.
+    pub layout: String,
 }
 
 /// A usable template. It holds a shared lock on the template, so `factory
@@ -142,22 +160,14 @@ impl Template {
     }
 }
 
-/// The devices of a template and of its clones: no share at boot (each clone
-/// hotplugs its own), memory in a file.
-pub fn template_vm_config(
+/// The hypervisor of a template, or of its clone (to compare layouts).
+fn template_hypervisor(
     config: &Config,
-    name: String,
     dir: &Path,
-    mem: &Path,
-) -> Result<VmConfig, ConfigError> {
-    config.vm_config(name, dir, GuestMemory::File(mem.to_path_buf()), Vec::new())
-}
-
-/// The command line that identifies a template's layout, paths normalized.
-fn layout(config: &Config) -> Result<Vec<String>, ConfigError> {
-    let dir = Path::new("@DIR");
-    let vm = template_vm_config(config, "runvm-template".into(), dir, &dir.join(MEM_FILE))?;
-    Ok(command_line(&vm))
+    mem: PathBuf,
+) -> Result<Box<dyn Hypervisor>, FactoryError> {
+    let spec = hypervisor::template_vm(config, "runvm-template".into(), dir, mem)?;
+    Ok(hypervisor::new(config, spec)?)
 }
 
 pub struct Factory {
@@ -250,23 +260,23 @@ impl Factory {
         tmp: &Path,
         log: &Logger,
     ) -> Result<TemplateMeta, FactoryError> {
-        let qemu_version = qemu_version(&config.qemu()?)?;
         let mem = tmp.join(MEM_FILE);
-        let vm_config = template_vm_config(config, "runvm-template".into(), tmp, &mem)?;
-        let accel = vm_config.accel;
-        let console = vm_config.console_log();
-        let mut vm = Qemu::new(config.qemu()?, vm_config);
+        let mut vm = template_hypervisor(config, tmp, mem)?;
+        vm.supports(Operation::Pause)?;
+        vm.supports(Operation::Snapshot)?;
+        let vmm_info = vm.describe()?;
+        let console = tmp.join(CONSOLE_LOG);
         vm.launch()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(io_err(tmp))?;
         let mut exit = vm.exit_watch();
-        let socket = vm.agent_socket();
+        let endpoint = vm.agent_endpoint();
         let boot_timeout = config.timeouts.boot();
         let info = rt.block_on(async {
             let died = |why: Option<String>| FactoryError::Died(why.unwrap_or_default());
-            let agent = AgentClient::connect(&socket, config.timeouts.request()).await?;
+            let agent = AgentClient::connect(&endpoint, config.timeouts.request()).await?;
             // The whole reply, up to the stream's close: after it the agent
             // has nothing more to send to this host.
             let info = tokio::select! {
@@ -284,6 +294,7 @@ impl Factory {
             }
             Ok::<_, FactoryError>(info)
         })?;
+        vm.pause()?;
         vm.snapshot(&tmp.join(STATE_FILE))?;
         vm.stop(config.timeouts.stop())?;
         let meta = TemplateMeta {
@@ -291,14 +302,15 @@ impl Factory {
             runvm_version: env!("CARGO_PKG_VERSION").to_string(),
             agent_protocol: info.protocol,
             kernel_release: info.kernel_release,
-            qemu: FileStamp::of(&config.qemu()?)?,
-            qemu_version,
-            kernel: FileStamp::of(&config.kernel()?)?,
-            initrd: FileStamp::of(&config.initrd()?)?,
+            backend: vm.backend().to_string(),
+            vmm: FileStamp::of(vm.binary())?,
+            vmm_info,
+            kernel: FileStamp::of(&locate::kernel(&config.hypervisor)?)?,
+            initrd: FileStamp::of(&locate::initrd(&config.hypervisor)?)?,
             memory_mib: config.hypervisor.memory_mib,
             vcpus: config.hypervisor.vcpus,
-            accel: accel.as_str().to_string(),
-            command_line: layout(config)?,
+            accel: vm.accel().name.to_string(),
+            layout: vm.layout(),
         };
         let path = tmp.join(META_FILE);
         let data = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
@@ -310,53 +322,60 @@ impl Factory {
     /// The template, if it exists and matches the configuration now: same
     /// QEMU, kernel, initramfs (and so agent), VM size and devices. It comes
     /// with a shared lock on it.
-    pub fn usable(&self, config: &Config) -> Result<Template, String> {
-        let missing = || format!("no template at {}", self.dir.display());
-        let chain = |e: FactoryError| crate::error_chain(&e);
+    pub fn usable(&self, config: &Config) -> Result<Template, FactoryError> {
+        let missing = || FactoryError::Missing {
+            path: self.dir.clone(),
+        };
         if fs::symlink_metadata(&self.dir).is_err() {
             return Err(missing());
         }
-        let lock = self.lock(FlockArg::LockShared).map_err(chain)?;
-        if !files::check_private(&self.dir).map_err(|e| chain(e.into()))? {
+        let lock = self.lock(FlockArg::LockShared)?;
+        if !files::check_private(&self.dir)? {
             return Err(missing());
         }
-        let meta = match self.read_meta() {
-            Ok(Some(meta)) => meta,
-            Ok(None) => return Err(missing()),
-            Err(e) => return Err(chain(e)),
-        };
-        let stamp = |what: &str, path: Result<PathBuf, ConfigError>, then: &FileStamp| {
-            let path = path.map_err(|e| crate::error_chain(&e))?;
-            let now = FileStamp::of(&path).map_err(|e| crate::error_chain(&e))?;
-            if &now != then {
-                return Err(format!("the {what} changed since the template was made"));
+        let meta = self.read_meta()?.ok_or_else(missing)?;
+        let vm = template_hypervisor(config, &self.dir, self.dir.join(MEM_FILE))?;
+        if meta.backend != vm.backend() {
+            return Err(FactoryError::Backend {
+                template: meta.backend,
+                configured: vm.backend().to_string(),
+            });
+        }
+        let stamp = |what: &'static str, path: &Path, then: &FileStamp| {
+            if &FileStamp::of(path)? != then {
+                return Err(FactoryError::Stale { what });
             }
             Ok(())
         };
-        stamp("QEMU binary", config.qemu(), &meta.qemu)?;
-        stamp("guest kernel", config.kernel(), &meta.kernel)?;
-        stamp("guest initramfs", config.initrd(), &meta.initrd)?;
+        stamp("hypervisor binary", vm.binary(), &meta.vmm)?;
+        stamp(
+            "guest kernel",
+            &locate::kernel(&config.hypervisor)?,
+            &meta.kernel,
+        )?;
+        stamp(
+            "guest initramfs",
+            &locate::initrd(&config.hypervisor)?,
+            &meta.initrd,
+        )?;
         if meta.agent_protocol != runvm_protocol::PROTOCOL_VERSION {
-            return Err(format!(
-                "the template's agent speaks protocol {}, runvm {}",
-                meta.agent_protocol,
-                runvm_protocol::PROTOCOL_VERSION
-            ));
+            return Err(FactoryError::Protocol {
+                template: meta.agent_protocol,
+                host: runvm_protocol::PROTOCOL_VERSION,
+            });
         }
         if meta.runvm_version != env!("CARGO_PKG_VERSION") {
-            return Err(format!(
-                "the template was made by runvm {}",
-                meta.runvm_version
-            ));
+            return Err(FactoryError::RunvmVersion {
+                version: meta.runvm_version,
+            });
         }
-        let layout = layout(config).map_err(|e| crate::error_chain(&e))?;
-        if meta.command_line != layout {
-            return Err("the VM's size or devices changed since the template was made".into());
+        if meta.layout != vm.layout() {
+            return Err(FactoryError::Layout);
         }
         for file in [MEM_FILE, STATE_FILE] {
             let regular = fs::symlink_metadata(self.dir.join(file)).is_ok_and(|m| m.is_file());
             if !regular {
-                return Err(format!("the template has no {file} file"));
+                return Err(FactoryError::NoFile { file });
             }
         }
         Ok(Template {
@@ -379,7 +398,7 @@ impl Factory {
             path: self.dir.clone(),
             exists: meta.is_some(),
             usable: usable.is_ok(),
-            reason: usable.err(),
+            reason: usable.err().map(|e| crate::error_chain(&e)),
             template: meta,
             memory_file_bytes,
         }
@@ -405,20 +424,6 @@ impl Factory {
         drop(lock);
         Ok(existed)
     }
-}
-
-/// The first line of `qemu --version`, e.g. "QEMU emulator version 10.0.2
-/// (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)".
-fn qemu_version(qemu: &Path) -> Result<String, FactoryError> {
-    let out = Command::new(qemu)
-        .arg("--version")
-        .output()
-        .map_err(|source| FactoryError::QemuVersion {
-            qemu: qemu.to_path_buf(),
-            source,
-        })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().next().unwrap_or_default().trim().to_string())
 }
 
 /// How many times the agent has reported the end of a session so far.
@@ -485,7 +490,7 @@ mod tests {
         fs::set_permissions(&holder, fs::Permissions::from_mode(0o777)).unwrap();
         let config = config_at(&holder.join("template"));
         let factory = Factory::new(&config);
-        let reason = factory.usable(&config).err().unwrap();
+        let reason = crate::error_chain(&factory.usable(&config).err().unwrap());
         assert_eq!(
             reason,
             format!(
@@ -518,7 +523,7 @@ mod tests {
         fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, holder.join("template")).unwrap();
         let config = config_at(&holder.join("template"));
-        let reason = Factory::new(&config).usable(&config).err().unwrap();
+        let reason = crate::error_chain(&Factory::new(&config).usable(&config).err().unwrap());
         assert!(reason.ends_with("template: it is a symlink"), "{reason}");
     }
 
@@ -537,6 +542,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let config = config_at(&tmp.path().join("template"));
         let err = Factory::new(&config).usable(&config).err().unwrap();
-        assert!(err.starts_with("no template at"), "{err}");
+        assert!(err.to_string().starts_with("no template at"), "{err}");
     }
 }

@@ -1,20 +1,32 @@
-//! Hypervisor backends behind one trait. QEMU is the first; Cloud Hypervisor
-//! or Firecracker would slot in beside it as further modules.
+//! The hypervisor boundary: one trait every backend implements, a
+//! backend-neutral description of the VM ([`VmSpec`]), and [`new`], which
+//! picks the backend the configuration names. QEMU is the first backend;
+//! Cloud Hypervisor or Firecracker would be further modules here and a
+//! `Backend` value in the configuration, and nothing else would change
+//! (docs/design.md, "Adding a hypervisor").
 
+pub mod accel;
+mod builder;
+#[cfg(test)]
+pub mod fake;
 pub mod qemu;
-pub mod qmp;
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use serde::{Deserialize, Serialize};
 
-use crate::config::Accel;
+pub use crate::child::ExitWatch;
+use crate::config::{Backend, Config};
+use crate::locate::LocateError;
+pub use accel::{resolve_accel, ResolvedAccel};
+pub use builder::{clone_vm, container_vm, template_vm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
+    #[error(transparent)]
+    Locate(#[from] LocateError),
     #[error("start {binary}")]
     Spawn { binary: PathBuf, source: io::Error },
     #[error("create {path}")]
@@ -23,15 +35,27 @@ pub enum HypervisorError {
     Dir { path: PathBuf, source: io::Error },
     #[error("the VM exited during start-up ({status}){log}")]
     DiedAtStart { status: String, log: String },
-    #[error("QMP")]
-    Qmp(#[from] qmp::QmpError),
     #[error("the VM is not running")]
     NotRunning,
-    #[error("migration {what} ended as {status}{detail}")]
-    Migration {
+    /// The hypervisor refused or failed a control command.
+    #[error("{backend}")]
+    Control {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{what} ended as {status}{detail}")]
+    Snapshot {
         what: &'static str,
         status: String,
         detail: String,
+    },
+    #[error("{backend} {version}")]
+    Version {
+        backend: &'static str,
+        version: String,
+        #[source]
+        source: io::Error,
     },
     #[error("{backend} does not support {what}")]
     Unsupported {
@@ -40,162 +64,232 @@ pub enum HypervisorError {
     },
 }
 
-/// How the VM's vCPUs run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResolvedAccel {
-    Kvm,
-    Tcg,
+/// Socket and log names inside the VM's directory. The hypervisor runs with
+/// that directory as its working directory and is given relative names, so
+/// they fit in `sun_path` however long the directory's path is.
+pub const CONSOLE_LOG: &str = "console.log";
+pub const VMM_LOG: &str = "vmm.log";
+
+/// A device of the VM, at boot or hotplugged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Device {
+    /// The channel to the guest agent, a port the guest finds by `name`.
+    AgentPort { name: String },
+    /// A virtio-fs share served by a vhost-user daemon.
+    Fs(FsDevice),
+    /// A network interface backed by a host tap device.
+    Net(NetDevice),
 }
 
-impl ResolvedAccel {
-    pub fn as_str(self) -> &'static str {
+impl Device {
+    pub fn kind(&self) -> &'static str {
         match self {
-            ResolvedAccel::Kvm => "kvm",
-            ResolvedAccel::Tcg => "tcg",
+            Device::AgentPort { .. } => "an agent port",
+            Device::Fs(_) => "a virtio-fs share",
+            Device::Net(_) => "a network interface",
         }
     }
 }
 
-/// Turn the configured accelerator into the one to use, with the reason.
-/// `auto` takes KVM only when /dev/kvm can run a normal guest kernel: a PVM
-/// host's /dev/kvm (module kvm_pvm) runs only PVM-built guests, and a normal
-/// kernel dies early with "KVM internal error".
-pub fn resolve_accel(accel: Accel) -> (ResolvedAccel, String) {
-    match accel {
-        Accel::Kvm => (ResolvedAccel::Kvm, "configured".into()),
-        Accel::Tcg => (ResolvedAccel::Tcg, "configured".into()),
-        Accel::Auto => match kvm_usable(Path::new("/dev/kvm"), Path::new("/sys/module")) {
-            Ok(()) => (ResolvedAccel::Kvm, "/dev/kvm is usable".into()),
-            Err(why) => (ResolvedAccel::Tcg, why),
-        },
-    }
-}
-
-fn kvm_usable(dev: &Path, modules: &Path) -> Result<(), String> {
-    if let Err(e) = OpenOptions::new().read(true).write(true).open(dev) {
-        return Err(format!("{} is not usable: {e}", dev.display()));
-    }
-    if modules.join("kvm_pvm").exists() {
-        return Err(format!(
-            "{} is PVM (kvm_pvm is loaded), which runs only PVM guest kernels",
-            dev.display()
-        ));
-    }
-    Ok(())
-}
-
-/// A virtio-fs share served by a vhost-user daemon.
-#[derive(Debug, Clone)]
-pub struct FsShare {
-    /// QEMU id of the share's chardev and device.
-    pub id: String,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsDevice {
     /// The tag the guest mounts.
     pub tag: String,
-    /// The daemon's vhost-user socket, a file name in the VM's directory.
+    /// The daemon's vhost-user socket, a name in the VM's directory.
     pub socket: String,
 }
 
-/// Socket names inside the VM's directory. The hypervisor runs with that
-/// directory as its working directory and is given these relative names, so
-/// they fit in `sun_path` however long the directory's path is.
-pub const AGENT_SOCKET: &str = "agent.sock";
-pub const QMP_SOCKET: &str = "qmp.sock";
-
-/// Where guest RAM lives. Either way it is shared, as vhost-user needs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GuestMemory {
-    /// Anonymous memory (a memfd): a VM booted from scratch.
-    Memfd,
-    /// A file on tmpfs: a template's memory, or a clone's copy of it.
-    File(PathBuf),
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetDevice {
+    /// The host's tap device (it must exist).
+    pub tap: String,
+    /// The guest interface's MAC address, `52:54:00:..`.
+    pub mac: String,
 }
 
-/// What to boot.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
+/// Bring the VM back from a snapshot instead of booting it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The device state that `snapshot` saved.
+    pub state: PathBuf,
+    /// A private copy of the snapshot's memory file: the VM takes it over
+    /// (the backend unlinks its name once it has it mapped).
+    pub memory: PathBuf,
+}
+
+/// What to run, whatever runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
     pub name: String,
-    /// Directory for the VM's sockets and logs (the container's state dir).
+    /// The VM's directory (the container's state dir): sockets and logs.
     pub dir: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// Appended to the kernel command line the backend needs.
     pub kernel_params: String,
     pub vcpus: u32,
+    /// vCPUs the VM may grow to (equal to `vcpus`: no CPU hotplug).
+    pub max_vcpus: u32,
     pub memory_mib: u32,
-    pub accel: ResolvedAccel,
-    /// Shares attached at boot. More can be hotplugged later.
-    pub fs_shares: Vec<FsShare>,
-    pub seccomp_sandbox: bool,
-    pub memory: GuestMemory,
-    /// Start paused, waiting for `restore` (QEMU's `-incoming defer`).
-    pub incoming: bool,
+    /// Memory the VM may grow to (equal to `memory_mib`: no memory hotplug).
+    pub max_memory_mib: u32,
+    /// Free slots for devices hotplugged after boot.
+    pub hotplug_slots: usize,
+    /// Devices present at boot.
+    pub devices: Vec<Device>,
+    /// Keep guest RAM in this file (on tmpfs), so the VM can be saved and
+    /// cloned; `None`: anonymous memory.
+    pub memory_file: Option<PathBuf>,
+    pub restore: Option<Restore>,
 }
 
-impl VmConfig {
-    pub fn console_log(&self) -> PathBuf {
-        self.dir.join("console.log")
+/// How the host reaches the guest agent's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEndpoint {
+    /// A unix socket behind a serial port (QEMU's virtio-serial chardev); a
+    /// path valid in this process.
+    Serial { socket: PathBuf },
+    /// A unix socket that multiplexes the guest's vsock ports: the host
+    /// writes `CONNECT <port>\n` and reads `OK <n>\n` (Firecracker's and
+    /// Cloud Hypervisor's hybrid vsock).
+    HybridVsock { socket: PathBuf, port: u32 },
+}
+
+/// An optional operation, as [`Hypervisor::supports`] checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Pause,
+    Snapshot,
+    Restore,
+    HotplugFs,
+    HotplugNet,
+}
+
+impl Operation {
+    fn what(self) -> &'static str {
+        match self {
+            Operation::Pause => "pausing a VM",
+            Operation::Snapshot => "snapshots",
+            Operation::Restore => "restoring a snapshot",
+            Operation::HotplugFs => "hotplugging a virtio-fs share",
+            Operation::HotplugNet => "hotplugging a network interface",
+        }
     }
-    pub fn log_file(&self) -> PathBuf {
-        self.dir.join("vmm.log")
+
+    /// The operation that hotplugs `device`.
+    pub fn hotplug(device: &Device) -> Option<Operation> {
+        match device {
+            Device::Fs(_) => Some(Operation::HotplugFs),
+            Device::Net(_) => Some(Operation::HotplugNet),
+            Device::AgentPort { .. } => None,
+        }
     }
 }
 
-/// What a backend can do.
-#[derive(Debug, Clone, Copy, Default)]
+/// What a backend can do beyond booting and stopping a VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
     pub pause: bool,
+    /// Snapshot and restore (of a VM whose memory is a file).
     pub snapshot: bool,
-    pub fs_hotplug: bool,
+    pub hotplug_fs: bool,
+    pub hotplug_net: bool,
 }
 
-/// How the hypervisor process ended, once it has.
-pub type ExitWatch = watch::Receiver<Option<String>>;
+impl Capabilities {
+    pub fn has(&self, op: Operation) -> bool {
+        match op {
+            Operation::Pause => self.pause,
+            Operation::Snapshot | Operation::Restore => self.snapshot,
+            Operation::HotplugFs => self.hotplug_fs,
+            Operation::HotplugNet => self.hotplug_net,
+        }
+    }
+}
 
+/// How the VM's vCPUs run, and why that way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accelerator {
+    /// "kvm", "tcg"...
+    pub name: &'static str,
+    pub reason: String,
+}
+
+/// The configured backend's binary.
+pub fn binary(config: &Config) -> Result<PathBuf, LocateError> {
+    match config.hypervisor.backend {
+        Backend::Qemu => crate::locate::find_binary(&config.hypervisor.qemu),
+    }
+}
+
+/// Whether the configured backend can do `op`, before any VM exists; the
+/// same answer as [`Hypervisor::supports`].
+pub fn supports(config: &Config, op: Operation) -> Result<(), HypervisorError> {
+    let (backend, caps) = match config.hypervisor.backend {
+        Backend::Qemu => ("qemu", qemu::CAPABILITIES),
+    };
+    if caps.has(op) {
+        Ok(())
+    } else {
+        Err(HypervisorError::Unsupported {
+            backend,
+            what: op.what(),
+        })
+    }
+}
+
+/// One VM. Its methods block; the caller's thread must outlive the VM (the
+/// hypervisor process is killed when the thread that launched it exits).
 pub trait Hypervisor: Send {
+    /// The backend's name, as the configuration spells it.
+    fn backend(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    /// `Ok` if the backend can do `op`; a clear error naming it if not.
+    /// Callers ask before every optional operation.
+    fn supports(&self, op: Operation) -> Result<(), HypervisorError> {
+        if self.capabilities().has(op) {
+            Ok(())
+        } else {
+            Err(HypervisorError::Unsupported {
+                backend: self.backend(),
+                what: op.what(),
+            })
+        }
+    }
+    fn accel(&self) -> Accelerator;
+    /// The hypervisor's binary, which a template must be restored with.
+    fn binary(&self) -> &Path;
+    /// What the backend says of itself for `factory status`, e.g.
+    /// `{"qemuVersion": "QEMU emulator version 10.0.2 ..."}`.
+    fn describe(&self) -> Result<serde_json::Map<String, serde_json::Value>, HypervisorError>;
+    /// What a snapshot of this VM fits: VMs of the same layout restore each
+    /// other's snapshots. Paths of the VM's own directory and memory file
+    /// do not count.
+    fn layout(&self) -> String;
     /// Start the hypervisor process and wait until it can be controlled.
-    /// The process gets SIGKILL when the calling thread exits: call this from
-    /// a thread that lives as long as the VM should.
+    /// Without `restore` in the spec the guest boots; with it, the VM waits
+    /// for [`restore`](Self::restore).
     fn launch(&mut self) -> Result<(), HypervisorError>;
     fn pid(&self) -> Option<i32>;
-    /// The unix socket behind the guest agent's port (a path valid in this
-    /// process only).
-    fn agent_socket(&self) -> PathBuf;
+    fn agent_endpoint(&self) -> AgentEndpoint;
     /// Becomes `Some(description)` when the hypervisor process exits.
     fn exit_watch(&self) -> ExitWatch;
+    /// Stop the vCPUs (the device state stays as it is).
     fn pause(&mut self) -> Result<(), HypervisorError>;
     fn resume(&mut self) -> Result<(), HypervisorError>;
-    fn hotplug_fs(&mut self, share: &FsShare) -> Result<(), HypervisorError>;
-    /// Stop the vCPUs and save the device state to `state`; the memory stays
-    /// in its file (the VM must use `GuestMemory::File`).
+    fn hotplug(&mut self, device: &Device) -> Result<(), HypervisorError>;
+    /// Save the device state of a paused VM whose memory is a file to
+    /// `state`; the memory stays in its file.
     fn snapshot(&mut self, state: &Path) -> Result<(), HypervisorError>;
-    /// Load the device state saved by `snapshot` into a VM launched with
-    /// `incoming`, over a copy of the snapshot's memory, and run it.
-    fn restore(&mut self, state: &Path) -> Result<(), HypervisorError>;
-    /// Stop the VM: ask politely, kill after `timeout`.
+    /// Load the spec's `restore` state; the VM is paused afterwards.
+    fn restore(&mut self) -> Result<(), HypervisorError>;
+    /// Stop the VM: ask politely, kill after `timeout`; remove its sockets.
     fn stop(&mut self, timeout: Duration) -> Result<(), HypervisorError>;
-    fn capabilities(&self) -> Capabilities;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pvm_host_falls_back_to_tcg() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dev = tmp.path().join("kvm");
-        std::fs::write(&dev, b"").unwrap();
-        let modules = tmp.path().join("module");
-        std::fs::create_dir_all(modules.join("kvm_pvm")).unwrap();
-        let err = kvm_usable(&dev, &modules).unwrap_err();
-        assert!(err.contains("PVM"), "{err}");
-        std::fs::remove_dir(modules.join("kvm_pvm")).unwrap();
-        assert_eq!(kvm_usable(&dev, &modules), Ok(()));
-        assert!(kvm_usable(&tmp.path().join("missing"), &modules).is_err());
-    }
-
-    #[test]
-    fn configured_accel_is_taken_as_is() {
-        assert_eq!(resolve_accel(Accel::Tcg).0, ResolvedAccel::Tcg);
-        assert_eq!(resolve_accel(Accel::Kvm).0, ResolvedAccel::Kvm);
+/// The hypervisor the configuration names, for `spec` (not launched yet).
+pub fn new(config: &Config, spec: VmSpec) -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    match config.hypervisor.backend {
+        Backend::Qemu => Ok(Box::new(qemu::Qemu::new(&config.hypervisor, spec)?)),
     }
 }

@@ -6,18 +6,19 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use runvm_protocol::{ExecProcess, ProcessRef, Reply, Request};
+use oci_spec::runtime::Process;
+use runvm_protocol::{ExecProcess, ProcessRef, ResizeTty, SignalProcess};
+use serde::Serialize;
 use slog::{debug, warn, Logger};
 use tokio::net::UnixStream;
 
-use super::control::{ShimReply, ShimRequest, ShimResponse};
+use super::serve::DRAIN_TIMEOUT;
 use super::stdio::{self, Local};
 use crate::agent::AgentClient;
+use crate::control::{ExecControl, ExecExited, ExecStarted, ShimFailure};
 use crate::error_chain;
-
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::status::Refusal;
 
 /// Host pids of the exec stand-ins, by exec id (for `ps --format json`).
 pub type StandIns = Arc<Mutex<HashMap<String, i32>>>;
@@ -26,7 +27,7 @@ pub struct ExecSession {
     pub agent: Arc<AgentClient>,
     pub container_id: String,
     pub exec_id: String,
-    pub process: serde_json::Value,
+    pub process: Process,
     pub fds: [OwnedFd; 3],
     pub stand_ins: StandIns,
     pub log: Logger,
@@ -42,27 +43,27 @@ impl ExecSession {
 
     /// Run the session to its end on `stream` (the stand-in's connection).
     pub async fn run(self, mut stream: UnixStream) {
-        let terminal = self
-            .process
-            .get("terminal")
-            .and_then(|t| t.as_bool())
-            .unwrap_or(false);
+        let terminal = self.process.terminal().unwrap_or(false);
         let started = self
             .agent
-            .request(Request::Exec(ExecProcess {
+            .call(ExecProcess {
                 container_id: self.container_id.clone(),
                 exec_id: self.exec_id.clone(),
                 process: self.process.clone(),
-            }))
+            })
             .await;
         let guest_pid = match started {
-            Ok(Reply::Created { pid }) => pid,
-            Ok(other) => {
-                let _ = reply(&mut stream, Err(format!("unexpected reply {other:?}"))).await;
-                return;
-            }
+            Ok(created) => created.pid,
             Err(e) => {
-                let _ = reply(&mut stream, Err(error_chain(&e))).await;
+                let failure = match &e {
+                    crate::agent::AgentClientError::Agent(a)
+                        if a.kind == runvm_protocol::AgentErrorKind::NotRunning =>
+                    {
+                        Refusal::ExecStopped.into()
+                    }
+                    e => e.to_failure(),
+                };
+                let _ = reply::<ExecStarted>(&mut stream, Err(failure)).await;
                 return;
             }
         };
@@ -80,19 +81,20 @@ impl ExecSession {
                 stdout,
                 stderr: (!terminal).then_some(stderr),
             },
-            _ => {
-                let _ = reply(&mut stream, Err("duplicate the exec's stdio".into())).await;
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                let failure = ShimFailure::io("duplicate the exec's stdio", &e);
+                let _ = reply::<ExecStarted>(&mut stream, Err(failure)).await;
                 return;
             }
         };
         let outputs = match stdio::attach(agent, &process, local).await {
             Ok(o) => o,
             Err(e) => {
-                let _ = reply(&mut stream, Err(error_chain(&e))).await;
+                let _ = reply::<ExecStarted>(&mut stream, Err(e.to_failure())).await;
                 return;
             }
         };
-        if reply(&mut stream, Ok(ShimReply::ExecStarted { guest_pid }))
+        if reply(&mut stream, Ok(ExecStarted { guest_pid }))
             .await
             .is_err()
         {
@@ -112,7 +114,7 @@ impl ExecSession {
                         super::VM_LOST_EXIT_CODE
                     }
                 },
-                req = runvm_protocol::recv_async::<_, ShimRequest>(&mut stream), if !stand_in_gone => {
+                req = runvm_protocol::recv_async::<_, ExecControl>(&mut stream), if !stand_in_gone => {
                     match req {
                         Ok(req) => self.forward(req).await,
                         Err(_) => stand_in_gone = true,
@@ -124,36 +126,46 @@ impl ExecSession {
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
         }
         self.lock_stand_ins().remove(&self.exec_id);
-        let _ = reply(&mut stream, Ok(ShimReply::ExecExited { code })).await;
+        let _ = reply(&mut stream, Ok(ExecExited { code })).await;
     }
 
     fn lock_stand_ins(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {
         self.stand_ins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn forward(&self, req: ShimRequest) {
-        let req = match req {
-            ShimRequest::ExecResize { rows, cols } => Request::ResizeTty {
-                process: self.process_ref(),
-                rows,
-                cols,
-            },
-            ShimRequest::ExecSignal { signal } => Request::Signal {
-                process: self.process_ref(),
-                signal,
-                all: false,
-            },
-            _ => return,
+    async fn forward(&self, req: ExecControl) {
+        let sent = match req {
+            ExecControl::Resize { rows, cols } => {
+                let process = self.process_ref();
+                self.agent
+                    .call(ResizeTty {
+                        process,
+                        rows,
+                        cols,
+                    })
+                    .await
+            }
+            ExecControl::Signal { signal } => {
+                let process = self.process_ref();
+                let all = false;
+                self.agent
+                    .call(SignalProcess {
+                        process,
+                        signal,
+                        all,
+                    })
+                    .await
+            }
         };
-        if let Err(e) = self.agent.request(req).await {
+        if let Err(e) = sent {
             debug!(self.log, "exec request"; "exec" => &self.exec_id, "error" => error_chain(&e));
         }
     }
 }
 
-async fn reply(
+async fn reply<T: Serialize>(
     stream: &mut UnixStream,
-    resp: ShimResponse,
+    resp: Result<T, ShimFailure>,
 ) -> Result<(), runvm_protocol::FrameError> {
     runvm_protocol::send_async(stream, &resp).await
 }

@@ -1,20 +1,28 @@
 //! The shim's answers on its control socket: start, kill, pause and resume,
-//! stats, update, ps, and exec sessions.
+//! stats, update, ps, and exec sessions. Each request gets its own reply
+//! type or a [`ShimFailure`].
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use runvm_protocol::{ProcessRef, Reply, Request};
+use runvm_protocol::{
+    AgentErrorKind, CgroupStats, ListProcesses, Pause, ProcessRef, Resume, SignalProcess,
+    StartContainer, Stats, Update,
+};
+use serde::Serialize;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use super::control::{self, ShimReply, ShimRequest, ShimResponse};
 use super::exec::ExecSession;
 use super::Shim;
-use crate::agent::AgentClient;
+use crate::agent::{AgentClient, AgentClientError};
+use crate::control::{self, Exec, Processes, ShimFailure, ShimRequest};
 use crate::error_chain;
-use crate::status::ContainerStatus;
+use crate::state::StateError;
+use crate::status::{ContainerStatus, Refusal};
+
+type Answer<T> = Result<T, ShimFailure>;
 
 /// A control request, read off its connection.
 pub(super) struct Incoming {
@@ -42,6 +50,33 @@ pub(super) async fn read_request(
     let _ = queue.send(Incoming { stream, fds, req });
 }
 
+/// The agent's failure as the verb sees it: `NotRunning` from the guest is
+/// the refusal runc gives for this request.
+fn agent_failure(e: AgentClientError, not_running: Refusal) -> ShimFailure {
+    match e {
+        AgentClientError::Agent(ref a) if a.kind == AgentErrorKind::NotRunning => {
+            not_running.into()
+        }
+        e => e.to_failure(),
+    }
+}
+
+fn state_failure(e: &StateError) -> ShimFailure {
+    use std::error::Error;
+    let errno = e
+        .source()
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error);
+    ShimFailure::Io {
+        context: error_chain(e),
+        errno,
+    }
+}
+
+async fn reply<T: Serialize>(stream: &mut UnixStream, answer: Answer<T>) {
+    let _ = runvm_protocol::send_async(stream, &answer).await;
+}
+
 impl Shim {
     pub(super) async fn handle_control(&mut self, incoming: Incoming) {
         let Incoming {
@@ -49,82 +84,120 @@ impl Shim {
             fds,
             req,
         } = incoming;
-        let resp: ShimResponse = match req {
-            ShimRequest::Exec { exec_id, process } => match self.exec(exec_id, process, fds) {
+        let s = &mut stream;
+        match req {
+            ShimRequest::Exec(exec) => match self.exec(exec, fds) {
                 Ok(session) => {
                     self.exec_tasks.retain(|t| !t.is_finished());
                     self.exec_tasks.push(tokio::spawn(session.run(stream)));
-                    return;
                 }
-                Err(e) => Err(e),
+                Err(e) => reply::<()>(s, Err(e)).await,
             },
-            ShimRequest::Start => self.start().await,
-            ShimRequest::Kill { signal, all } => self.kill(signal, all).await,
-            ShimRequest::Pause => self.pause(true).await,
-            ShimRequest::Resume => self.pause(false).await,
-            ShimRequest::Stats => {
-                self.ask(Request::Stats {
-                    container_id: self.id.clone(),
-                })
-                .await
-            }
-            ShimRequest::Update { resources } => {
-                self.ask(Request::Update {
-                    container_id: self.id.clone(),
-                    resources,
-                })
-                .await
-            }
-            ShimRequest::Ps => self.ps().await,
-            ShimRequest::ExecResize { .. } | ShimRequest::ExecSignal { .. } => {
-                Err("not an exec session".into())
-            }
-        };
-        let _ = runvm_protocol::send_async(&mut stream, &resp).await;
+            ShimRequest::Start(_) => reply(s, self.start().await).await,
+            ShimRequest::Kill(k) => reply(s, self.kill(k.signal, k.all).await).await,
+            ShimRequest::Pause(_) => reply(s, self.pause(true).await).await,
+            ShimRequest::Resume(_) => reply(s, self.pause(false).await).await,
+            ShimRequest::Stats(_) => reply(s, self.stats().await).await,
+            ShimRequest::Update(u) => reply(s, self.update(u).await).await,
+            ShimRequest::Ps(_) => reply(s, self.ps().await).await,
+        }
     }
 
-    fn exec(
-        &self,
-        exec_id: String,
-        process: serde_json::Value,
-        fds: Option<[OwnedFd; 3]>,
-    ) -> Result<ExecSession, String> {
-        let fds = fds.ok_or_else(|| "exec needs the process's stdio".to_string())?;
-        if self.status == ContainerStatus::Stopped {
-            return Err("cannot exec in a stopped container".into());
-        }
+    fn agent(&self) -> Answer<&Arc<AgentClient>> {
+        self.agent.as_ref().ok_or(Refusal::NotRunning.into())
+    }
+
+    fn exec(&self, exec: Exec, fds: Option<[OwnedFd; 3]>) -> Answer<ExecSession> {
+        let fds = fds.ok_or(ShimFailure::ExecWithoutStdio)?;
+        self.status.check_exec(exec.ignore_paused)?;
         Ok(ExecSession {
             agent: self.agent()?.clone(),
             container_id: self.id.clone(),
-            exec_id,
-            process,
+            exec_id: exec.exec_id,
+            process: exec.process,
             fds,
             stand_ins: self.stand_ins.clone(),
             log: self.log.clone(),
         })
     }
 
-    /// Pass a request on to the agent and its answer back.
-    async fn ask(&self, req: Request) -> ShimResponse {
-        match self.agent()?.request(req).await {
-            Ok(Reply::Stats(stats)) => Ok(ShimReply::Stats(stats)),
-            Ok(_) => Ok(ShimReply::Done),
-            Err(e) => Err(error_chain(&e)),
-        }
+    async fn start(&mut self) -> Answer<()> {
+        self.status.check_start()?;
+        let req = StartContainer {
+            container_id: self.id.clone(),
+        };
+        self.agent()?
+            .call_within(req, self.config.timeouts.boot())
+            .await
+            .map_err(|e| agent_failure(e, Refusal::StartStopped))?;
+        self.set_status(ContainerStatus::Running)
+            .map_err(|e| state_failure(&e))
     }
 
-    async fn ps(&self) -> ShimResponse {
-        let processes = match self
-            .agent()?
-            .request(Request::ListProcesses {
-                container_id: self.id.clone(),
+    async fn kill(&mut self, signal: i32, all: bool) -> Answer<()> {
+        self.status.check_kill()?;
+        self.agent()?
+            .call(SignalProcess {
+                process: ProcessRef::init(&self.id),
+                signal,
+                all,
             })
             .await
-        {
-            Ok(Reply::Processes(p)) => p,
-            Ok(other) => return Err(format!("unexpected reply {other:?}")),
-            Err(e) => return Err(error_chain(&e)),
+            .map_err(|e| agent_failure(e, Refusal::NotRunning))
+    }
+
+    /// Freeze (pause) or thaw (resume) the container's cgroup in the guest.
+    /// As under runc, a created container can be paused too; resuming it
+    /// makes it created again.
+    async fn pause(&mut self, freeze: bool) -> Answer<()> {
+        let container_id = self.id.clone();
+        let to = if freeze {
+            self.status.check_pause()?;
+            self.agent()?.call(Pause { container_id }).await
+        } else {
+            self.status.check_resume()?;
+            self.agent()?.call(Resume { container_id }).await
         };
+        to.map_err(|e| agent_failure(e, Refusal::NotRunning))?;
+        let to = if freeze {
+            self.paused_from = self.status;
+            ContainerStatus::Paused
+        } else {
+            self.paused_from
+        };
+        self.set_status(to).map_err(|e| state_failure(&e))
+    }
+
+    async fn stats(&self) -> Answer<CgroupStats> {
+        let req = Stats {
+            container_id: self.id.clone(),
+        };
+        self.agent()?
+            .call(req)
+            .await
+            .map_err(|e| agent_failure(e, Refusal::NotRunning))
+    }
+
+    async fn update(&self, u: control::Update) -> Answer<()> {
+        let req = Update {
+            container_id: self.id.clone(),
+            resources: u.resources,
+        };
+        self.agent()?
+            .call(req)
+            .await
+            .map_err(|e| agent_failure(e, Refusal::NotRunning))
+    }
+
+    async fn ps(&self) -> Answer<Processes> {
+        let req = ListProcesses {
+            container_id: self.id.clone(),
+        };
+        let processes = self
+            .agent()?
+            .call(req)
+            .await
+            .map_err(|e| agent_failure(e, Refusal::NotRunning))?;
         let mut host_pids = vec![std::process::id() as i32];
         host_pids.extend(
             self.stand_ins
@@ -133,82 +206,10 @@ impl Shim {
                 .values()
                 .copied(),
         );
-        Ok(ShimReply::Ps {
+        Ok(Processes {
             host_pids,
             processes,
         })
-    }
-
-    /// Freeze (pause) or thaw (resume) the container's cgroup in the guest.
-    /// As under runc, a created container can be paused too; resuming it
-    /// makes it created again.
-    async fn pause(&mut self, freeze: bool) -> ShimResponse {
-        let (to, req) = if freeze {
-            if !self.status.can_pause() {
-                return Err("container not running".into());
-            }
-            let req = Request::Pause {
-                container_id: self.id.clone(),
-            };
-            (ContainerStatus::Paused, req)
-        } else {
-            if !self.status.can_resume() {
-                return Err("container not paused".into());
-            }
-            let req = Request::Resume {
-                container_id: self.id.clone(),
-            };
-            (self.paused_from, req)
-        };
-        self.agent()?
-            .request(req)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        if freeze {
-            self.paused_from = self.status;
-        }
-        self.status = to;
-        self.record(|s| s.status = to)
-            .map_err(|e| error_chain(&e))?;
-        Ok(ShimReply::Done)
-    }
-
-    pub(super) fn agent(&self) -> Result<&Arc<AgentClient>, String> {
-        self.agent
-            .as_ref()
-            .ok_or_else(|| "container not running".to_string())
-    }
-
-    async fn start(&mut self) -> ShimResponse {
-        if let Some(refusal) = crate::container::start_refusal(self.status) {
-            return Err(refusal.to_string());
-        }
-        let req = Request::StartContainer {
-            container_id: self.id.clone(),
-        };
-        self.agent()?
-            .request_within(req, self.config.timeouts.boot())
-            .await
-            .map_err(|e| error_chain(&e))?;
-        self.status = ContainerStatus::Running;
-        self.record(|s| s.status = ContainerStatus::Running)
-            .map_err(|e| error_chain(&e))?;
-        Ok(ShimReply::Done)
-    }
-
-    async fn kill(&mut self, signal: i32, all: bool) -> ShimResponse {
-        if !self.status.can_kill() {
-            return Err("container not running".into());
-        }
-        self.agent()?
-            .request(Request::Signal {
-                process: ProcessRef::init(&self.id),
-                signal,
-                all,
-            })
-            .await
-            .map_err(|e| error_chain(&e))?;
-        Ok(ShimReply::Done)
     }
 }
 

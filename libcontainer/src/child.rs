@@ -1,0 +1,166 @@
+//! A supervised child: a helper process (QEMU, virtiofsd) that dies with the
+//! thread that started it, starts with a clean signal mask, and whose exit
+//! is watched.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+/// How a child ended, once it has: `Some(description)`.
+pub type ExitWatch = watch::Receiver<Option<String>>;
+
+/// How long to wait for a child that was sent SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Supervised {
+    pid: i32,
+    exit_tx: watch::Sender<Option<String>>,
+}
+
+/// "exited with status 1", "killed by signal 9".
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended".to_string(),
+    }
+}
+
+impl Supervised {
+    /// Start `cmd`. The child gets SIGKILL when the calling thread exits (a
+    /// helper nobody controls is a leak: call this from a thread that lives
+    /// as long as the child should) and keeps `keep` open across exec. (Its
+    /// signal mask starts empty, whatever the caller blocks: std's Command
+    /// resets it.)
+    pub fn spawn(mut cmd: Command, keep: &[RawFd]) -> io::Result<Self> {
+        let keep = keep.to_vec();
+        // SAFETY: the closure calls only async-signal-safe functions (prctl,
+        // fcntl) and touches no memory shared with the parent but the copied
+        // fd list.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                for &fd in &keep {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let exit_tx = watch::channel(None).0;
+        let tx = exit_tx.clone();
+        std::thread::spawn(move || {
+            let desc = match child.wait() {
+                Ok(status) => describe(status),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            tx.send_replace(Some(desc));
+        });
+        Ok(Supervised { pid, exit_tx })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn exit_watch(&self) -> ExitWatch {
+        self.exit_tx.subscribe()
+    }
+
+    /// How it ended, if it has.
+    pub fn exited(&self) -> Option<String> {
+        self.exit_tx.borrow().clone()
+    }
+
+    /// Wait up to `timeout` for the child to exit; whether it has.
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.exit_tx.borrow().is_none() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Stop it: `ask` it to go (a signal, a quit command), give it
+    /// `timeout`, then SIGKILL it and wait for it.
+    pub fn stop(&self, ask: impl FnOnce(Pid), timeout: Duration) {
+        if self.exited().is_some() {
+            return;
+        }
+        ask(Pid::from_raw(self.pid));
+        if !self.wait_exit(timeout) {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            self.wait_exit(KILL_WAIT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleep() -> Command {
+        let mut c = Command::new("sleep");
+        c.arg("100");
+        c
+    }
+
+    #[test]
+    fn a_child_is_watched_and_stopped() {
+        let child = Supervised::spawn(sleep(), &[]).unwrap();
+        assert!(child.exited().is_none());
+        child.stop(
+            |pid| {
+                let _ = kill(pid, Signal::SIGTERM);
+            },
+            Duration::from_secs(5),
+        );
+        assert_eq!(child.exited().as_deref(), Some("killed by signal 15"));
+    }
+
+    #[test]
+    fn a_child_that_ignores_the_request_is_killed() {
+        let child = Supervised::spawn(sleep(), &[]).unwrap();
+        child.stop(|_| {}, Duration::from_millis(50));
+        assert_eq!(child.exited().as_deref(), Some("killed by signal 9"));
+    }
+
+    #[test]
+    fn a_child_starts_with_no_blocked_signals() {
+        use nix::sys::signal::{SigSet, SigmaskHow};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGUSR1);
+        // Blocked here, on this test's thread only (the forwarder blocks
+        // the signals it catches in the shim).
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).unwrap();
+        let child = Supervised::spawn(
+            {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    "grep -q 'SigBlk:\t0000000000000000' /proc/self/status",
+                ]);
+                c
+            },
+            &[],
+        )
+        .unwrap();
+        assert!(child.wait_exit(Duration::from_secs(10)));
+        assert_eq!(child.exited().as_deref(), Some("exited with status 0"));
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).unwrap();
+    }
+}

@@ -1,0 +1,71 @@
+//! The VMs runvm runs, described for any backend: a container's, and a
+//! template's (and its clones').
+
+use std::path::{Path, PathBuf};
+
+use super::{Device, FsDevice, Restore, VmSpec};
+use crate::config::Config;
+use crate::locate::{self, LocateError};
+
+/// Device slots a VM keeps free after boot: one for a later NIC or share.
+const SPARE_SLOTS: usize = 1;
+
+fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError> {
+    let hv = &config.hypervisor;
+    Ok(VmSpec {
+        name,
+        dir: dir.to_path_buf(),
+        kernel: locate::kernel(hv)?,
+        initrd: locate::initrd(hv)?,
+        kernel_params: hv.kernel_params.clone(),
+        vcpus: hv.vcpus,
+        max_vcpus: hv.vcpus,
+        memory_mib: hv.memory_mib,
+        max_memory_mib: hv.memory_mib,
+        hotplug_slots: SPARE_SLOTS,
+        devices: vec![Device::AgentPort {
+            name: runvm_protocol::AGENT_PORT_NAME.to_string(),
+        }],
+        memory_file: None,
+        restore: None,
+    })
+}
+
+/// A container's VM booted from scratch, its share attached at boot.
+pub fn container_vm(
+    config: &Config,
+    name: String,
+    dir: &Path,
+    share: FsDevice,
+) -> Result<VmSpec, LocateError> {
+    let mut vm = base(config, name, dir)?;
+    vm.devices.push(Device::Fs(share));
+    Ok(vm)
+}
+
+/// A template VM: no share at boot (each clone hotplugs its own into the
+/// slot kept for it), memory in a file.
+pub fn template_vm(
+    config: &Config,
+    name: String,
+    dir: &Path,
+    memory_file: PathBuf,
+) -> Result<VmSpec, LocateError> {
+    let mut vm = base(config, name, dir)?;
+    vm.hotplug_slots += 1;
+    vm.memory_file = Some(memory_file);
+    Ok(vm)
+}
+
+/// A clone of a template: the template's VM, brought back from its
+/// snapshot over a copy of its memory.
+pub fn clone_vm(
+    config: &Config,
+    name: String,
+    dir: &Path,
+    restore: Restore,
+) -> Result<VmSpec, LocateError> {
+    let mut vm = template_vm(config, name, dir, restore.memory.clone())?;
+    vm.restore = Some(restore);
+    Ok(vm)
+}

@@ -1,0 +1,352 @@
+//! QEMU's command line for a [`VmSpec`]: q35, direct kernel boot, the agent
+//! on a virtio-serial port, virtio-fs shares and NICs on PCIe root ports.
+
+use std::path::{Path, PathBuf};
+
+use crate::hypervisor::{Device, ResolvedAccel, VmSpec, CONSOLE_LOG};
+
+pub const AGENT_SOCKET: &str = "agent.sock";
+pub const QMP_SOCKET: &str = "qmp.sock";
+
+/// Skip what a VM with one console and no legacy devices does not need:
+/// crypto self-tests, probing serial ports and the PS/2 controller, the
+/// IO-APIC timer check. Together they take about a second under TCG.
+const FAST_BOOT_PARAMS: &str = "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 \
+     i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp \
+     cryptomgr.notests 8250.nr_uarts=1";
+
+/// What the QEMU backend takes from its configuration besides the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub accel: ResolvedAccel,
+    /// `-sandbox on` (seccomp) with the dangerous groups denied.
+    pub seccomp_sandbox: bool,
+}
+
+/// PCIe root ports: one per boot device that needs one, plus the free ones.
+pub fn root_ports(spec: &VmSpec) -> usize {
+    let at_boot = spec
+        .devices
+        .iter()
+        .filter(|d| matches!(d, Device::Fs(_) | Device::Net(_)))
+        .count();
+    at_boot + spec.hotplug_slots
+}
+
+/// Where guest RAM lives: the restore's copy, the spec's file, or a memfd.
+pub fn memory_path(spec: &VmSpec) -> Option<&Path> {
+    match (&spec.restore, &spec.memory_file) {
+        (Some(r), _) => Some(&r.memory),
+        (None, Some(f)) => Some(f),
+        (None, None) => None,
+    }
+}
+
+/// QEMU's command line for `spec` (without the binary).
+pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    let (accel, cpu) = match opts.accel {
+        ResolvedAccel::Kvm => ("kvm", "host"),
+        ResolvedAccel::Tcg => ("tcg", "max"),
+    };
+    let mem = format!("{}M", spec.memory_mib);
+    let mut smp = spec.vcpus.to_string();
+    if spec.max_vcpus > spec.vcpus {
+        smp.push_str(&format!(",maxcpus={}", spec.max_vcpus));
+    }
+    let mut memory = mem.clone();
+    if spec.max_memory_mib > spec.memory_mib {
+        memory.push_str(&format!(",slots=1,maxmem={}M", spec.max_memory_mib));
+    }
+    push(&["-name", &format!("{},debug-threads=on", spec.name)]);
+    push(&["-machine", &format!("q35,accel={accel},memory-backend=mem")]);
+    push(&["-cpu", cpu, "-smp", &smp, "-m", &memory]);
+    // vhost-user devices (virtio-fs) need guest memory the daemon can map.
+    match memory_path(spec) {
+        None => push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        ]),
+        Some(path) => push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=mem,size={mem},mem-path={},share=on",
+                path.display()
+            ),
+        ]),
+    }
+    push(&[
+        "-kernel",
+        &spec.kernel.to_string_lossy(),
+        "-initrd",
+        &spec.initrd.to_string_lossy(),
+    ]);
+    let mut cmdline = format!("console=ttyS0 quiet panic=-1 {FAST_BOOT_PARAMS}");
+    if !spec.kernel_params.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&spec.kernel_params);
+    }
+    push(&["-append", &cmdline]);
+    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    if opts.seccomp_sandbox {
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+    }
+    push(&[
+        "-serial",
+        &format!("file:{}", spec.dir.join(CONSOLE_LOG).display()),
+    ]);
+    push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+    // A new generation id on every start tells the guest kernel to reseed its
+    // RNG: clones of one template must not share random numbers.
+    push(&["-device", "vmgenid,guid=auto"]);
+    // The guest reports the pages it frees; QEMU drops them, so a VM holds
+    // the memory it uses now, not the most it ever touched.
+    push(&[
+        "-device",
+        "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
+    ]);
+    // The agent's port first, as before any root port: PCI slots follow
+    // the order of the devices.
+    for device in &spec.devices {
+        if let Device::AgentPort { name } = device {
+            push(&["-device", "virtio-serial-pci,id=vser0"]);
+            push(&[
+                "-chardev",
+                &format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off"),
+            ]);
+            push(&[
+                "-device",
+                &format!("virtserialport,bus=vser0.0,chardev=agent,name={name}"),
+            ]);
+        }
+    }
+    for i in 0..root_ports(spec) {
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id=rp{i},chassis={},slot={}", i + 1, i + 1),
+        ]);
+    }
+    if spec.restore.is_some() {
+        push(&["-incoming", "defer"]);
+    }
+    let (mut port, mut fs, mut net) = (0, 0, 0);
+    for device in &spec.devices {
+        match device {
+            Device::AgentPort { .. } => {}
+            Device::Fs(share) => {
+                let id = format!("fs{fs}");
+                fs += 1;
+                push(&["-chardev", &format!("socket,id={id},path={}", share.socket)]);
+                push(&[
+                    "-device",
+                    &format!(
+                        "vhost-user-fs-pci,id={id}-dev,chardev={id},tag={},bus=rp{port}",
+                        share.tag
+                    ),
+                ]);
+                port += 1;
+            }
+            Device::Net(nic) => {
+                let id = format!("net{net}");
+                net += 1;
+                push(&[
+                    "-netdev",
+                    &format!("tap,id={id},ifname={},script=no,downscript=no", nic.tap),
+                ]);
+                push(&[
+                    "-device",
+                    &format!(
+                        "virtio-net-pci,id={id}-dev,netdev={id},mac={},bus=rp{port}",
+                        nic.mac
+                    ),
+                ]);
+                port += 1;
+            }
+        }
+    }
+    a
+}
+
+/// The command line with what differs between a template and its clones
+/// (name, directory, memory file, the wait for incoming state) taken out.
+pub fn layout(spec: &VmSpec, opts: &Options) -> String {
+    let mut normal = spec.clone();
+    normal.name = "@NAME".into();
+    normal.dir = PathBuf::from("@DIR");
+    normal.memory_file = memory_path(spec).map(|_| PathBuf::from("@MEM"));
+    normal.restore = None;
+    command_line(&normal, opts).join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{FsDevice, NetDevice, Restore};
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "runvm-c1".into(),
+            dir: "/run/runvm/c1".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            kernel_params: "foo=1".into(),
+            vcpus: 1,
+            max_vcpus: 1,
+            memory_mib: 256,
+            max_memory_mib: 256,
+            hotplug_slots: 1,
+            devices: vec![
+                Device::AgentPort {
+                    name: "agent.0".into(),
+                },
+                Device::Fs(FsDevice {
+                    tag: "share".into(),
+                    socket: "share.sock".into(),
+                }),
+            ],
+            memory_file: None,
+            restore: None,
+        }
+    }
+
+    fn opts(accel: ResolvedAccel) -> Options {
+        Options {
+            accel,
+            seccomp_sandbox: true,
+        }
+    }
+
+    fn has_pair(args: &[String], flag: &str, value: &str) -> bool {
+        args.windows(2).any(|w| w[0] == flag && w[1] == value)
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        let a = command_line(&spec(), &opts(ResolvedAccel::Tcg));
+        assert!(has_pair(&a, "-machine", "q35,accel=tcg,memory-backend=mem"));
+        assert!(has_pair(&a, "-cpu", "max"));
+        assert!(has_pair(&a, "-smp", "1"));
+        assert!(has_pair(&a, "-m", "256M"));
+        assert!(has_pair(
+            &a,
+            "-object",
+            "memory-backend-memfd,id=mem,size=256M,share=on"
+        ));
+        let append = a.iter().skip_while(|s| *s != "-append").nth(1).unwrap();
+        assert!(
+            append.starts_with("console=ttyS0 quiet panic=-1 "),
+            "{append}"
+        );
+        assert!(append.contains("cryptomgr.notests"), "{append}");
+        assert!(append.ends_with(" foo=1"), "{append}");
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=agent,name=agent.0"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "vhost-user-fs-pci,id=fs0-dev,chardev=fs0,tag=share,bus=rp0"
+        ));
+        // A second root port stays free for a hotplugged device.
+        assert!(has_pair(
+            &a,
+            "-device",
+            "pcie-root-port,id=rp1,chassis=2,slot=2"
+        ));
+        assert!(!a.iter().any(|s| s.contains("rp2")));
+        assert!(a.iter().any(|s| s.starts_with("on,obsolete=deny")));
+    }
+
+    #[test]
+    fn a_clone_waits_for_its_state_over_file_memory() {
+        let mut s = spec();
+        s.devices.truncate(1);
+        s.hotplug_slots = 2;
+        s.restore = Some(Restore {
+            state: "/dev/shm/t/state".into(),
+            memory: "/dev/shm/x.mem".into(),
+        });
+        s.memory_file = Some("/dev/shm/x.mem".into());
+        let a = command_line(&s, &opts(ResolvedAccel::Tcg));
+        assert!(has_pair(
+            &a,
+            "-object",
+            "memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/x.mem,share=on"
+        ));
+        assert!(has_pair(&a, "-incoming", "defer"));
+        assert!(!a.iter().any(|s| s.starts_with("vhost-user-fs-pci")));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "pcie-root-port,id=rp1,chassis=2,slot=2"
+        ));
+    }
+
+    #[test]
+    fn a_template_and_its_clone_have_one_layout() {
+        let mut template = spec();
+        template.devices.truncate(1);
+        template.hotplug_slots = 2;
+        template.memory_file = Some("/dev/shm/t.new-1/mem".into());
+        template.dir = "/dev/shm/t.new-1".into();
+        let mut clone = template.clone();
+        clone.name = "runvm-c2".into();
+        clone.dir = "/run/runvm/c2".into();
+        clone.memory_file = Some("/dev/shm/clone-c2-9.mem".into());
+        clone.restore = Some(Restore {
+            state: "/dev/shm/t/state".into(),
+            memory: "/dev/shm/clone-c2-9.mem".into(),
+        });
+        let o = opts(ResolvedAccel::Tcg);
+        assert_eq!(layout(&template, &o), layout(&clone, &o));
+        let mut bigger = clone.clone();
+        bigger.memory_mib = 512;
+        assert_ne!(layout(&template, &o), layout(&bigger, &o));
+        assert_ne!(
+            layout(&template, &o),
+            layout(&template, &opts(ResolvedAccel::Kvm))
+        );
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let a = command_line(&spec(), &opts(ResolvedAccel::Kvm));
+        assert!(has_pair(&a, "-machine", "q35,accel=kvm,memory-backend=mem"));
+        assert!(has_pair(&a, "-cpu", "host"));
+    }
+
+    #[test]
+    fn room_to_grow_and_nics_at_boot() {
+        let mut s = spec();
+        s.max_vcpus = 4;
+        s.max_memory_mib = 1024;
+        s.devices.push(Device::Net(NetDevice {
+            tap: "tap0".into(),
+            mac: "52:54:00:12:34:56".into(),
+        }));
+        let a = command_line(&s, &opts(ResolvedAccel::Tcg));
+        assert!(has_pair(&a, "-smp", "1,maxcpus=4"));
+        assert!(has_pair(&a, "-m", "256M,slots=1,maxmem=1024M"));
+        assert!(has_pair(
+            &a,
+            "-netdev",
+            "tap,id=net0,ifname=tap0,script=no,downscript=no"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-net-pci,id=net0-dev,netdev=net0,mac=52:54:00:12:34:56,bus=rp1"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "pcie-root-port,id=rp2,chassis=3,slot=3"
+        ));
+    }
+}

@@ -1,0 +1,399 @@
+//! The QEMU backend: the command line of `cmdline`, control over QMP, and
+//! snapshots as migrations to a file with the memory left in its own file
+//! (x-ignore-shared).
+
+mod cmdline;
+mod qmp;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use self::cmdline::{command_line, memory_path, root_ports, Options, AGENT_SOCKET, QMP_SOCKET};
+use self::qmp::{
+    ChardevAdd, ChardevBackend, Cont, DeviceAdd, Migrate, MigrateIncoming, MigrateSetCapabilities,
+    MigrationCapability, NetdevAddTap, Qmp, QmpError, QueryMigrate, Quit, SocketAddress, Stop,
+};
+use super::{
+    resolve_accel, Accelerator, AgentEndpoint, Capabilities, Device, ExitWatch, Hypervisor,
+    HypervisorError, VmSpec, VMM_LOG,
+};
+use crate::child::Supervised;
+use crate::config::HypervisorConfig;
+use crate::sockdir::SocketDir;
+
+const BACKEND: &str = "qemu";
+pub const CAPABILITIES: Capabilities = Capabilities {
+    pause: true,
+    snapshot: true,
+    hotplug_fs: true,
+    hotplug_net: true,
+};
+const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const QMP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A template's device state is well under a megabyte.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl From<QmpError> for HypervisorError {
+    fn from(e: QmpError) -> Self {
+        HypervisorError::Control {
+            backend: BACKEND,
+            source: Box::new(e),
+        }
+    }
+}
+
+pub struct Qemu {
+    binary: PathBuf,
+    opts: Options,
+    accel_reason: String,
+    spec: VmSpec,
+    child: Option<Supervised>,
+    qmp: Option<Qmp>,
+    sockets: Option<SocketDir>,
+    /// Root ports taken so far (boot devices take the first ones).
+    ports_used: usize,
+    /// Virtio-fs shares and NICs so far, for the ids of hotplugged ones.
+    shares: usize,
+    nics: usize,
+}
+
+impl Qemu {
+    pub fn new(config: &HypervisorConfig, spec: VmSpec) -> Result<Self, HypervisorError> {
+        let binary = crate::locate::find_binary(&config.qemu)?;
+        let (accel, accel_reason) = resolve_accel(config.accel);
+        let count = |f: fn(&Device) -> bool| spec.devices.iter().filter(|d| f(d)).count();
+        let shares = count(|d| matches!(d, Device::Fs(_)));
+        let nics = count(|d| matches!(d, Device::Net(_)));
+        Ok(Qemu {
+            binary,
+            opts: Options {
+                accel,
+                seccomp_sandbox: config.seccomp_sandbox,
+            },
+            accel_reason,
+            ports_used: shares + nics,
+            shares,
+            nics,
+            spec,
+            child: None,
+            qmp: None,
+            sockets: None,
+        })
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.spec.dir.join(VMM_LOG)
+    }
+
+    fn qmp(&mut self) -> Result<&mut Qmp, HypervisorError> {
+        if self.child.as_ref().is_none_or(|c| c.exited().is_some()) {
+            return Err(HypervisorError::NotRunning);
+        }
+        self.qmp.as_mut().ok_or(HypervisorError::NotRunning)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log_file()).unwrap_or_default();
+        let last: Vec<&str> = text.lines().rev().take(5).collect();
+        if last.is_empty() {
+            String::new()
+        } else {
+            let lines: Vec<&str> = last.into_iter().rev().collect();
+            format!(": {}", lines.join("; "))
+        }
+    }
+
+    /// The next free root port, or a clear error when there is none.
+    fn take_port(&mut self) -> Result<String, HypervisorError> {
+        if self.ports_used >= root_ports(&self.spec) {
+            return Err(HypervisorError::Unsupported {
+                backend: BACKEND,
+                what: "more hotplugged devices than the VM has free slots",
+            });
+        }
+        self.ports_used += 1;
+        Ok(format!("rp{}", self.ports_used - 1))
+    }
+
+    fn connect_qmp(&mut self, path: &Path) -> Result<(), HypervisorError> {
+        let exit = self.exit_watch();
+        let qmp = Qmp::connect(path, QMP_CONNECT_TIMEOUT, || exit.borrow().is_none())?;
+        qmp.set_timeout(QMP_REQUEST_TIMEOUT)?;
+        self.qmp = Some(qmp);
+        Ok(())
+    }
+}
+
+fn ignore_shared(qmp: &mut Qmp) -> Result<(), HypervisorError> {
+    qmp.execute(&MigrateSetCapabilities {
+        capabilities: vec![MigrationCapability {
+            capability: "x-ignore-shared",
+            state: true,
+        }],
+    })?;
+    Ok(())
+}
+
+/// Poll `query-migrate` until the migration has completed or failed.
+fn wait_migration(qmp: &mut Qmp, what: &'static str) -> Result<(), HypervisorError> {
+    let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    loop {
+        let info = qmp.execute(&QueryMigrate {})?;
+        let status = info.status.unwrap_or_default();
+        match status.as_str() {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                let detail = info
+                    .error_desc
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                return Err(HypervisorError::Snapshot {
+                    what,
+                    status,
+                    detail,
+                });
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(HypervisorError::Snapshot {
+                    what,
+                    status,
+                    detail: format!(" after {MIGRATION_TIMEOUT:?}"),
+                })
+            }
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn accel(&self) -> Accelerator {
+        Accelerator {
+            name: self.opts.accel.as_str(),
+            reason: self.accel_reason.clone(),
+        }
+    }
+
+    fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn describe(&self) -> Result<serde_json::Map<String, serde_json::Value>, HypervisorError> {
+        // The first line of `qemu --version`, e.g. "QEMU emulator version
+        // 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)".
+        let out = Command::new(&self.binary)
+            .arg("--version")
+            .output()
+            .map_err(|source| HypervisorError::Version {
+                backend: BACKEND,
+                version: "--version".into(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text.lines().next().unwrap_or_default().trim().to_string();
+        let mut info = serde_json::Map::new();
+        info.insert("qemuVersion".into(), version.into());
+        Ok(info)
+    }
+
+    fn layout(&self) -> String {
+        cmdline::layout(&self.spec, &self.opts)
+    }
+
+    fn launch(&mut self) -> Result<(), HypervisorError> {
+        let log_path = self.log_file();
+        let log_err = |source| HypervisorError::Log {
+            path: log_path.clone(),
+            source,
+        };
+        let log = File::create(&log_path).map_err(log_err)?;
+        let sockets = SocketDir::open(&self.spec.dir).map_err(|source| HypervisorError::Dir {
+            path: self.spec.dir.clone(),
+            source,
+        })?;
+        let qmp_path = sockets.path(QMP_SOCKET);
+        self.sockets = Some(sockets);
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(command_line(&self.spec, &self.opts))
+            .current_dir(&self.spec.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(log_err)?)
+            .stderr(log);
+        let spawned = Supervised::spawn(cmd, &[]);
+        let connected = match spawned {
+            Ok(child) => {
+                self.child = Some(child);
+                self.connect_qmp(&qmp_path)
+            }
+            Err(source) => Err(HypervisorError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            }),
+        };
+        if let Some(restore) = &self.spec.restore {
+            // QEMU has it mapped now (or never will): the name can go.
+            let _ = fs::remove_file(&restore.memory);
+        }
+        if let Err(e) = connected {
+            let Some(child) = &self.child else {
+                return Err(e);
+            };
+            // Give a dying QEMU a moment to say why in its log.
+            child.wait_exit(Duration::from_millis(500));
+            let status = child.exited();
+            let _ = self.stop(Duration::from_secs(1));
+            return Err(match status {
+                Some(status) => HypervisorError::DiedAtStart {
+                    status,
+                    log: self.log_tail(),
+                },
+                None => e,
+            });
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(Supervised::pid)
+    }
+
+    fn agent_endpoint(&self) -> AgentEndpoint {
+        AgentEndpoint::Serial {
+            socket: match &self.sockets {
+                Some(s) => s.path(AGENT_SOCKET),
+                None => self.spec.dir.join(AGENT_SOCKET),
+            },
+        }
+    }
+
+    fn exit_watch(&self) -> ExitWatch {
+        match &self.child {
+            Some(child) => child.exit_watch(),
+            None => watch::channel(Some("was never launched".to_string())).1,
+        }
+    }
+
+    fn pause(&mut self) -> Result<(), HypervisorError> {
+        self.qmp()?.execute(&Stop {})?;
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), HypervisorError> {
+        self.qmp()?.execute(&Cont {})?;
+        Ok(())
+    }
+
+    fn hotplug(&mut self, device: &Device) -> Result<(), HypervisorError> {
+        self.qmp()?;
+        match device {
+            Device::Fs(share) => {
+                let bus = self.take_port()?;
+                let id = format!("fs{}", self.shares);
+                let qmp = self.qmp()?;
+                qmp.execute(&ChardevAdd {
+                    id: id.clone(),
+                    backend: ChardevBackend::Socket {
+                        addr: SocketAddress::Unix {
+                            path: share.socket.clone(),
+                        },
+                        server: false,
+                    },
+                })?;
+                qmp.execute(&DeviceAdd::VhostUserFs {
+                    id: format!("{id}-dev"),
+                    chardev: id,
+                    tag: share.tag.clone(),
+                    bus,
+                })?;
+                self.shares += 1;
+            }
+            Device::Net(nic) => {
+                let bus = self.take_port()?;
+                let id = format!("net{}", self.nics);
+                let qmp = self.qmp()?;
+                qmp.execute(&NetdevAddTap::new(id.clone(), nic.tap.clone()))?;
+                qmp.execute(&DeviceAdd::VirtioNet {
+                    id: format!("{id}-dev"),
+                    netdev: id,
+                    mac: nic.mac.clone(),
+                    bus,
+                })?;
+                self.nics += 1;
+            }
+            Device::AgentPort { .. } => {
+                return Err(HypervisorError::Unsupported {
+                    backend: BACKEND,
+                    what: "hotplugging an agent port",
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, state: &Path) -> Result<(), HypervisorError> {
+        if memory_path(&self.spec).is_none() {
+            return Err(HypervisorError::Unsupported {
+                backend: BACKEND,
+                what: "snapshots of a VM whose memory is not a file",
+            });
+        }
+        let qmp = self.qmp()?;
+        // The memory stays in its file; only device state goes to the stream.
+        ignore_shared(qmp)?;
+        qmp.execute(&Migrate {
+            uri: format!("file:{}", state.display()),
+        })?;
+        wait_migration(qmp, "saving the VM")
+    }
+
+    fn restore(&mut self) -> Result<(), HypervisorError> {
+        let Some(restore) = self.spec.restore.clone() else {
+            return Err(HypervisorError::Unsupported {
+                backend: BACKEND,
+                what: "a restore into a VM launched to boot",
+            });
+        };
+        let qmp = self.qmp()?;
+        ignore_shared(qmp)?;
+        qmp.execute(&MigrateIncoming {
+            uri: format!("file:{}", restore.state.display()),
+        })?;
+        wait_migration(qmp, "restoring the VM")
+    }
+
+    fn stop(&mut self, timeout: Duration) -> Result<(), HypervisorError> {
+        if let Some(child) = &self.child {
+            let qmp = &mut self.qmp;
+            child.stop(
+                |_| {
+                    if let Some(qmp) = qmp.as_mut() {
+                        let _ = qmp.execute(&Quit {});
+                    }
+                },
+                timeout,
+            );
+        }
+        self.qmp = None;
+        for name in [QMP_SOCKET, AGENT_SOCKET] {
+            let _ = fs::remove_file(self.spec.dir.join(name));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.stop(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,425 @@
+//! A small blocking QMP client with typed commands.
+//!
+//! Why not the `qapi` crate: its types are generated from one QEMU release's
+//! schema, while runvm runs against whatever QEMU the host has (7.2 in
+//! bookworm, 10.0 in backports), and it needs a dozen commands; typed structs
+//! of its own for those are less than the generated crate's build.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("connect to {path}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("QMP I/O")]
+    Io(#[from] io::Error),
+    #[error("QMP connection closed")]
+    Closed,
+    #[error("bad QMP message {0:?}")]
+    Protocol(String),
+    #[error("{command}: {class}: {desc}")]
+    Command {
+        command: &'static str,
+        class: String,
+        desc: String,
+    },
+}
+
+/// A QMP command: its arguments are the struct's fields.
+pub trait Command: Serialize {
+    const NAME: &'static str;
+    type Returns: DeserializeOwned;
+}
+
+/// The `{}` most commands return.
+#[derive(Deserialize, Debug, PartialEq, Eq)]
+pub struct Empty {}
+
+macro_rules! no_args {
+    ($($ty:ident = $name:literal -> $ret:ty;)*) => {$(
+        #[derive(Serialize, Debug, Default)]
+        pub struct $ty {}
+        impl Command for $ty {
+            const NAME: &'static str = $name;
+            type Returns = $ret;
+        }
+    )*};
+}
+
+no_args! {
+    QmpCapabilities = "qmp_capabilities" -> Empty;
+    Stop = "stop" -> Empty;
+    Cont = "cont" -> Empty;
+    Quit = "quit" -> Empty;
+    QueryMigrate = "query-migrate" -> MigrationInfo;
+}
+
+#[derive(Serialize, Debug)]
+pub struct MigrationCapability {
+    pub capability: &'static str,
+    pub state: bool,
+}
+
+#[derive(Serialize, Debug)]
+pub struct MigrateSetCapabilities {
+    pub capabilities: Vec<MigrationCapability>,
+}
+
+impl Command for MigrateSetCapabilities {
+    const NAME: &'static str = "migrate-set-capabilities";
+    type Returns = Empty;
+}
+
+#[derive(Serialize, Debug)]
+pub struct Migrate {
+    pub uri: String,
+}
+
+impl Command for Migrate {
+    const NAME: &'static str = "migrate";
+    type Returns = Empty;
+}
+
+#[derive(Serialize, Debug)]
+pub struct MigrateIncoming {
+    pub uri: String,
+}
+
+impl Command for MigrateIncoming {
+    const NAME: &'static str = "migrate-incoming";
+    type Returns = Empty;
+}
+
+#[derive(Deserialize, Debug, Default, PartialEq, Eq)]
+pub struct MigrationInfo {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(rename = "error-desc", default)]
+    pub error_desc: Option<String>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+#[serde(tag = "type", content = "data", rename_all = "lowercase")]
+pub enum SocketAddress {
+    Unix { path: String },
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+#[serde(tag = "type", content = "data", rename_all = "lowercase")]
+pub enum ChardevBackend {
+    Socket { addr: SocketAddress, server: bool },
+}
+
+#[derive(Serialize, Debug)]
+pub struct ChardevAdd {
+    pub id: String,
+    pub backend: ChardevBackend,
+}
+
+impl Command for ChardevAdd {
+    const NAME: &'static str = "chardev-add";
+    type Returns = Value;
+}
+
+/// `device_add` of the devices runvm hotplugs.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+#[serde(tag = "driver")]
+pub enum DeviceAdd {
+    #[serde(rename = "vhost-user-fs-pci")]
+    VhostUserFs {
+        id: String,
+        chardev: String,
+        tag: String,
+        bus: String,
+    },
+    #[serde(rename = "virtio-net-pci")]
+    VirtioNet {
+        id: String,
+        netdev: String,
+        mac: String,
+        bus: String,
+    },
+}
+
+impl Command for DeviceAdd {
+    const NAME: &'static str = "device_add";
+    type Returns = Empty;
+}
+
+/// `netdev_add` of a tap device the host made.
+#[derive(Serialize, Debug)]
+pub struct NetdevAddTap {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub ifname: String,
+    pub script: &'static str,
+    pub downscript: &'static str,
+}
+
+impl NetdevAddTap {
+    pub fn new(id: String, ifname: String) -> Self {
+        NetdevAddTap {
+            kind: "tap",
+            id,
+            ifname,
+            script: "no",
+            downscript: "no",
+        }
+    }
+}
+
+impl Command for NetdevAddTap {
+    const NAME: &'static str = "netdev_add";
+    type Returns = Empty;
+}
+
+#[derive(Serialize)]
+struct Message<'a, C> {
+    execute: &'static str,
+    arguments: &'a C,
+}
+
+/// A reply or an event, as QMP sends them.
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "return")]
+    ret: Option<Value>,
+    error: Option<QmpErrorBody>,
+    #[serde(rename = "QMP")]
+    greeting: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct QmpErrorBody {
+    #[serde(default)]
+    class: String,
+    #[serde(default)]
+    desc: String,
+}
+
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    /// Connect, waiting up to `timeout` for the socket to accept, and leave
+    /// capabilities negotiation mode. `alive` says whether it is still worth
+    /// waiting (the QEMU process has not exited).
+    pub fn connect(
+        path: &Path,
+        timeout: Duration,
+        alive: impl Fn() -> bool,
+    ) -> Result<Self, QmpError> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline && alive() => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(source) => {
+                    return Err(QmpError::Connect {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        };
+        stream.set_read_timeout(Some(timeout))?;
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        };
+        let (greeting, line) = qmp.read_message()?;
+        if greeting.greeting.is_none() {
+            return Err(QmpError::Protocol(line));
+        }
+        qmp.execute(&QmpCapabilities {})?;
+        Ok(qmp)
+    }
+
+    pub fn set_timeout(&self, timeout: Duration) -> Result<(), QmpError> {
+        self.writer.set_read_timeout(Some(timeout))?;
+        Ok(())
+    }
+
+    fn read_message(&mut self) -> Result<(Incoming, String), QmpError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(QmpError::Closed);
+        }
+        let line = line.trim().to_string();
+        match serde_json::from_str(&line) {
+            Ok(msg) => Ok((msg, line)),
+            Err(_) => Err(QmpError::Protocol(line)),
+        }
+    }
+
+    /// Run one command and return what it returns; events are skipped.
+    pub fn execute<C: Command>(&mut self, command: &C) -> Result<C::Returns, QmpError> {
+        let mut line = serde_json::to_string(&Message {
+            execute: C::NAME,
+            arguments: command,
+        })
+        .map_err(|e| QmpError::Protocol(e.to_string()))?;
+        line.push('\n');
+        self.writer.write_all(line.as_bytes())?;
+        loop {
+            let (reply, text) = self.read_message()?;
+            if let Some(ret) = reply.ret {
+                return serde_json::from_value(ret).map_err(|_| QmpError::Protocol(text));
+            }
+            if let Some(err) = reply.error {
+                return Err(QmpError::Command {
+                    command: C::NAME,
+                    class: err.class,
+                    desc: err.desc,
+                });
+            }
+            // An asynchronous event: not the reply we wait for.
+        }
+    }
+}
+
+/// The JSON a command is sent as.
+#[cfg(test)]
+fn encode<C: Command>(command: &C) -> Value {
+    serde_json::to_value(Message {
+        execute: C::NAME,
+        arguments: command,
+    })
+    .expect("QMP commands serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::os::unix::net::UnixListener;
+
+    /// A scripted QMP server: checks each request, sends canned replies.
+    fn serve(listener: UnixListener, script: Vec<(&'static str, &'static str)>) {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+            .unwrap();
+        for (expect, reply) in script {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["execute"], expect);
+            w.write_all(reply.as_bytes()).unwrap();
+        }
+    }
+
+    #[test]
+    fn negotiates_skips_events_and_reports_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            serve(
+                listener,
+                vec![
+                    ("qmp_capabilities", "{\"return\": {}}\n"),
+                    ("stop", "{\"event\": \"STOP\", \"data\": {}}\n{\"return\": {}}\n"),
+                    (
+                        "query-migrate",
+                        "{\"return\": {\"status\": \"failed\", \"error-desc\": \"no space\"}}\n",
+                    ),
+                    (
+                        "device_add",
+                        "{\"error\": {\"class\": \"GenericError\", \"desc\": \"Bus 'rp9' not found\"}}\n",
+                    ),
+                ],
+            )
+        });
+        let mut qmp = Qmp::connect(&path, Duration::from_secs(5), || true).unwrap();
+        assert_eq!(qmp.execute(&Stop {}).unwrap(), Empty {});
+        let info = qmp.execute(&QueryMigrate {}).unwrap();
+        assert_eq!(info.status.as_deref(), Some("failed"));
+        assert_eq!(info.error_desc.as_deref(), Some("no space"));
+        let err = qmp
+            .execute(&DeviceAdd::VhostUserFs {
+                id: "fs1-dev".into(),
+                chardev: "fs1".into(),
+                tag: "share".into(),
+                bus: "rp9".into(),
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "device_add: GenericError: Bus 'rp9' not found"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn commands_encode_as_qemu_expects() {
+        assert_eq!(
+            encode(&ChardevAdd {
+                id: "fs1".into(),
+                backend: ChardevBackend::Socket {
+                    addr: SocketAddress::Unix {
+                        path: "share.sock".into()
+                    },
+                    server: false,
+                },
+            }),
+            json!({"execute": "chardev-add", "arguments": {"id": "fs1", "backend": {
+                "type": "socket", "data": {
+                    "addr": {"type": "unix", "data": {"path": "share.sock"}},
+                    "server": false}}}})
+        );
+        assert_eq!(
+            encode(&DeviceAdd::VirtioNet {
+                id: "net0-dev".into(),
+                netdev: "net0".into(),
+                mac: "52:54:00:00:00:01".into(),
+                bus: "rp1".into(),
+            }),
+            json!({"execute": "device_add", "arguments": {"driver": "virtio-net-pci",
+                "id": "net0-dev", "netdev": "net0", "mac": "52:54:00:00:00:01", "bus": "rp1"}})
+        );
+        assert_eq!(
+            encode(&MigrateSetCapabilities {
+                capabilities: vec![MigrationCapability {
+                    capability: "x-ignore-shared",
+                    state: true
+                }]
+            }),
+            json!({"execute": "migrate-set-capabilities", "arguments": {"capabilities": [
+                {"capability": "x-ignore-shared", "state": true}]}})
+        );
+        assert_eq!(
+            encode(&NetdevAddTap::new("net0".into(), "tap0".into())),
+            json!({"execute": "netdev_add", "arguments": {"type": "tap", "id": "net0",
+                "ifname": "tap0", "script": "no", "downscript": "no"}})
+        );
+        assert_eq!(
+            encode(&Cont {}),
+            json!({"execute": "cont", "arguments": {}})
+        );
+    }
+
+    #[test]
+    fn gives_up_when_the_process_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = Qmp::connect(
+            &tmp.path().join("none.sock"),
+            Duration::from_secs(30),
+            || false,
+        );
+        assert!(matches!(err, Err(QmpError::Connect { .. })));
+    }
+}

@@ -1,0 +1,301 @@
+//! Bringing a container up: its files shared, its VM booted (or cloned from
+//! the template), the agent reached, the container created in the guest.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Instant;
+
+use runvm_protocol::{AgentInfo, CreateContainer, ProcessRef, SyncGuest, SHARE_TAG};
+use slog::{info, warn};
+use tokio::net::UnixListener;
+use tokio::sync::oneshot;
+
+use super::stdio::{self, Local};
+use super::{Shim, ShimError};
+use crate::agent::AgentClient;
+use crate::config::Config;
+use crate::control::CONTROL_SOCKET;
+use crate::error_chain;
+use crate::factory::{Factory, Template};
+use crate::hypervisor::{self, FsDevice, Operation, Restore, VmSpec, CONSOLE_LOG};
+use crate::procinfo::ProcessIdentity;
+use crate::spec::Bundle;
+use crate::state::SPEC_FILE;
+use crate::status::ContainerStatus;
+use crate::virtiofsd::{Share, Virtiofsd};
+
+pub(super) const SHARE_SOCKET: &str = "share.sock";
+
+impl Shim {
+    fn console_tail(&self) -> String {
+        let text = fs::read_to_string(self.dir.join(CONSOLE_LOG)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = &lines[lines.len().saturating_sub(5)..];
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; guest console: {}", tail.join(" | "))
+        }
+    }
+
+    pub(super) fn describe_failure(&self, e: &ShimError) -> String {
+        let mut msg = error_chain(e);
+        if let ShimError::Agent(_) = e {
+            msg.push_str(&self.console_tail());
+        }
+        msg
+    }
+
+    pub(super) async fn setup(&mut self) -> Result<(), ShimError> {
+        let t0 = Instant::now();
+        // QEMU and virtiofsd inherit this working directory and name their
+        // sockets relative to it.
+        std::env::set_current_dir(&self.dir).map_err(|source| ShimError::Dir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let state = self.store.load(&self.id)?;
+        let spec_path = self.dir.join(SPEC_FILE);
+        let data = fs::read(&spec_path).map_err(|source| ShimError::ReadSpec {
+            path: spec_path.clone(),
+            source,
+        })?;
+        let bundle = Bundle::from_slice(&state.bundle, &spec_path, &data)?;
+        // The VM grows to the container's limits; a template of another size
+        // then does not match, and the container boots cold.
+        let (host_cpus, host_mib) = crate::sizing::host_capacity();
+        let configured = self.config.clone();
+        self.config = crate::sizing::fit(&self.config, &bundle.spec, host_cpus, host_mib)?;
+        self.share(&bundle)?;
+        let share = FsDevice {
+            tag: SHARE_TAG.into(),
+            socket: SHARE_SOCKET.into(),
+        };
+        let cloned = self.launch_vm(&configured, share).await?;
+        let t_launch = t0.elapsed();
+        let info = self.connect_agent(cloned).await?;
+        let t_ready = t0.elapsed();
+        let local = self.init_stdio(bundle.terminal())?;
+        let spec = crate::share::guest_spec(&bundle.raw, &bundle.binds);
+        self.create_in_guest(spec, local).await?;
+        info!(self.log, "container created";
+            "boot" => if cloned { "template" } else { "cold" },
+            "kernel" => info.kernel_release,
+            "vmm_launch_ms" => t_launch.as_millis() as u64,
+            "agent_ready_ms" => t_ready.as_millis() as u64,
+            "created_ms" => t0.elapsed().as_millis() as u64);
+        Ok(())
+    }
+
+    /// Assemble the container's files and start virtiofsd serving them.
+    fn share(&mut self, bundle: &Bundle) -> Result<(), ShimError> {
+        let share = crate::share::assemble(&self.dir, &bundle.rootfs, &bundle.binds)?;
+        let virtiofsd = Virtiofsd::spawn(
+            &self.config.virtiofsd,
+            &Share {
+                shared_dir: &share,
+                socket: &self.sockets.path(SHARE_SOCKET),
+                // root.readonly is applied in the guest, after the mountpoints
+                // the spec needs are created in the rootfs (as runc does).
+                readonly: false,
+                log: &self.dir.join("virtiofsd.log"),
+            },
+        )?;
+        let vfs_id = ProcessIdentity::of(virtiofsd.pid());
+        self.virtiofsd = Some(virtiofsd);
+        self.record(|s| s.virtiofsd = vfs_id)?;
+        Ok(())
+    }
+
+    /// Start the VM: a clone of the template when there is a usable one,
+    /// else a cold boot. Returns whether it is a clone.
+    async fn launch_vm(&mut self, configured: &Config, share: FsDevice) -> Result<bool, ShimError> {
+        let t0 = Instant::now();
+        let name = format!("runvm-{}", self.id);
+        let clone = self.template(configured).and_then(|t| match t.copy_memory(&self.id) {
+            Ok(memory) => Some((t, memory)),
+            Err(e) => {
+                warn!(self.log, "booting cold: cannot copy the template's memory"; "error" => error_chain(&e));
+                None
+            }
+        });
+        let spec: VmSpec = match &clone {
+            Some((template, memory)) => hypervisor::clone_vm(
+                &self.config,
+                name,
+                &self.dir,
+                Restore {
+                    state: template.state(),
+                    memory: memory.clone(),
+                },
+            ),
+            None => hypervisor::container_vm(&self.config, name, &self.dir, share.clone()),
+        }
+        .map_err(crate::hypervisor::HypervisorError::from)?;
+        let mut vm = hypervisor::new(&self.config, spec)?;
+        let accel = vm.accel();
+        info!(self.log, "accelerator"; "accel" => accel.name, "reason" => &accel.reason);
+        let launched = vm.launch();
+        let vmm_id = vm.pid().and_then(ProcessIdentity::of);
+        let cloned = clone.is_some();
+        self.record(|s| {
+            s.vmm = vmm_id;
+            s.accel = Some(accel.name.to_string());
+            s.boot = Some(if cloned { "template" } else { "cold" }.to_string());
+        })?;
+        let vm = self.vm.insert(vm);
+        launched?;
+        if let Some((template, _)) = clone {
+            vm.restore()?;
+            // The state file has been read: `factory init` may replace the
+            // template from here on.
+            drop(template);
+            vm.resume()?;
+            // The share goes into the slot the template left free, at once:
+            // the guest enumerates it while the agent reconnects.
+            vm.supports(Operation::HotplugFs)?;
+            vm.hotplug(&hypervisor::Device::Fs(share))?;
+            slog::debug!(self.log, "restored, share hotplugged"; "ms" => t0.elapsed().as_millis() as u64);
+        }
+        Ok(cloned)
+    }
+
+    /// Reach the agent and wait until it answers (the whole boot, for a
+    /// cold VM); a clone gets the host's clock and fresh entropy.
+    pub(super) async fn connect_agent(&mut self, cloned: bool) -> Result<AgentInfo, ShimError> {
+        let vm = self.vm.as_ref().expect("the VM was launched");
+        let mut vm_exit = vm.exit_watch();
+        let agent = AgentClient::connect(&vm.agent_endpoint(), self.config.timeouts.request())
+            .await
+            .map_err(ShimError::Agent)?;
+        let agent = Arc::new(agent);
+        self.agent = Some(agent.clone());
+        let info = tokio::select! {
+            r = agent.wait_ready(self.config.timeouts.boot()) => r.map_err(ShimError::Agent)?,
+            r = vm_exit.wait_for(Option::is_some) => {
+                let reason = r.ok().and_then(|s| s.clone()).unwrap_or_default();
+                return Err(ShimError::Boot {
+                    reason: format!("the VM {reason} during boot"),
+                    console: self.console_tail(),
+                });
+            }
+        };
+        if info.protocol != runvm_protocol::PROTOCOL_VERSION {
+            return Err(ShimError::AgentVersion {
+                guest: info.protocol,
+                host: runvm_protocol::PROTOCOL_VERSION,
+            });
+        }
+        if cloned {
+            // The clone stops living in the template's past and stops
+            // sharing its random numbers.
+            let mut seed = vec![0u8; 64];
+            getrandom(&mut seed).map_err(ShimError::Stdio)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            agent
+                .call(SyncGuest {
+                    unix_time_ns: now.as_nanos() as u64,
+                    seed,
+                })
+                .await
+                .map_err(ShimError::Agent)?;
+        }
+        Ok(info)
+    }
+
+    /// Create the container in the guest with `spec`, relay its stdio from
+    /// `local`, and start answering verbs: the container is created.
+    pub(super) async fn create_in_guest(
+        &mut self,
+        spec: serde_json::Value,
+        local: Local,
+    ) -> Result<(), ShimError> {
+        let agent = self.agent.clone().expect("the agent is connected");
+        let process = ProcessRef::init(&self.id);
+        // Creating and starting are part of bringing the container up: they
+        // get the boot timeout, which allows for a busy host.
+        let created = agent
+            .call_within(
+                CreateContainer {
+                    container_id: self.id.clone(),
+                    spec,
+                },
+                self.config.timeouts.boot(),
+            )
+            .await
+            .map_err(ShimError::Create)?;
+        self.outputs = stdio::attach(&agent, &process, local)
+            .await
+            .map_err(ShimError::Agent)?;
+        self.push_window_size().await;
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(agent.wait_process(process).await);
+        });
+        self.exit = Some(rx);
+        let listener =
+            UnixListener::bind(self.sockets.path(CONTROL_SOCKET)).map_err(ShimError::Control)?;
+        self.control = Some(listener);
+        self.status = ContainerStatus::Created;
+        self.record(|s| {
+            s.status = ContainerStatus::Created;
+            s.guest_pid = Some(created.pid);
+        })?;
+        Ok(())
+    }
+
+    /// The template to clone, if templates are on, the one there matches the
+    /// configuration and it is as large as the container's VM must be.
+    /// Templates being on, every other outcome is a cold boot and says why,
+    /// as a warning: the user asked for clones.
+    fn template(&self, configured: &Config) -> Option<Template> {
+        if !configured.factory.enable_template {
+            return None;
+        }
+        let can = [Operation::Restore, Operation::HotplugFs]
+            .into_iter()
+            .try_for_each(|op| hypervisor::supports(configured, op));
+        if let Err(e) = can {
+            warn!(self.log, "booting cold: {}", error_chain(&e));
+            return None;
+        }
+        let template = match Factory::new(configured).usable(configured) {
+            Ok(t) => t,
+            Err(reason) => {
+                warn!(self.log, "booting cold: the template is not usable"; "reason" => error_chain(&reason));
+                return None;
+            }
+        };
+        let (needs, has) = (&self.config.hypervisor, &template.meta);
+        if needs.vcpus > has.vcpus || needs.memory_mib > has.memory_mib {
+            // Growing a clone needs CPU hotplug, which the guest kernel does
+            // not offer on q35 (docs/templating.md).
+            warn!(
+                self.log,
+                "booting cold: the container needs {} / {} MiB, the template has {} / {} MiB",
+                vcpus(needs.vcpus),
+                needs.memory_mib,
+                vcpus(has.vcpus),
+                has.memory_mib
+            );
+            return None;
+        }
+        Some(template)
+    }
+}
+
+fn vcpus(n: u32) -> String {
+    if n == 1 {
+        "1 vCPU".into()
+    } else {
+        format!("{n} vCPUs")
+    }
+}
+
+/// Bytes from the host's RNG.
+fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    File::open("/dev/urandom")?.read_exact(buf)
+}

@@ -1,0 +1,51 @@
+//! Stopping what `boot` started, and recording the end.
+
+use std::fs;
+use std::time::Instant;
+
+use slog::warn;
+
+use super::Shim;
+use crate::control::CONTROL_SOCKET;
+use crate::error_chain;
+use crate::state::StateError;
+use crate::status::ContainerStatus;
+
+impl Shim {
+    /// Record that the container has stopped (with its exit code, if it
+    /// had one: a lost VM has none).
+    pub(super) fn record_stopped(&mut self, exit_code: Option<i32>) {
+        self.status = ContainerStatus::Stopped;
+        if let Err(e) = self.record(|s| {
+            s.status = ContainerStatus::Stopped;
+            s.exit_code = exit_code;
+        }) {
+            // The directory is gone when `delete` got there first.
+            if !matches!(e, StateError::NotExist { .. }) {
+                warn!(self.log, "record the stopped state"; "error" => error_chain(&e));
+            }
+        }
+    }
+
+    /// Stop whatever was started: the VM, then virtiofsd; remove the sockets
+    /// the shim made (the hypervisor removes its own).
+    pub(super) async fn teardown(&mut self) {
+        self.agent = None;
+        let stop = self.config.timeouts.stop();
+        if let Some(mut vm) = self.vm.take() {
+            let t = Instant::now();
+            if let Err(e) = vm.stop(stop) {
+                warn!(self.log, "stop the VM"; "error" => error_chain(&e));
+            }
+            slog::debug!(self.log, "VM stopped"; "ms" => t.elapsed().as_millis() as u64);
+        }
+        if let Some(vfs) = self.virtiofsd.take() {
+            let t = Instant::now();
+            vfs.stop(stop);
+            slog::debug!(self.log, "virtiofsd stopped"; "ms" => t.elapsed().as_millis() as u64);
+        }
+        for name in [CONTROL_SOCKET, super::boot::SHARE_SOCKET] {
+            let _ = fs::remove_file(self.dir.join(name));
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The host's requests to the agent, each with its reply type.
+
+use oci_spec::runtime::{LinuxResources, Process};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::ProcessRef;
+
+/// A request the agent answers with one `Result<Self::Reply, AgentError>`.
+pub trait Rpc: Into<Request> {
+    type Reply: Serialize + DeserializeOwned + std::fmt::Debug;
+}
+
+macro_rules! requests {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty) -> $reply:ty;)*) => {
+        /// Every request, as it travels in [`crate::StreamKind::Rpc`].
+        #[derive(Serialize, Deserialize, Debug)]
+        pub enum Request {
+            $($(#[$doc])* $variant($ty),)*
+        }
+        $(
+            impl From<$ty> for Request {
+                fn from(r: $ty) -> Request {
+                    Request::$variant(r)
+                }
+            }
+            impl Rpc for $ty {
+                type Reply = $reply;
+            }
+        )*
+    };
+}
+
+requests! {
+    /// Answered once the agent runs; one ping covers the whole boot.
+    Ping(Ping) -> AgentInfo;
+    CreateContainer(CreateContainer) -> Created;
+    StartContainer(StartContainer) -> ();
+    Signal(SignalProcess) -> ();
+    /// Start another process in the container.
+    Exec(ExecProcess) -> Created;
+    /// Set the window size of a process's terminal.
+    ResizeTty(ResizeTty) -> ();
+    /// Freeze the container's cgroup.
+    Pause(Pause) -> ();
+    Resume(Resume) -> ();
+    Stats(Stats) -> CgroupStats;
+    /// New limits for the container's cgroup.
+    Update(Update) -> ();
+    ListProcesses(ListProcesses) -> Vec<GuestProcess>;
+    /// After a VM is restored from a template: set the guest's clock to the
+    /// host's and mix host entropy into its RNG, so clones of one template
+    /// neither share random numbers nor live in the template's past.
+    SyncGuest(SyncGuest) -> ();
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Ping;
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CreateContainer {
+    pub container_id: String,
+    /// The bundle's config.json as the user wrote it (kept as JSON so that
+    /// fields the OCI crate does not know still reach youki). The agent
+    /// replaces `root.path` with the guest path where it mounted the share.
+    pub spec: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StartContainer {
+    pub container_id: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SignalProcess {
+    pub process: ProcessRef,
+    pub signal: i32,
+    /// Signal every process of the container, not only the one named.
+    pub all: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ExecProcess {
+    pub container_id: String,
+    pub exec_id: String,
+    /// `terminal` asks for a pty.
+    pub process: Process,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ResizeTty {
+    pub process: ProcessRef,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Pause {
+    pub container_id: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub container_id: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub container_id: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Update {
+    pub container_id: String,
+    pub resources: LinuxResources,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ListProcesses {
+    pub container_id: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SyncGuest {
+    /// Nanoseconds since the epoch.
+    pub unix_time_ns: u64,
+    /// Random bytes from the host.
+    pub seed: Vec<u8>,
+}
+
+/// What the agent says of itself.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AgentInfo {
+    pub version: String,
+    pub protocol: u32,
+    pub kernel_release: String,
+}
+
+/// A process exists in the guest (a container's init is held before its
+/// user code until start).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    pub pid: i32,
+}
+
+/// Readings of a container's cgroup (v2) in the guest.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct CgroupStats {
+    pub cpu_usage_usec: u64,
+    pub cpu_user_usec: u64,
+    pub cpu_system_usec: u64,
+    pub cpu_nr_periods: u64,
+    pub cpu_nr_throttled: u64,
+    pub cpu_throttled_usec: u64,
+    pub memory_current: u64,
+    /// `None` is "max".
+    pub memory_max: Option<u64>,
+    pub memory_peak: u64,
+    pub memory_swap_current: u64,
+    pub memory_swap_max: Option<u64>,
+    pub memory_oom_kill: u64,
+    /// memory.stat, key by key.
+    pub memory_stat: std::collections::BTreeMap<String, u64>,
+    pub pids_current: u64,
+    pub pids_max: Option<u64>,
+    /// CPUs the VM has.
+    pub online_cpus: u32,
+}
+
+/// One process of a container, as the guest's /proc shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GuestProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// When it started, in seconds since the epoch by the guest's clock.
+    pub start_time: u64,
+    /// User plus system CPU time, in seconds.
+    pub cpu_secs: u64,
+    pub tty: Option<String>,
+    pub cmdline: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AgentError, AgentErrorKind, ExitStatus, StreamKind};
+    use serde_json::{json, Value};
+
+    fn enc<T: Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap()
+    }
+
+    /// The agent protocol's encoding, pinned: a host and a guest built from
+    /// different trees must still agree, or bump PROTOCOL_VERSION.
+    #[test]
+    fn golden_encoding() {
+        let rpc = |r: Request| enc(&StreamKind::Rpc(Box::new(r)));
+        assert_eq!(rpc(Ping.into()), json!({"Rpc": {"Ping": null}}));
+        assert_eq!(
+            rpc(StartContainer {
+                container_id: "c1".into()
+            }
+            .into()),
+            json!({"Rpc": {"StartContainer": {"container_id": "c1"}}})
+        );
+        assert_eq!(
+            rpc(SignalProcess {
+                process: ProcessRef {
+                    container_id: "c1".into(),
+                    exec_id: Some("e1".into())
+                },
+                signal: 9,
+                all: false
+            }
+            .into()),
+            json!({"Rpc": {"Signal": {"process": {"container_id": "c1", "exec_id": "e1"},
+                "signal": 9, "all": false}}})
+        );
+        let resources: LinuxResources =
+            serde_json::from_value(json!({"pids": {"limit": 7}})).unwrap();
+        assert_eq!(
+            rpc(Update {
+                container_id: "c1".into(),
+                resources
+            }
+            .into()),
+            json!({"Rpc": {"Update": {"container_id": "c1", "resources": {"pids": {"limit": 7}}}}})
+        );
+        assert_eq!(
+            enc(&StreamKind::Wait(ProcessRef::init("c1"))),
+            json!({"Wait": {"container_id": "c1", "exec_id": null}})
+        );
+        let created: Result<Created, AgentError> = Ok(Created { pid: 12 });
+        assert_eq!(enc(&created), json!({"Ok": {"pid": 12}}));
+        let done: Result<(), AgentError> = Ok(());
+        assert_eq!(enc(&done), json!({"Ok": null}));
+        let err: Result<(), AgentError> = Err(AgentError::new(
+            AgentErrorKind::NotRunning,
+            "the process has exited",
+        ));
+        assert_eq!(
+            enc(&err),
+            json!({"Err": {"kind": "not_running", "message": "the process has exited"}})
+        );
+        let status: Result<ExitStatus, AgentError> = Ok(ExitStatus::Signaled(15));
+        assert_eq!(enc(&status), json!({"Ok": {"Signaled": 15}}));
+    }
+
+    #[test]
+    fn every_error_kind_has_its_name() {
+        let kinds = [
+            (AgentErrorKind::NotFound, "not_found"),
+            (AgentErrorKind::NotRunning, "not_running"),
+            (AgentErrorKind::AlreadyExists, "already_exists"),
+            (AgentErrorKind::InvalidArgument, "invalid_argument"),
+            (AgentErrorKind::Refused, "refused"),
+            (AgentErrorKind::Runtime, "runtime"),
+            (AgentErrorKind::System, "system"),
+        ];
+        for (kind, name) in kinds {
+            assert_eq!(enc(&kind), json!(name));
+        }
+    }
+}
