@@ -35,17 +35,23 @@ pub fn describe(status: ExitStatus) -> String {
 impl Supervised {
     /// Start `cmd`. The child gets SIGKILL when the calling thread exits (a
     /// helper nobody controls is a leak: call this from a thread that lives
-    /// as long as the child should) and keeps `keep` open across exec. (Its
-    /// signal mask starts empty, whatever the caller blocks: std's Command
-    /// resets it.)
+    /// as long as the child should), an empty signal mask (std's Command
+    /// keeps the caller's, and the shim blocks the signals it forwards: a
+    /// virtiofsd that inherited the block would never see the SIGTERM of
+    /// its parent-death signal), and `keep` open across exec.
     pub fn spawn(mut cmd: Command, keep: &[RawFd]) -> io::Result<Self> {
         let keep = keep.to_vec();
         // SAFETY: the closure calls only async-signal-safe functions (prctl,
-        // fcntl) and touches no memory shared with the parent but the copied
-        // fd list.
+        // sigemptyset, sigprocmask, fcntl) and touches no memory shared with
+        // the parent but the copied fd list.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 for &fd in &keep {
@@ -142,25 +148,29 @@ mod tests {
     #[test]
     fn a_child_starts_with_no_blocked_signals() {
         use nix::sys::signal::{SigSet, SigmaskHow};
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGUSR1);
-        // Blocked here, on this test's thread only (the forwarder blocks
-        // the signals it catches in the shim).
-        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).unwrap();
-        let child = Supervised::spawn(
-            {
-                let mut c = Command::new("sh");
-                c.args([
-                    "-c",
-                    "grep -q 'SigBlk:\t0000000000000000' /proc/self/status",
-                ]);
-                c
-            },
-            &[],
-        )
+        std::thread::spawn(|| {
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGTERM);
+            // Blocked on this thread, as the shim blocks what it forwards.
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).unwrap();
+            let sigblk = |mut cmd: Command| {
+                cmd.args(["SigBlk", "/proc/self/status"]);
+                String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+            };
+            // A plain Command keeps the mask (bit 14 is SIGTERM)...
+            assert_eq!(sigblk(Command::new("grep")), "SigBlk:\t0000000000004000\n");
+            // ...a supervised child does not.
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("out");
+            let mut cmd = Command::new("grep");
+            cmd.args(["SigBlk", "/proc/self/status"])
+                .stdout(std::fs::File::create(&out).unwrap());
+            let child = Supervised::spawn(cmd, &[]).unwrap();
+            assert!(child.wait_exit(Duration::from_secs(10)));
+            let seen = std::fs::read_to_string(&out).unwrap();
+            assert_eq!(seen, "SigBlk:\t0000000000000000\n");
+        })
+        .join()
         .unwrap();
-        assert!(child.wait_exit(Duration::from_secs(10)));
-        assert_eq!(child.exited().as_deref(), Some("exited with status 0"));
-        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).unwrap();
     }
 }
