@@ -13,8 +13,8 @@ use serde::Serialize;
 use slog::{debug, warn, Logger};
 use tokio::net::UnixStream;
 
-use super::serve::DRAIN_TIMEOUT;
 use super::stdio::{self, Local};
+use super::DRAIN_TIMEOUT;
 use crate::agent::AgentClient;
 use crate::control::{ExecControl, ExecExited, ExecStarted, ShimFailure};
 use crate::error_chain;

@@ -51,6 +51,8 @@ use exec::StandIns;
 
 /// Exit code of the shim when the container ended without one (its VM died).
 pub const VM_LOST_EXIT_CODE: i32 = 255;
+/// After a process exits, how long its output may take to drain.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {

@@ -8,12 +8,9 @@ use runvm_protocol::{ExitStatus, ProcessRef, SignalProcess};
 use slog::{error, info, warn};
 use tokio::sync::mpsc;
 
-use super::{requests, Shim, VM_LOST_EXIT_CODE};
+use super::{requests, Shim, DRAIN_TIMEOUT, VM_LOST_EXIT_CODE};
 use crate::child::ExitWatch;
 use crate::error_chain;
-
-/// After the container exits, how long its output may take to drain.
-pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the serve loop ended.
 enum End {
