@@ -1,7 +1,13 @@
 //! `features`: what runvm supports, in the runtime-spec features format
 //! (containerd 1.7 and later ask for it).
 
-use serde_json::{json, Value};
+use std::collections::HashMap;
+
+use oci_spec::runtime::{
+    ApparmorBuilder, Arch, CgroupBuilder, Features, FeaturesBuilder, LinuxFeatureBuilder,
+    LinuxNamespaceType, LinuxSeccompAction, SeccompBuilder, SelinuxBuilder,
+};
+use serde_json::Value;
 
 use crate::config::Config;
 use crate::hypervisor::resolve_accel;
@@ -96,39 +102,123 @@ const MOUNT_OPTIONS: &[&str] = &[
     "unbindable",
 ];
 
-pub fn features(config: &Config) -> Value {
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// What runvm supports. The container's namespaces, cgroups and seccomp are
+/// the guest's (youki's in a cgroup v2 guest).
+pub fn describe(config: &Config) -> Features {
     let (accel, _) = resolve_accel(config.hypervisor.accel);
-    json!({
-        "ociVersionMin": "1.0.0",
-        "ociVersionMax": crate::OCI_VERSION,
+    use LinuxNamespaceType::*;
+    use LinuxSeccompAction::*;
+    let seccomp = SeccompBuilder::default()
+        .enabled(true)
+        .actions(vec![
+            ScmpActAllow,
+            ScmpActErrno,
+            ScmpActKill,
+            ScmpActKillProcess,
+            ScmpActKillThread,
+            ScmpActLog,
+            ScmpActTrace,
+            ScmpActTrap,
+        ])
+        .operators(strings(&[
+            "SCMP_CMP_EQ",
+            "SCMP_CMP_GE",
+            "SCMP_CMP_GT",
+            "SCMP_CMP_LE",
+            "SCMP_CMP_LT",
+            "SCMP_CMP_MASKED_EQ",
+            "SCMP_CMP_NE",
+        ]))
+        .archs(vec![
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX32,
+        ])
+        .build()
+        .expect("complete");
+    let cgroup = CgroupBuilder::default()
+        .v1(false)
+        .v2(true)
+        .systemd(false)
+        .systemd_user(false)
+        .build()
+        .expect("complete");
+    let linux = LinuxFeatureBuilder::default()
+        .namespaces(vec![Cgroup, Ipc, Mount, Network, Pid, Uts])
+        .capabilities(strings(CAPABILITIES))
+        .cgroup(cgroup)
+        .seccomp(seccomp)
+        .apparmor(
+            ApparmorBuilder::default()
+                .enabled(false)
+                .build()
+                .expect("complete"),
+        )
+        .selinux(
+            SelinuxBuilder::default()
+                .enabled(false)
+                .build()
+                .expect("complete"),
+        )
+        .build()
+        .expect("complete");
+    let annotations: HashMap<String, String> = [
+        ("io.github.runvm.version", env!("CARGO_PKG_VERSION")),
+        (
+            "io.github.runvm.hypervisor",
+            config.hypervisor.backend.as_str(),
+        ),
+        ("io.github.runvm.accel", accel.as_str()),
+        ("io.github.runvm.guest.cgroup", "v2"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    FeaturesBuilder::default()
+        .oci_version_min("1.0.0")
+        .oci_version_max(crate::OCI_VERSION)
         // OCI hooks are not run (yet): they name host binaries.
-        "hooks": [],
-        "mountOptions": MOUNT_OPTIONS,
-        "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
-            "capabilities": CAPABILITIES,
-            // The container's cgroup is in the guest, which is cgroup v2.
-            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {
-                "enabled": true,
-                "actions": [
-                    "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
-                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"
-                ],
-                "operators": [
-                    "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
-                    "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"
-                ],
-                "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]
-            },
-            "apparmor": {"enabled": false},
-            "selinux": {"enabled": false}
-        },
-        "annotations": {
-            "io.github.runvm.version": env!("CARGO_PKG_VERSION"),
-            "io.github.runvm.hypervisor": "qemu",
-            "io.github.runvm.accel": accel.as_str(),
-            "io.github.runvm.guest.cgroup": "v2"
-        }
-    })
+        .hooks(Vec::<String>::new())
+        .mount_options(strings(MOUNT_OPTIONS))
+        .linux(linux)
+        .annotations(annotations)
+        .build()
+        .expect("complete")
+}
+
+/// The features JSON as runc prints it: fields runvm says nothing about are
+/// left out, not null.
+pub fn features(config: &Config) -> Value {
+    let mut v = serde_json::to_value(describe(config)).expect("features serialize");
+    drop_nulls(&mut v);
+    v
+}
+
+fn drop_nulls(v: &mut Value) {
+    if let Value::Object(map) = v {
+        map.retain(|_, x| !x.is_null());
+        map.values_mut().for_each(drop_nulls);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_in_runc_shape() {
+        let v = features(&Config::default());
+        assert_eq!(v["ociVersionMin"], "1.0.0");
+        assert_eq!(v["hooks"], serde_json::json!([]));
+        assert_eq!(v["linux"]["namespaces"][3], "network");
+        assert_eq!(v["linux"]["cgroup"]["v2"], true);
+        assert_eq!(v["linux"]["seccomp"]["actions"][0], "SCMP_ACT_ALLOW");
+        assert_eq!(v["linux"]["seccomp"]["archs"][1], "SCMP_ARCH_X86_64");
+        assert_eq!(v["annotations"]["io.github.runvm.hypervisor"], "qemu");
+        assert!(v["linux"].get("intelRdt").is_none(), "{v}");
+    }
 }
