@@ -35,26 +35,9 @@ pub trait Call: Into<ShimRequest> {
     type Reply: Serialize + DeserializeOwned;
 }
 
-macro_rules! calls {
-    ($($(#[$doc:meta])* $variant:ident($ty:ty) -> $reply:ty;)*) => {
-        #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-        pub enum ShimRequest {
-            $($(#[$doc])* $variant($ty),)*
-        }
-        $(
-            impl From<$ty> for ShimRequest {
-                fn from(r: $ty) -> ShimRequest {
-                    ShimRequest::$variant(r)
-                }
-            }
-            impl Call for $ty {
-                type Reply = $reply;
-            }
-        )*
-    };
-}
-
-calls! {
+runvm_protocol::typed_requests! {
+    /// Every request to the shim.
+    Call for ShimRequest {
     Start(Start) -> ();
     Kill(Kill) -> ();
     Pause(Pause) -> ();
@@ -65,6 +48,7 @@ calls! {
     /// Start a process in the container whose stdio are the three fds sent
     /// with the preface; the session then lasts until it exits.
     Exec(Exec) -> ExecStarted;
+}
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

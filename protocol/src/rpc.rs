@@ -10,27 +10,34 @@ pub trait Rpc: Into<Request> {
     type Reply: Serialize + DeserializeOwned + std::fmt::Debug;
 }
 
-macro_rules! requests {
-    ($($(#[$doc:meta])* $variant:ident($ty:ty) -> $reply:ty;)*) => {
-        /// Every request, as it travels in [`crate::StreamKind::Rpc`].
-        #[derive(Serialize, Deserialize, Debug)]
-        pub enum Request {
+/// An enum of requests, one struct each, and each struct's reply type
+/// through `$trait` (this crate's [`Rpc`], the shim's control `Call`).
+#[macro_export]
+macro_rules! typed_requests {
+    ($(#[$meta:meta])* $trait:ident for $enum:ident {
+        $($(#[$doc:meta])* $variant:ident($ty:ty) -> $reply:ty;)*
+    }) => {
+        $(#[$meta])*
+        #[derive(::serde::Serialize, ::serde::Deserialize, Debug)]
+        pub enum $enum {
             $($(#[$doc])* $variant($ty),)*
         }
         $(
-            impl From<$ty> for Request {
-                fn from(r: $ty) -> Request {
-                    Request::$variant(r)
+            impl From<$ty> for $enum {
+                fn from(r: $ty) -> $enum {
+                    $enum::$variant(r)
                 }
             }
-            impl Rpc for $ty {
+            impl $trait for $ty {
                 type Reply = $reply;
             }
         )*
     };
 }
 
-requests! {
+typed_requests! {
+    /// Every request, as it travels in [`crate::StreamKind::Rpc`].
+    Rpc for Request {
     /// Answered once the agent runs; one ping covers the whole boot.
     Ping(Ping) -> AgentInfo;
     CreateContainer(CreateContainer) -> Created;
@@ -51,6 +58,7 @@ requests! {
     /// host's and mix host entropy into its RNG, so clones of one template
     /// neither share random numbers nor live in the template's past.
     SyncGuest(SyncGuest) -> ();
+}
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -175,15 +175,6 @@ impl Operation {
             Operation::HotplugNet => "hotplugging a network interface",
         }
     }
-
-    /// The operation that hotplugs `device`.
-    pub fn hotplug(device: &Device) -> Option<Operation> {
-        match device {
-            Device::Fs(_) => Some(Operation::HotplugFs),
-            Device::Net(_) => Some(Operation::HotplugNet),
-            Device::AgentPort { .. } => None,
-        }
-    }
 }
 
 /// What a backend can do beyond booting and stopping a VM.
