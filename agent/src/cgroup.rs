@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use runvm_protocol::{CgroupStats, GuestProcess};
+use runvm_protocol::CgroupStats;
 use serde_json::Value;
 
 pub struct Cgroup {
@@ -295,86 +295,6 @@ fn parse_cpu_list(s: &str) -> Result<Vec<u32>, String> {
     Ok(cpus)
 }
 
-/// Clock ticks per second of /proc/<pid>/stat times.
-fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
-}
-
-/// What /proc says about each of `pids` (ones that vanished are left out).
-pub fn describe(pids: &[i32]) -> Vec<GuestProcess> {
-    let ticks = clock_ticks();
-    let boot = boot_time();
-    let mut out: Vec<GuestProcess> = pids
-        .iter()
-        .filter_map(|&pid| {
-            let dir = PathBuf::from(format!("/proc/{pid}"));
-            let stat = fs::read_to_string(dir.join("stat")).ok()?;
-            // The command name is in parentheses and may contain spaces.
-            let close = stat.rfind(')')?;
-            let comm = &stat[stat.find('(')? + 1..close];
-            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-            let field = |n: usize| {
-                fields
-                    .get(n - 3)
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            let tty_nr = field(7);
-            let uid = read(&dir.join("status"))
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
-            let cmdline = read(&dir.join("cmdline"))
-                .replace('\0', " ")
-                .trim()
-                .to_string();
-            Some(GuestProcess {
-                pid,
-                ppid: field(4) as i32,
-                uid,
-                start_time: boot + field(22) / ticks,
-                cpu_secs: (field(14) + field(15)) / ticks,
-                tty: tty_name(tty_nr),
-                cmdline: if cmdline.is_empty() {
-                    format!("[{comm}]")
-                } else {
-                    cmdline
-                },
-            })
-        })
-        .collect();
-    out.sort_by_key(|p| p.pid);
-    out
-}
-
-/// When the guest booted, in seconds since the epoch.
-fn boot_time() -> u64 {
-    keyed(&read(Path::new("/proc/stat")))
-        .get("btime")
-        .copied()
-        .unwrap_or(0)
-}
-
-fn tty_name(tty_nr: u64) -> Option<String> {
-    if tty_nr == 0 {
-        return None;
-    }
-    let major = (tty_nr >> 8) & 0xfff;
-    let minor = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
-    Some(match major {
-        136..=143 => format!("pts/{}", minor + (major - 136) * 256),
-        4 => format!("tty{minor}"),
-        _ => format!("{major}:{minor}"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,11 +366,5 @@ mod tests {
             let err = resource_writes(&r, GIB, 1).unwrap_err();
             assert!(err.starts_with("invalid value"), "{err}");
         }
-    }
-
-    #[test]
-    fn tty_numbers_become_names() {
-        assert_eq!(tty_name(0), None);
-        assert_eq!(tty_name((136 << 8) | 3), Some("pts/3".into()));
     }
 }

@@ -18,7 +18,7 @@ use runvm_protocol::{
 };
 use serde_json::Value;
 
-use crate::cgroup::{self, Cgroup};
+use crate::cgroup::Cgroup;
 use crate::process::{
     drain_pipe, fail, pipes_stdio, run_helper, stdio_pipes, AgentResult, Proc, ProcStdio,
 };
@@ -342,7 +342,7 @@ impl Agent {
     }
 
     pub fn processes(&self, id: &str) -> AgentResult<Vec<GuestProcess>> {
-        Ok(cgroup::describe(&self.container(id)?.cgroup.pids()))
+        Ok(crate::ps::describe(&self.container(id)?.cgroup.pids()))
     }
 }
 

@@ -16,6 +16,7 @@ mod fdio;
 mod guest;
 mod init;
 mod process;
+mod ps;
 mod reaper;
 mod server;
 mod tty;
