@@ -183,8 +183,9 @@ impl Agent {
 
         let bundle = Path::new(BUNDLES_DIR).join(&id);
         fs::create_dir_all(&bundle).map_err(|e| fail("create the bundle", e))?;
-        let cgroup = format!("{CGROUP_PARENT}/{id}");
-        let spec = guest_spec(req.spec, &share, &cgroup)?;
+        let cgroup_path = format!("{CGROUP_PARENT}/{id}");
+        let cgroup = Cgroup::new(&cgroup_path)?;
+        let spec = guest_spec(req.spec, &share, &cgroup_path)?;
         let stdio = NewStdio::new(is_terminal(spec.get("process")))?;
         fs::write(bundle.join("config.json"), spec.to_string())
             .map_err(|e| fail("write config.json", e))?;
@@ -207,9 +208,7 @@ impl Agent {
             Arc::new(Container {
                 init,
                 execs: Mutex::new(HashMap::new()),
-                cgroup: Cgroup::new(
-                    Path::new("/sys/fs/cgroup").join(cgroup.trim_start_matches('/')),
-                ),
+                cgroup,
                 lifecycle: tokio::sync::Mutex::new(()),
             }),
         );
@@ -303,7 +302,7 @@ impl Agent {
         })?;
         if all && p.exec_id.is_none() {
             let c = self.container(&p.container_id)?;
-            for pid in c.cgroup.pids() {
+            for pid in c.cgroup.pids()? {
                 let _ = kill(Pid::from_raw(pid), sig);
             }
             return Ok(());
@@ -323,26 +322,19 @@ impl Agent {
     }
 
     pub fn freeze(&self, id: &str, frozen: bool) -> AgentResult<()> {
-        self.container(id)?
-            .cgroup
-            .freeze(frozen)
-            .map_err(|e| AgentError::new(AgentErrorKind::System, e))
+        self.container(id)?.cgroup.freeze(frozen)
     }
 
     pub fn stats(&self, id: &str) -> AgentResult<CgroupStats> {
-        Ok(self.container(id)?.cgroup.stats())
+        self.container(id)?.cgroup.stats()
     }
 
     pub fn update(&self, id: &str, resources: &LinuxResources) -> AgentResult<()> {
-        let resources = serde_json::to_value(resources).map_err(|e| fail("encode", e))?;
-        self.container(id)?
-            .cgroup
-            .update(&resources)
-            .map_err(|e| AgentError::new(AgentErrorKind::Refused, e))
+        self.container(id)?.cgroup.update(resources)
     }
 
     pub fn processes(&self, id: &str) -> AgentResult<Vec<GuestProcess>> {
-        Ok(crate::ps::describe(&self.container(id)?.cgroup.pids()))
+        Ok(crate::ps::describe(&self.container(id)?.cgroup.pids()?))
     }
 }
 

@@ -15,6 +15,7 @@ mod executor;
 mod fdio;
 mod guest;
 mod init;
+mod limits;
 mod process;
 mod ps;
 mod reaper;
