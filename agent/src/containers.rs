@@ -18,13 +18,14 @@ use runvm_protocol::{
 };
 use serde_json::Value;
 
-use crate::cgroup::{self, Cgroup};
+use crate::cgroup::Cgroup;
 use crate::process::{
     drain_pipe, fail, pipes_stdio, run_helper, stdio_pipes, AgentResult, Proc, ProcStdio,
 };
 use crate::reaper::Reaper;
 use crate::tty::ConsoleSocket;
 use crate::youki_helper::YOUKI_ROOT;
+use youki::container::{Container as YoukiContainer, ContainerStatus, State as YoukiState};
 
 const BUNDLES_DIR: &str = "/run/runvm/bundles";
 const SHARE_DIR: &str = "/run/runvm/share";
@@ -183,8 +184,9 @@ impl Agent {
 
         let bundle = Path::new(BUNDLES_DIR).join(&id);
         fs::create_dir_all(&bundle).map_err(|e| fail("create the bundle", e))?;
-        let cgroup = format!("{CGROUP_PARENT}/{id}");
-        let spec = guest_spec(req.spec, &share, &cgroup)?;
+        let cgroup_path = format!("{CGROUP_PARENT}/{id}");
+        let cgroup = Cgroup::new(&cgroup_path)?;
+        let spec = guest_spec(req.spec, &share, &cgroup_path)?;
         let stdio = NewStdio::new(is_terminal(spec.get("process")))?;
         fs::write(bundle.join("config.json"), spec.to_string())
             .map_err(|e| fail("write config.json", e))?;
@@ -207,9 +209,7 @@ impl Agent {
             Arc::new(Container {
                 init,
                 execs: Mutex::new(HashMap::new()),
-                cgroup: Cgroup::new(
-                    Path::new("/sys/fs/cgroup").join(cgroup.trim_start_matches('/')),
-                ),
+                cgroup,
                 lifecycle: tokio::sync::Mutex::new(()),
             }),
         );
@@ -271,14 +271,19 @@ impl Agent {
         let mut args = vec!["exec", "--id", &req.container_id, "--process", &file_s];
         let extra = stdio.helper_args();
         args.extend(extra.iter().map(String::as_str));
-        // runc allows exec into a created container; youki only into a
-        // running one. Its init is already in its namespaces and cgroup, so
-        // tell youki it runs for the time of the exec.
-        let created = YoukiState::mark_running(&req.container_id);
-        let out = run_helper(&self.reaper, self.zygote.as_ref(), &args, stdio.child_fds()).await;
-        if let Some(state) = created {
-            state.restore();
-        }
+        // runc allows exec into a created container, youki only into a
+        // running one (see MarkedRunning).
+        let out = match MarkedRunning::mark(Path::new(YOUKI_ROOT).join(&req.container_id)) {
+            Ok(marked) => {
+                let out =
+                    run_helper(&self.reaper, self.zygote.as_ref(), &args, stdio.child_fds()).await;
+                if let Some(marked) = marked {
+                    marked.restore();
+                }
+                out
+            }
+            Err(e) => Err(e),
+        };
         let _ = fs::remove_file(&file);
         let out = out?;
         if !out.ok() {
@@ -303,7 +308,7 @@ impl Agent {
         })?;
         if all && p.exec_id.is_none() {
             let c = self.container(&p.container_id)?;
-            for pid in c.cgroup.pids() {
+            for pid in c.cgroup.pids()? {
                 let _ = kill(Pid::from_raw(pid), sig);
             }
             return Ok(());
@@ -323,26 +328,19 @@ impl Agent {
     }
 
     pub fn freeze(&self, id: &str, frozen: bool) -> AgentResult<()> {
-        self.container(id)?
-            .cgroup
-            .freeze(frozen)
-            .map_err(|e| AgentError::new(AgentErrorKind::System, e))
+        self.container(id)?.cgroup.freeze(frozen)
     }
 
     pub fn stats(&self, id: &str) -> AgentResult<CgroupStats> {
-        Ok(self.container(id)?.cgroup.stats())
+        self.container(id)?.cgroup.stats()
     }
 
     pub fn update(&self, id: &str, resources: &LinuxResources) -> AgentResult<()> {
-        let resources = serde_json::to_value(resources).map_err(|e| fail("encode", e))?;
-        self.container(id)?
-            .cgroup
-            .update(&resources)
-            .map_err(|e| AgentError::new(AgentErrorKind::Refused, e))
+        self.container(id)?.cgroup.update(resources)
     }
 
     pub fn processes(&self, id: &str) -> AgentResult<Vec<GuestProcess>> {
-        Ok(cgroup::describe(&self.container(id)?.cgroup.pids()))
+        Ok(crate::ps::describe(&self.container(id)?.cgroup.pids()?))
     }
 }
 
@@ -356,30 +354,57 @@ fn runtime_error(mut msg: String, said: &str) -> AgentError {
     AgentError::new(AgentErrorKind::Runtime, msg)
 }
 
-/// youki's state.json for one container, edited for the time of an exec.
-struct YoukiState {
-    path: PathBuf,
-    original: String,
+/// A created container that youki's state records as running for the time
+/// of an exec.
+///
+/// Why: runc allows exec into a created container; youki's tenant builder
+/// loads state.json and accepts only a running (or paused) one, with no
+/// option for created. The init is already in its namespaces and cgroup,
+/// so an exec joins them as it would after start.
+/// Why it is safe: the agent serialises start and exec per container
+/// (`Container::lifecycle`), the exec helper only reads the state, and
+/// nothing else in the guest drives youki. The state is youki's own typed
+/// `State`, written atomically rather than with youki's `save`, which
+/// truncates and rewrites in place: a failed write (a full tmpfs) would
+/// leave the container without a state, and youki unable to start it.
+struct MarkedRunning {
+    created: YoukiContainer,
 }
 
-impl YoukiState {
+impl MarkedRunning {
     /// If youki records the container as created, record it as running and
     /// return what to restore.
-    fn mark_running(id: &str) -> Option<Self> {
-        let path = Path::new(YOUKI_ROOT).join(id).join("state.json");
-        let original = fs::read_to_string(&path).ok()?;
-        let mut state: Value = serde_json::from_str(&original).ok()?;
-        if state.get("status")?.as_str()? != "created" {
-            return None;
+    fn mark(youki_dir: PathBuf) -> AgentResult<Option<Self>> {
+        let created = YoukiContainer::load(youki_dir)
+            .map_err(|e| fail("load youki's state of the container", e))?;
+        if created.status() != ContainerStatus::Created {
+            return Ok(None);
         }
-        state["status"] = Value::String("running".into());
-        fs::write(&path, state.to_string()).ok()?;
-        Some(YoukiState { path, original })
+        let mut running = created.clone();
+        running.set_status(ContainerStatus::Running);
+        save_youki_state(&running).map_err(|e| fail("record the container as running", e))?;
+        Ok(Some(MarkedRunning { created }))
     }
 
     fn restore(self) {
-        let _ = fs::write(&self.path, self.original);
+        if let Err(e) = save_youki_state(&self.created) {
+            eprintln!(
+                "runvm-agent: restore youki's state of {}: {e}",
+                self.created.id()
+            );
+        }
     }
+}
+
+/// youki's state.json, written as runc's saveState does: a temp file in the
+/// same directory, fsynced, renamed over the old one.
+fn save_youki_state(container: &YoukiContainer) -> std::io::Result<()> {
+    let path = YoukiState::file_path(&container.root);
+    let tmp = path.with_extension("json.runvm-tmp");
+    let mut file = fs::File::create(&tmp)?;
+    serde_json::to_writer(&mut file, &container.state)?;
+    file.sync_all()?;
+    fs::rename(&tmp, &path)
 }
 
 /// Mount the virtio-fs share `tag` at `target`, waiting for the device.
@@ -471,6 +496,32 @@ mod tests {
         assert!(out.get("hooks").is_none());
         assert_eq!(out["linux"]["cgroupsPath"], "/runvm/c1");
         assert_eq!(out["linux"]["namespaces"][1], json!({"type": "network"}));
+    }
+
+    #[test]
+    fn a_created_container_is_marked_running_and_restored() {
+        let dir = std::env::temp_dir().join(format!("runvm-youki-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id() as i32;
+        let mut youki =
+            YoukiContainer::new("c1", ContainerStatus::Created, Some(me), &dir, &dir).unwrap();
+        youki.save().unwrap();
+        let load = || YoukiContainer::load(dir.clone()).unwrap().status();
+
+        let marked = MarkedRunning::mark(dir.clone()).unwrap().unwrap();
+        assert_eq!(load(), ContainerStatus::Running);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"], "no temp file is left");
+        marked.restore();
+        assert_eq!(load(), ContainerStatus::Created);
+
+        // A running container is left alone.
+        youki.set_status(ContainerStatus::Running).save().unwrap();
+        assert!(MarkedRunning::mark(dir.clone()).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
