@@ -12,7 +12,7 @@
 //! pipe.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -271,31 +271,10 @@ pub fn call<C: Call>(dir: &Path, req: C, timeout: Duration) -> Result<C::Reply, 
 }
 
 /// Receive the preface of a connection on the shim's side: the fds, if any.
-pub fn recv_preface(sock: BorrowedFd<'_>) -> io::Result<Option<[std::os::fd::OwnedFd; 3]>> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned};
-    use std::os::fd::{FromRawFd, OwnedFd};
+pub fn recv_preface(sock: BorrowedFd<'_>) -> io::Result<Option<[OwnedFd; 3]>> {
     let mut byte = [0u8; 1];
-    let mut iov = [io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 3]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            // SAFETY: SCM_RIGHTS just installed these descriptors in our
-            // table; nothing else owns them.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    if msg.bytes == 0 {
+    let (bytes, fds) = crate::sockdir::recv_with_fds(sock, &mut byte)?;
+    if bytes == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     match (byte[0], <[OwnedFd; 3]>::try_from(fds)) {

@@ -100,31 +100,8 @@ pub fn console_pty(console_socket: &Path) -> Result<(OwnedFd, io::Result<()>), T
 /// The receiving side of the console-socket protocol: read the one message
 /// and take the descriptor it carries (as containerd and conmon do).
 pub fn receive_from_console_socket(conn: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned};
-    use std::os::fd::FromRawFd;
     let mut name = [0u8; 4096];
-    let mut iov = [io::IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([i32; 1]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let fds: Vec<i32> = msg
-        .cmsgs()?
-        .filter_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => Some(fds),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    // SAFETY: SCM_RIGHTS installed these descriptors in our table just now;
-    // each is owned exactly once here.
-    let mut owned: Vec<OwnedFd> = fds
-        .into_iter()
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
+    let (_, mut owned) = crate::sockdir::recv_with_fds(conn, &mut name)?;
     match owned.len() {
         1 => Ok(owned.remove(0)),
         n => Err(io::Error::new(
