@@ -103,6 +103,13 @@ async fn handle_request(agent: &Agent, req: Request, stream: &mut StreamHandle) 
         Request::Update(r) => reply(stream, agent.update(&r.container_id, &r.resources)).await,
         Request::ListProcesses(r) => reply(stream, agent.processes(&r.container_id)).await,
         Request::SyncGuest(r) => reply(stream, crate::guest::sync(r.unix_time_ns, &r.seed)).await,
+        Request::ConfigureNetwork(_) => {
+            let refused: AgentResult<()> = Err(runvm_protocol::AgentError::new(
+                runvm_protocol::AgentErrorKind::Refused,
+                "this agent cannot configure network interfaces yet",
+            ));
+            reply(stream, refused).await
+        }
     }
 }
 

@@ -58,6 +58,10 @@ typed_requests! {
     /// host's and mix host entropy into its RNG, so clones of one template
     /// neither share random numbers nor live in the template's past.
     SyncGuest(SyncGuest) -> ();
+    /// Give the guest's NICs the host interfaces' identities: MAC (the
+    /// device already has it), name, MTU, addresses, then the routes.
+    /// Answered when every interface is up and every route is in.
+    ConfigureNetwork(ConfigureNetwork) -> ();
 }
 }
 
@@ -133,6 +137,39 @@ pub struct SyncGuest {
     pub unix_time_ns: u64,
     /// Random bytes from the host.
     pub seed: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ConfigureNetwork {
+    pub interfaces: Vec<Interface>,
+    /// In the order the host listed them; a route's gateway is reachable
+    /// through an address or a route earlier in the list.
+    pub routes: Vec<Route>,
+}
+
+/// One NIC of the guest, as the host's interface it stands for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Interface {
+    /// The name the container sees (the host interface's, e.g. `eth0`).
+    pub name: String,
+    /// `aa:bb:cc:dd:ee:ff`, lowercase: how the agent finds the device.
+    pub mac: String,
+    pub mtu: u32,
+    /// `address/prefix`, IPv4 or IPv6 (`10.88.0.5/16`, `fd00::5/64`).
+    pub addresses: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Route {
+    /// `address/prefix`; `None` is the default route (of the gateway's
+    /// family).
+    pub destination: Option<String>,
+    pub gateway: Option<String>,
+    /// The interface's `name`.
+    pub device: String,
+    /// Link-scope (no gateway, on the link) or universe.
+    pub scope_link: bool,
+    pub metric: Option<u32>,
 }
 
 /// What the agent says of itself.
@@ -249,6 +286,29 @@ mod tests {
         assert_eq!(
             enc(&err),
             json!({"Err": {"kind": "not_running", "message": "the process has exited"}})
+        );
+        assert_eq!(
+            rpc(ConfigureNetwork {
+                interfaces: vec![Interface {
+                    name: "eth0".into(),
+                    mac: "02:42:0a:00:00:02".into(),
+                    mtu: 1400,
+                    addresses: vec!["10.0.0.2/24".into()],
+                }],
+                routes: vec![Route {
+                    destination: None,
+                    gateway: Some("10.0.0.1".into()),
+                    device: "eth0".into(),
+                    scope_link: false,
+                    metric: None,
+                }],
+            }
+            .into()),
+            json!({"Rpc": {"ConfigureNetwork": {
+                "interfaces": [{"name": "eth0", "mac": "02:42:0a:00:00:02", "mtu": 1400,
+                    "addresses": ["10.0.0.2/24"]}],
+                "routes": [{"destination": null, "gateway": "10.0.0.1", "device": "eth0",
+                    "scope_link": false, "metric": null}]}}})
         );
         let status: Result<ExitStatus, AgentError> = Ok(ExitStatus::Signaled(15));
         assert_eq!(enc(&status), json!({"Ok": {"Signaled": 15}}));
