@@ -170,6 +170,9 @@ pub enum CreateStage {
     Prepare,
     /// Sharing the container's files (bind mounts, virtiofsd).
     Share,
+    /// Reading or joining the container's network namespace, connecting
+    /// the VM's NICs to its interfaces.
+    Network,
     /// Starting or restoring the VM.
     Vm,
     /// The VM or its agent did not come up.

@@ -18,6 +18,7 @@ pub mod hypervisor;
 pub mod id;
 pub mod locate;
 pub mod lock;
+pub mod network;
 pub mod procinfo;
 pub mod resources;
 pub mod share;

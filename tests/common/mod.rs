@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod netns;
 mod templates;
 
 use templates::shared_template;
@@ -30,7 +31,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "true", "false", "uname", "id", "pwd", "hostname", "touch", "ls",
     "dd", "head", "od", "tr", "wc", "stty", "date", "ps", "env", "grep", "mkdir", "rm", "kill",
-    "yes", "seq", "printf", "test", "nproc", "free", "mount",
+    "yes", "seq", "printf", "test", "nproc", "free", "mount", "ip", "ping", "nc", "httpd", "wget",
 ];
 
 static SUBREAPER: Once = Once::new();

@@ -3,12 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Device, FsDevice, Restore, VmSpec};
+use super::{Device, FsDevice, NetDevice, Restore, VmSpec};
 use crate::config::Config;
 use crate::locate::{self, LocateError};
 
 /// Device slots a VM keeps free after boot: one for a later NIC or share.
-const SPARE_SLOTS: usize = 1;
+/// A template's clone has these for its NICs (its share has a slot of its
+/// own).
+pub const SPARE_SLOTS: usize = 1;
 
 fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError> {
     let hv = &config.hypervisor;
@@ -31,15 +33,18 @@ fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError
     })
 }
 
-/// A container's VM booted from scratch, its share attached at boot.
+/// A container's VM booted from scratch, its share and NICs attached at
+/// boot.
 pub fn container_vm(
     config: &Config,
     name: String,
     dir: &Path,
     share: FsDevice,
+    nics: &[NetDevice],
 ) -> Result<VmSpec, LocateError> {
     let mut vm = base(config, name, dir)?;
     vm.devices.push(Device::Fs(share));
+    vm.devices.extend(nics.iter().cloned().map(Device::Net));
     Ok(vm)
 }
 

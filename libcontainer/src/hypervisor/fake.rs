@@ -61,6 +61,7 @@ fn name(req: &Request) -> &'static str {
         Request::Update(_) => "Update",
         Request::ListProcesses(_) => "ListProcesses",
         Request::SyncGuest(_) => "SyncGuest",
+        Request::ConfigureNetwork(_) => "ConfigureNetwork",
     }
 }
 
@@ -150,7 +151,8 @@ impl Guest {
             | Request::Pause(_)
             | Request::Resume(_)
             | Request::Update(_)
-            | Request::SyncGuest(_) => send::<()>(Ok(())),
+            | Request::SyncGuest(_)
+            | Request::ConfigureNetwork(_) => send::<()>(Ok(())),
         };
         let _ = runvm_protocol::write_frame_async(stream, &frame).await;
     }

@@ -21,7 +21,7 @@ pub use crate::child::ExitWatch;
 use crate::config::{Backend, Config};
 use crate::locate::LocateError;
 pub use accel::{resolve_accel, ResolvedAccel};
-pub use builder::{clone_vm, container_vm, template_vm};
+pub use builder::{clone_vm, container_vm, template_vm, SPARE_SLOTS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
@@ -77,7 +77,7 @@ pub enum Device {
     AgentPort { name: String },
     /// A virtio-fs share served by a vhost-user daemon.
     Fs(FsDevice),
-    /// A network interface backed by a host tap device.
+    /// A network interface.
     Net(NetDevice),
 }
 
@@ -101,10 +101,22 @@ pub struct FsDevice {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetDevice {
-    /// The host's tap device (it must exist).
-    pub tap: String,
+    pub backend: NetBackend,
     /// The guest interface's MAC address, `52:54:00:..`.
     pub mac: String,
+    /// Offered to the guest's driver, where the device can say it.
+    pub mtu: Option<u32>,
+}
+
+/// Where a NIC's frames go on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetBackend {
+    /// A tap device of this name in the hypervisor's network namespace,
+    /// created by the hypervisor (and gone with it).
+    Tap { name: String },
+    /// The hypervisor's own user-mode network stack: outbound connections
+    /// only, for a container that asked for the host's network.
+    User,
 }
 
 /// Bring the VM back from a snapshot instead of booting it.

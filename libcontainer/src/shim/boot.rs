@@ -18,7 +18,8 @@ use crate::config::Config;
 use crate::control::CONTROL_SOCKET;
 use crate::error_chain;
 use crate::factory::{Factory, Template};
-use crate::hypervisor::{self, FsDevice, Operation, Restore, VmSpec, CONSOLE_LOG};
+use crate::hypervisor::{self, FsDevice, NetDevice, Operation, Restore, VmSpec, CONSOLE_LOG};
+use crate::network::{self, Network};
 use crate::procinfo::ProcessIdentity;
 use crate::spec::Bundle;
 use crate::state::SPEC_FILE;
@@ -72,9 +73,27 @@ impl Shim {
             tag: SHARE_TAG.into(),
             socket: SHARE_SOCKET.into(),
         };
-        let cloned = self.launch_vm(&configured, share).await?;
+        // The caller's set-up is done (its hooks have run): the interfaces
+        // it put in the namespace are the VM's NICs.
+        let network = Network::discover(&self.net_mode).await?;
+        if *network.mode() == network::Mode::Host {
+            warn!(self.log, "the container asked for the host's network, which a VM cannot share: it gets outbound-only user-mode networking (10.0.2.15); nothing on the host can connect to it");
+        }
+        let nics = network.devices();
+        self.network = Some(network);
+        let cloned = self.launch_vm(&configured, share, &nics).await?;
+        let network = self.network.as_ref().expect("set above");
+        network.connect().await?;
+        let guest_network = network.guest_config();
         let t_launch = t0.elapsed();
         let info = self.connect_agent(cloned).await?;
+        if let Some(config) = guest_network {
+            let agent = self.agent.clone().expect("the agent is connected");
+            agent
+                .call_within(config, self.config.timeouts.boot())
+                .await
+                .map_err(ShimError::GuestNetwork)?;
+        }
         let t_ready = t0.elapsed();
         let local = self.init_stdio(bundle.terminal())?;
         let spec = crate::share::guest_spec(&bundle.raw, &bundle.binds);
@@ -110,10 +129,15 @@ impl Shim {
 
     /// Start the VM: a clone of the template when there is a usable one,
     /// else a cold boot. Returns whether it is a clone.
-    async fn launch_vm(&mut self, configured: &Config, share: FsDevice) -> Result<bool, ShimError> {
+    async fn launch_vm(
+        &mut self,
+        configured: &Config,
+        share: FsDevice,
+        nics: &[NetDevice],
+    ) -> Result<bool, ShimError> {
         let t0 = Instant::now();
         let name = format!("runvm-{}", self.id);
-        let clone = self.template(configured).and_then(|t| match t.copy_memory(&self.id) {
+        let clone = self.template(configured, nics.len()).and_then(|t| match t.copy_memory(&self.id) {
             Ok(memory) => Some((t, memory)),
             Err(e) => {
                 warn!(self.log, "booting cold: cannot copy the template's memory"; "error" => error_chain(&e));
@@ -130,7 +154,7 @@ impl Shim {
                     memory: memory.clone(),
                 },
             ),
-            None => hypervisor::container_vm(&self.config, name, &self.dir, share.clone()),
+            None => hypervisor::container_vm(&self.config, name, &self.dir, share.clone(), nics),
         }
         .map_err(crate::hypervisor::HypervisorError::from)?;
         let mut vm = hypervisor::new(&self.config, spec)?;
@@ -156,7 +180,13 @@ impl Shim {
             // the guest enumerates it while the agent reconnects.
             vm.supports(Operation::HotplugFs)?;
             vm.hotplug(&hypervisor::Device::Fs(share))?;
-            slog::debug!(self.log, "restored, share hotplugged"; "ms" => t0.elapsed().as_millis() as u64);
+            // And the NICs into the slots left (`template` checked there
+            // are enough).
+            for nic in nics {
+                vm.supports(Operation::HotplugNet)?;
+                vm.hotplug(&hypervisor::Device::Net(nic.clone()))?;
+            }
+            slog::debug!(self.log, "restored, share and NICs hotplugged"; "nics" => nics.len(), "ms" => t0.elapsed().as_millis() as u64);
         }
         Ok(cloned)
     }
@@ -251,11 +281,15 @@ impl Shim {
     /// configuration and it is as large as the container's VM must be.
     /// Templates being on, every other outcome is a cold boot and says why,
     /// as a warning: the user asked for clones.
-    fn template(&self, configured: &Config) -> Option<Template> {
+    fn template(&self, configured: &Config, nics: usize) -> Option<Template> {
         if !configured.factory.enable_template {
             return None;
         }
-        let can = [Operation::Restore, Operation::HotplugFs]
+        let mut needs = vec![Operation::Restore, Operation::HotplugFs];
+        if nics > 0 {
+            needs.push(Operation::HotplugNet);
+        }
+        let can = needs
             .into_iter()
             .try_for_each(|op| hypervisor::supports(configured, op));
         if let Err(e) = can {
@@ -269,6 +303,10 @@ impl Shim {
                 return None;
             }
         };
+        if nics > hypervisor::SPARE_SLOTS {
+            warn!(self.log, "booting cold: the container has {nics} network interfaces, a clone has room for {}", hypervisor::SPARE_SLOTS);
+            return None;
+        }
         let (needs, has) = (&self.config.hypervisor, &template.meta);
         if needs.vcpus > has.vcpus || needs.memory_mib > has.memory_mib {
             // Growing a clone needs CPU hotplug, which the guest kernel does

@@ -40,6 +40,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::{CreateFailure, CreateStage, Ready};
 use crate::error_chain;
 use crate::hypervisor::{Hypervisor, HypervisorError};
+use crate::network::{self, Network, NetworkError};
 use crate::procinfo::ProcessIdentity;
 use crate::sockdir::SocketDir;
 use crate::spec::SpecError;
@@ -68,6 +69,10 @@ pub enum ShimError {
     Dir { path: PathBuf, source: io::Error },
     #[error("start virtiofsd")]
     Virtiofsd(#[from] VirtiofsdError),
+    #[error("network")]
+    Network(#[from] NetworkError),
+    #[error("configure the guest's network")]
+    GuestNetwork(#[source] AgentClientError),
     #[error("start the VM")]
     Hypervisor(#[from] HypervisorError),
     #[error("the VM did not come up: {reason}{console}")]
@@ -103,6 +108,7 @@ impl ShimError {
             | ShimError::Sizing(_)
             | ShimError::Control(_) => CreateStage::Prepare,
             ShimError::Virtiofsd(_) | ShimError::Share(_) => CreateStage::Share,
+            ShimError::Network(_) | ShimError::GuestNetwork(_) => CreateStage::Network,
             ShimError::Hypervisor(_) => CreateStage::Vm,
             ShimError::Boot { .. } | ShimError::Agent(_) | ShimError::AgentVersion { .. } => {
                 CreateStage::Boot
@@ -145,6 +151,19 @@ pub fn main(args: ShimArgs) -> i32 {
     if let Err(e) = crate::share::enter_private_mount_namespace() {
         return fail(ready, CreateStage::Share, error_chain(&e));
     }
+    // And the container's network namespace, which QEMU (and its taps)
+    // inherit; the shim's pid is the state's, so /proc/<pid>/ns/net is the
+    // container's network for the hooks and tools that look there.
+    let spec_file = StateStore::new(&args.root)
+        .dir(&args.id)
+        .join(crate::state::SPEC_FILE);
+    let net_mode = match network::mode_of_spec_file(&spec_file) {
+        Ok(mode) => mode,
+        Err(e) => return fail(ready, CreateStage::Prepare, error_chain(&e)),
+    };
+    if let Err(e) = net_mode.enter() {
+        return fail(ready, CreateStage::Network, error_chain(&e));
+    }
     let signals = match crate::signal::Forwarder::new(&[]) {
         Ok(f) => f,
         Err(e) => return fail(ready, CreateStage::Prepare, format!("catch signals: {e}")),
@@ -164,13 +183,18 @@ pub fn main(args: ShimArgs) -> i32 {
             )
         }
     };
-    let code = rt.block_on(run(args, ready, signals));
+    let code = rt.block_on(run(args, ready, signals, net_mode));
     // Do not wait for blocking reads of stdin (a terminal that stays open).
     rt.shutdown_background();
     code
 }
 
-async fn run(args: ShimArgs, ready: Option<File>, signals: crate::signal::Forwarder) -> i32 {
+async fn run(
+    args: ShimArgs,
+    ready: Option<File>,
+    signals: crate::signal::Forwarder,
+    net_mode: network::Mode,
+) -> i32 {
     let log = args.log.clone();
     let signals = match signals.into_channel() {
         Ok(rx) => rx,
@@ -185,7 +209,7 @@ async fn run(args: ShimArgs, ready: Option<File>, signals: crate::signal::Forwar
     let store = StateStore::new(&args.root);
     let mut shim = match Config::load()
         .map_err(ShimError::from)
-        .and_then(|config| Shim::new(&args, store, config))
+        .and_then(|config| Shim::new(&args, store, config, net_mode))
     {
         Ok(s) => s,
         Err(e) => {
@@ -247,6 +271,9 @@ struct Shim {
     /// What a paused container was before (created or running), and is
     /// again once resumed.
     paused_from: ContainerStatus,
+    net_mode: network::Mode,
+    /// The NICs, once read from the namespace.
+    network: Option<Network>,
     vm: Option<Box<dyn Hypervisor>>,
     virtiofsd: Option<Virtiofsd>,
     agent: Option<Arc<AgentClient>>,
@@ -261,7 +288,12 @@ struct Shim {
 }
 
 impl Shim {
-    fn new(args: &ShimArgs, store: StateStore, config: Config) -> Result<Self, ShimError> {
+    fn new(
+        args: &ShimArgs,
+        store: StateStore,
+        config: Config,
+        net_mode: network::Mode,
+    ) -> Result<Self, ShimError> {
         let dir = store.dir(&args.id);
         let sockets = SocketDir::open(&dir).map_err(|source| ShimError::Dir {
             path: dir.clone(),
@@ -276,6 +308,8 @@ impl Shim {
             sockets,
             status: ContainerStatus::Creating,
             paused_from: ContainerStatus::Running,
+            net_mode,
+            network: None,
             vm: None,
             virtiofsd: None,
             agent: None,

@@ -39,6 +39,13 @@ impl Shim {
             }
             slog::debug!(self.log, "VM stopped"; "ms" => t.elapsed().as_millis() as u64);
         }
+        // The taps went with the VM; the redirects on the caller's
+        // interfaces go now (their namespace may outlive the container).
+        if let Some(network) = self.network.take() {
+            for e in network.disconnect().await {
+                warn!(self.log, "disconnect the network"; "error" => error_chain(&e));
+            }
+        }
         if let Some(vfs) = self.virtiofsd.take() {
             let t = Instant::now();
             vfs.stop(stop);

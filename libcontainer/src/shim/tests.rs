@@ -79,6 +79,7 @@ impl Harness {
                 tag: "share".into(),
                 socket: "share.sock".into(),
             },
+            &[],
         )
         .unwrap();
         let mut vm = FakeVm::new(spec, script);
@@ -106,7 +107,8 @@ impl Harness {
                         let _ = req_tx.send(r);
                     }
                 });
-                let mut shim = Shim::new(&args, store, shim_config).unwrap();
+                let mut shim =
+                    Shim::new(&args, store, shim_config, crate::network::Mode::New).unwrap();
                 vm.launch().unwrap();
                 killer_tx.send(vm.killer()).unwrap();
                 shim.vm = Some(Box::new(vm));

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::hypervisor::{Device, ResolvedAccel, VmSpec, CONSOLE_LOG};
+use crate::hypervisor::{Device, NetBackend, ResolvedAccel, VmSpec, CONSOLE_LOG};
 
 pub const AGENT_SOCKET: &str = "agent.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
@@ -153,15 +153,15 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
             Device::Net(nic) => {
                 let id = format!("net{net}");
                 net += 1;
-                push(&[
-                    "-netdev",
-                    &format!("tap,id={id},ifname={},script=no,downscript=no", nic.tap),
-                ]);
+                push(&["-netdev", &netdev(&id, &nic.backend)]);
                 push(&[
                     "-device",
                     &format!(
-                        "virtio-net-pci,id={id}-dev,netdev={id},mac={},bus=rp{port}",
-                        nic.mac
+                        "virtio-net-pci,id={id}-dev,netdev={id},mac={}{},bus=rp{port}",
+                        nic.mac,
+                        nic.mtu
+                            .map(|m| format!(",host_mtu={m}"))
+                            .unwrap_or_default()
                     ),
                 ]);
                 port += 1;
@@ -169,6 +169,15 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
         }
     }
     a
+}
+
+fn netdev(id: &str, backend: &NetBackend) -> String {
+    match backend {
+        NetBackend::Tap { name } => {
+            format!("tap,id={id},ifname={name},script=no,downscript=no,vhost=off")
+        }
+        NetBackend::User => format!("user,id={id}"),
+    }
 }
 
 /// The command line with what differs between a template and its clones
@@ -327,8 +336,16 @@ mod tests {
         s.max_vcpus = 4;
         s.max_memory_mib = 1024;
         s.devices.push(Device::Net(NetDevice {
-            tap: "tap0".into(),
+            backend: NetBackend::Tap {
+                name: "tap0".into(),
+            },
             mac: "52:54:00:12:34:56".into(),
+            mtu: Some(1400),
+        }));
+        s.devices.push(Device::Net(NetDevice {
+            backend: NetBackend::User,
+            mac: "52:54:00:12:34:57".into(),
+            mtu: None,
         }));
         let a = command_line(&s, &opts(ResolvedAccel::Tcg));
         assert!(has_pair(&a, "-smp", "1,maxcpus=4"));
@@ -336,12 +353,18 @@ mod tests {
         assert!(has_pair(
             &a,
             "-netdev",
-            "tap,id=net0,ifname=tap0,script=no,downscript=no"
+            "tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"
         ));
         assert!(has_pair(
             &a,
             "-device",
-            "virtio-net-pci,id=net0-dev,netdev=net0,mac=52:54:00:12:34:56,bus=rp1"
+            "virtio-net-pci,id=net0-dev,netdev=net0,mac=52:54:00:12:34:56,host_mtu=1400,bus=rp1"
+        ));
+        assert!(has_pair(&a, "-netdev", "user,id=net1"));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-net-pci,id=net1-dev,netdev=net1,mac=52:54:00:12:34:57,bus=rp2"
         ));
         assert!(has_pair(
             &a,

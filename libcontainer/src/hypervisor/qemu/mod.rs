@@ -15,11 +15,11 @@ use tokio::sync::watch;
 use self::cmdline::{command_line, memory_path, root_ports, Options, AGENT_SOCKET, QMP_SOCKET};
 use self::qmp::{
     ChardevAdd, ChardevBackend, Cont, DeviceAdd, Migrate, MigrateIncoming, MigrateSetCapabilities,
-    MigrationCapability, NetdevAddTap, Qmp, QmpError, QueryMigrate, Quit, SocketAddress, Stop,
+    MigrationCapability, NetdevAdd, Qmp, QmpError, QueryMigrate, Quit, SocketAddress, Stop,
 };
 use super::{
     resolve_accel, Accelerator, AgentEndpoint, Capabilities, Device, ExitWatch, Hypervisor,
-    HypervisorError, VmSpec, VMM_LOG,
+    HypervisorError, NetBackend, VmSpec, VMM_LOG,
 };
 use crate::child::Supervised;
 use crate::config::HypervisorConfig;
@@ -322,11 +322,15 @@ impl Hypervisor for Qemu {
                 let bus = self.take_port()?;
                 let id = format!("net{}", self.nics);
                 let qmp = self.qmp()?;
-                qmp.execute(&NetdevAddTap::new(id.clone(), nic.tap.clone()))?;
+                qmp.execute(&match &nic.backend {
+                    NetBackend::Tap { name } => NetdevAdd::tap(id.clone(), name.clone()),
+                    NetBackend::User => NetdevAdd::User { id: id.clone() },
+                })?;
                 qmp.execute(&DeviceAdd::VirtioNet {
                     id: format!("{id}-dev"),
                     netdev: id,
                     mac: nic.mac.clone(),
+                    host_mtu: nic.mtu,
                     bus,
                 })?;
                 self.nics += 1;

@@ -144,6 +144,8 @@ pub enum DeviceAdd {
         id: String,
         netdev: String,
         mac: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host_mtu: Option<u32>,
         bus: String,
     },
 }
@@ -153,30 +155,36 @@ impl Command for DeviceAdd {
     type Returns = Empty;
 }
 
-/// `netdev_add` of a tap device the host made.
+/// `netdev_add` of a NIC's backend.
 #[derive(Serialize, Debug)]
-pub struct NetdevAddTap {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub id: String,
-    pub ifname: String,
-    pub script: &'static str,
-    pub downscript: &'static str,
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NetdevAdd {
+    /// A tap QEMU creates by name (no scripts: the host configures it).
+    Tap {
+        id: String,
+        ifname: String,
+        script: &'static str,
+        downscript: &'static str,
+        vhost: bool,
+    },
+    User {
+        id: String,
+    },
 }
 
-impl NetdevAddTap {
-    pub fn new(id: String, ifname: String) -> Self {
-        NetdevAddTap {
-            kind: "tap",
+impl NetdevAdd {
+    pub fn tap(id: String, ifname: String) -> Self {
+        NetdevAdd::Tap {
             id,
             ifname,
             script: "no",
             downscript: "no",
+            vhost: false,
         }
     }
 }
 
-impl Command for NetdevAddTap {
+impl Command for NetdevAdd {
     const NAME: &'static str = "netdev_add";
     type Returns = Empty;
 }
@@ -386,10 +394,12 @@ mod tests {
                 id: "net0-dev".into(),
                 netdev: "net0".into(),
                 mac: "52:54:00:00:00:01".into(),
+                host_mtu: Some(1400),
                 bus: "rp1".into(),
             }),
             json!({"execute": "device_add", "arguments": {"driver": "virtio-net-pci",
-                "id": "net0-dev", "netdev": "net0", "mac": "52:54:00:00:00:01", "bus": "rp1"}})
+                "id": "net0-dev", "netdev": "net0", "mac": "52:54:00:00:00:01",
+                "host_mtu": 1400, "bus": "rp1"}})
         );
         assert_eq!(
             encode(&MigrateSetCapabilities {
@@ -402,9 +412,13 @@ mod tests {
                 {"capability": "x-ignore-shared", "state": true}]}})
         );
         assert_eq!(
-            encode(&NetdevAddTap::new("net0".into(), "tap0".into())),
+            encode(&NetdevAdd::tap("net0".into(), "tap0".into())),
             json!({"execute": "netdev_add", "arguments": {"type": "tap", "id": "net0",
-                "ifname": "tap0", "script": "no", "downscript": "no"}})
+                "ifname": "tap0", "script": "no", "downscript": "no", "vhost": false}})
+        );
+        assert_eq!(
+            encode(&NetdevAdd::User { id: "net1".into() }),
+            json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "net1"}})
         );
         assert_eq!(
             encode(&Cont {}),

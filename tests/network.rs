@@ -1,0 +1,196 @@
+//! The container's network is the one its caller set up: the interfaces of
+//! the network namespace the spec names, reached through the VM's NICs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::netns::{Netns, VethPair, CONTAINER_IP, PEER_IP};
+use common::*;
+use serde_json::json;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn join_netns(b: &Bundle, path: &str) {
+    let path = path.to_string();
+    b.edit(move |c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(json!({"type": "network", "path": path}));
+    });
+}
+
+/// Connect from `from` to `ip:port`, send a line, return the reply; retried
+/// until the server listens (it prints its marker just before it does).
+fn tcp_echo(from: &Netns, ip: &str, port: u16, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = from.exec(&[
+            "sh",
+            "-c",
+            &format!("echo {line} | busybox nc -w 10 {ip} {port}"),
+        ]);
+        let reply = text(&out.stdout);
+        if !reply.is_empty() || Instant::now() >= deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_container_gets_the_interfaces_of_its_network_namespace() {
+    let net = VethPair::new(1400);
+    let rv = Runvm::new();
+    // The server answers one line and exits, so the client sees the
+    // connection close.
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "ip -o link; ip -o addr; ip route; cat /sys/class/net/eth0/mtu; echo READY; \
+         exec nc -l -p 7777 -e sh -c 'read l; echo echo:$l'",
+    ]);
+    join_netns(&b, &net.container.path());
+    let id = unique_id("net");
+    let c = rv.run_detached(&id, &b);
+    wait_for_output(&b, "out.txt", "READY", BOOT);
+    let out = b.output("out.txt");
+    assert!(
+        out.contains(&format!("link/ether {}", net.mac)),
+        "the guest's eth0 has the veth's MAC {}: {out}",
+        net.mac
+    );
+    assert!(out.contains("eth0") && out.contains(&format!("inet {CONTAINER_IP}/24")));
+    assert!(
+        out.contains(&format!("default via {PEER_IP} dev eth0")),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l == "1400"), "MTU 1400: {out}");
+    // The host's side of the namespace sees the tap and the redirects.
+    assert!(net.container.ip(&["-o", "link"]).contains("rvtap0"));
+    // Both ways: the peer reaches the container, the container the peer.
+    let ping = net
+        .peer
+        .exec(&["ping", "-c", "1", "-W", "10", CONTAINER_IP]);
+    assert!(ping.status.success(), "ping the container: {ping:?}");
+    let ping = rv.run(&["exec", &id, "ping", "-c", "1", "-W", "10", PEER_IP]);
+    assert!(
+        ping.status.success(),
+        "ping the peer: {}",
+        text(&ping.stdout)
+    );
+    assert_eq!(
+        tcp_echo(&net.peer, CONTAINER_IP, 7777, "hello"),
+        "echo:hello\n"
+    );
+    drop(c);
+    assert_eq!(net.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn a_new_network_namespace_has_loopback_only_and_is_the_state_pids() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "ip -o link; echo READY; sleep 600"]);
+    let id = unique_id("netnew");
+    let c = rv.run_detached(&id, &b);
+    wait_for_output(&b, "out.txt", "READY", BOOT);
+    let out = b.output("out.txt");
+    let links: Vec<&str> = out.lines().filter(|l| l.contains(": ")).collect();
+    assert_eq!(links.len(), 1, "loopback only: {out}");
+    assert!(links[0].contains(": lo:"), "{out}");
+    // The state's pid lives in the container's network namespace, not the
+    // host's: where Docker's prestart hook configures it.
+    let pid = rv.state(&id)["pid"].as_i64().unwrap();
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(theirs, ours);
+    drop(c);
+}
+
+#[test]
+fn a_namespace_with_only_loopback_gives_loopback_only() {
+    let ns = Netns::new();
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "ip -o link"]);
+    join_netns(&b, &ns.path());
+    let id = unique_id("netlo");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let links: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(": "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert!(links[0].contains(": lo:"));
+}
+
+#[test]
+fn a_network_namespace_path_that_does_not_exist_fails_create_cleanly() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    join_netns(&b, "/run/netns/runvm-test-no-such-netns");
+    let id = unique_id("netmissing");
+    let (c, out) = rv.create(&id, &b);
+    assert!(!out.status.success());
+    let err = b.output("err.txt");
+    assert!(
+        err.contains("namespace path: lstat /run/netns/runvm-test-no-such-netns"),
+        "runc's words: {err}"
+    );
+    drop(c);
+}
+
+#[test]
+fn a_path_that_is_not_a_network_namespace_fails_create_cleanly() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    let not_ns = b.path().join("config.json");
+    join_netns(&b, not_ns.to_str().unwrap());
+    let id = unique_id("netnotns");
+    let (c, out) = rv.create(&id, &b);
+    assert!(!out.status.success());
+    let err = b.output("err.txt");
+    assert!(
+        err.contains(&format!("join the network namespace {}", not_ns.display())),
+        "{err}"
+    );
+    drop(c);
+}
+
+#[test]
+fn the_host_network_is_user_mode_and_reaches_the_host() {
+    // A server on the host's loopback; user-mode networking maps 10.0.2.2
+    // to it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(b"host:").unwrap();
+        s.write_all(&buf[..n]).unwrap();
+    });
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        &format!("ip -o addr show eth0; echo hi | nc -w 30 10.0.2.2 {port}"),
+    ]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network")
+    });
+    let id = unique_id("nethost");
+    let _g = rv.guard(&id, &b);
+    let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("inet 10.0.2.15/24"), "{stdout}");
+    assert!(stdout.contains("host:hi"), "{stdout}");
+    server.join().unwrap();
+}
