@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 
+import bench_net
 from bundles import make_bundle
 
 
@@ -177,6 +178,7 @@ def main():
     ap.add_argument("--runvm", default="target/release/runvm")
     ap.add_argument("-n", type=int, default=10)
     ap.add_argument("--idle", type=int, default=10, help="idle containers for the PSS figures")
+    ap.add_argument("--no-network", action="store_true", help="leave out the network rows")
     a = ap.parse_args()
     runvm = os.path.abspath(a.runvm)
     bundle = make_bundle(runvm, ["true"], "runvm-bench-")
@@ -225,6 +227,7 @@ def main():
             base, env = runtimes[name]
             pss[name] = idle_pss(base + ["--root", roots[name]], env, roots[name],
                                  idle_bundle, a.idle, boots[name])
+        network = None if a.no_network else bench_net.run(runvm, runtimes["runvm"][1], a.n)
     finally:
         for d in list(roots.values()) + [bundle, idle_bundle]:
             shutil.rmtree(d, ignore_errors=True)
@@ -261,6 +264,8 @@ def main():
     print("  and with the guest memory its memory file holds that QEMU has not mapped")
     for name, (v, held) in pss.items():
         print(f"  {name:15} {v:7.1f} MiB   {held:7.1f} MiB")
+    if network:
+        print(network)
 
 
 if __name__ == "__main__":

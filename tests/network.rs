@@ -66,8 +66,13 @@ fn a_container_gets_the_interfaces_of_its_network_namespace() {
         "{out}"
     );
     assert!(out.lines().any(|l| l == "1400"), "MTU 1400: {out}");
-    // The host's side of the namespace sees the tap and the redirects.
+    // The host's side of the namespace has the tap, and state.json says
+    // which interface it stands for.
     assert!(net.container.ip(&["-o", "link"]).contains("rvtap0"));
+    let nic = &rv.raw_state(&id)["network"]["nics"][0];
+    assert_eq!(nic["interface"], "eth0");
+    assert_eq!(nic["tap"], "rvtap0");
+    assert_eq!(nic["mac"], net.mac.as_str());
     // Both ways: the peer reaches the container, the container the peer.
     let ping = net
         .peer

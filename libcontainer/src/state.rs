@@ -82,6 +82,10 @@ pub struct State {
     /// The container process has a terminal.
     #[serde(default)]
     pub terminal: bool,
+    /// The network the VM got (for debugging: the taps and what they
+    /// stand for).
+    #[serde(default)]
+    pub network: Option<crate::network::Record>,
 }
 
 impl State {
@@ -105,6 +109,7 @@ impl State {
             boot: None,
             exit_code: None,
             terminal: false,
+            network: None,
         }
     }
 

@@ -132,6 +132,23 @@ pub struct HostInterface {
     pub addresses: Vec<(IpAddr, u8)>,
 }
 
+/// What `state.json` says of the network, for whoever debugs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// "host" (user-mode), "new" or the namespace's path.
+    pub namespace: String,
+    pub nics: Vec<NicRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NicRecord {
+    pub interface: String,
+    pub tap: String,
+    pub mac: String,
+    pub mtu: u32,
+    pub addresses: Vec<String>,
+}
+
 /// A NIC of the VM and the host interface it stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
@@ -177,6 +194,32 @@ impl Network {
 
     pub fn mode(&self) -> &Mode {
         &self.mode
+    }
+
+    pub fn record(&self) -> Record {
+        Record {
+            namespace: match &self.mode {
+                Mode::Host => "host".into(),
+                Mode::New => "new".into(),
+                Mode::Join(p) => p.display().to_string(),
+            },
+            nics: self
+                .nics
+                .iter()
+                .map(|n| NicRecord {
+                    interface: n.host.name.clone(),
+                    tap: n.tap.clone(),
+                    mac: n.host.mac.clone(),
+                    mtu: n.host.mtu,
+                    addresses: n
+                        .host
+                        .addresses
+                        .iter()
+                        .map(|(a, p)| format!("{a}/{p}"))
+                        .collect(),
+                })
+                .collect(),
+        }
     }
 
     pub fn nics(&self) -> &[Nic] {

@@ -80,6 +80,10 @@ impl Shim {
             warn!(self.log, "the container asked for the host's network, which a VM cannot share: it gets outbound-only user-mode networking (10.0.2.15); nothing on the host can connect to it");
         }
         let nics = network.devices();
+        let record = network.record();
+        info!(self.log, "network"; "namespace" => &record.namespace,
+            "nics" => record.nics.iter().map(|n| format!("{}={}", n.interface, n.tap)).collect::<Vec<_>>().join(" "));
+        self.record(|s| s.network = Some(record))?;
         self.network = Some(network);
         let cloned = self.launch_vm(&configured, share, &nics).await?;
         let network = self.network.as_ref().expect("set above");
