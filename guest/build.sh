@@ -57,15 +57,21 @@ install -m 0755 "$agent" "$stage/init"
 ldd "$agent" | awk '/=>/ {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
     [ -n "$lib" ] && [ -e "$lib" ] && cp --parents -L "$lib" "$stage/"
 done
-# Kernel modules the agent loads at start (uncompressed: finit_module).
-# virtio_balloon reports freed guest pages, so the host can drop them.
+# Kernel modules the agent loads at start (uncompressed: finit_module), in
+# the order of their names: a module after those it depends on.
+# virtio_balloon reports freed guest pages, so the host can drop them;
+# virtio_net (which needs net_failover, which needs failover) is the NICs'.
 mkdir -p "$stage/lib/modules"
-for mod in drivers/virtio/virtio_balloon; do
+n=10
+for mod in drivers/virtio/virtio_balloon net/core/failover drivers/net/net_failover \
+    drivers/net/virtio_net; do
     src=$(ls "$kdir"/lib/modules/"$krel"/kernel/"$mod".ko* | head -n1)
+    dst="$stage/lib/modules/$n-$(basename "$mod").ko"
+    n=$((n + 1))
     case "$src" in
-        *.xz) xz -dc "$src" > "$stage/lib/modules/$(basename "$mod").ko" ;;
-        *.zst) zstd -dcq "$src" > "$stage/lib/modules/$(basename "$mod").ko" ;;
-        *) cp "$src" "$stage/lib/modules/" ;;
+        *.xz) xz -dc "$src" > "$dst" ;;
+        *.zst) zstd -dcq "$src" > "$dst" ;;
+        *) cp "$src" "$dst" ;;
     esac
 done
 # The kernel opens /dev/console for PID 1's stdio before /dev is mounted.

@@ -429,7 +429,8 @@ async fn mount_share(tag: &str, target: &Path) -> AgentResult<()> {
 
 /// Adapt the host's spec to the guest: the rootfs and bind sources are in the
 /// share, the cgroup is ours to place, and host-side references (namespace
-/// paths, hooks that name host binaries) mean nothing in the VM.
+/// paths, hooks that name host binaries) mean nothing in the VM; the
+/// container's network is the VM's.
 fn guest_spec(mut spec: Value, share: &Path, cgroup: &str) -> AgentResult<Value> {
     let obj = spec.as_object_mut().ok_or_else(|| {
         AgentError::new(
@@ -459,6 +460,10 @@ fn guest_spec(mut spec: Value, share: &Path, cgroup: &str) -> AgentResult<Value>
         .or_insert_with(|| Value::Object(Default::default()));
     linux["cgroupsPath"] = Value::String(cgroup.to_string());
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+        // One VM per container: the VM's network (its NICs, configured from
+        // the host's interfaces) is the container's, so the container stays
+        // in the VM's network namespace.
+        namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
         for ns in namespaces.iter_mut() {
             if let Some(ns) = ns.as_object_mut() {
                 ns.remove("path");
@@ -495,7 +500,7 @@ mod tests {
         assert_eq!(out["root"]["readonly"], true);
         assert!(out.get("hooks").is_none());
         assert_eq!(out["linux"]["cgroupsPath"], "/runvm/c1");
-        assert_eq!(out["linux"]["namespaces"][1], json!({"type": "network"}));
+        assert_eq!(out["linux"]["namespaces"], json!([{"type": "pid"}]));
     }
 
     #[test]

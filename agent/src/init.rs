@@ -168,13 +168,15 @@ pub fn mount_system() -> Result<()> {
 }
 
 /// Load the kernel modules the initramfs carries. A module that fails to
-/// load costs a feature (free page reporting), not the VM.
+/// load costs a feature (free page reporting, NICs), not the VM.
 fn load_modules() {
     let Ok(entries) = fs::read_dir("/lib/modules") else {
         return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
+    // Named in load order (guest/build.sh numbers them).
+    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
         if path.extension().is_some_and(|e| e == "ko") {
             let loaded = fs::File::open(&path).and_then(|f| {
                 nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty())

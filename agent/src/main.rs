@@ -16,6 +16,7 @@ mod fdio;
 mod guest;
 mod init;
 mod limits;
+mod network;
 mod process;
 mod ps;
 mod reaper;

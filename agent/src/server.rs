@@ -26,6 +26,10 @@ pub async fn serve() -> Result<()> {
             eprintln!("runvm-agent: reaper: {e:#}");
         }
     });
+    // Loopback is every container's, whatever else its network has.
+    if let Err(e) = crate::network::loopback_up().await {
+        eprintln!("runvm-agent: {e}");
+    }
     let path = fdio::find_port(AGENT_PORT_NAME).await?;
     let port = FdIo::open(&path)?;
     // A session ends when the host side disconnects (reads return EOF while no
@@ -103,13 +107,7 @@ async fn handle_request(agent: &Agent, req: Request, stream: &mut StreamHandle) 
         Request::Update(r) => reply(stream, agent.update(&r.container_id, &r.resources)).await,
         Request::ListProcesses(r) => reply(stream, agent.processes(&r.container_id)).await,
         Request::SyncGuest(r) => reply(stream, crate::guest::sync(r.unix_time_ns, &r.seed)).await,
-        Request::ConfigureNetwork(_) => {
-            let refused: AgentResult<()> = Err(runvm_protocol::AgentError::new(
-                runvm_protocol::AgentErrorKind::Refused,
-                "this agent cannot configure network interfaces yet",
-            ));
-            reply(stream, refused).await
-        }
+        Request::ConfigureNetwork(r) => reply(stream, crate::network::configure(r).await).await,
     }
 }
 
