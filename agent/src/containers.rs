@@ -427,6 +427,9 @@ async fn mount_share(tag: &str, target: &Path) -> AgentResult<()> {
     }
 }
 
+/// The VM's network namespace: the agent's, PID 1's.
+const VM_NETNS: &str = "/proc/1/ns/net";
+
 /// Adapt the host's spec to the guest: the rootfs and bind sources are in the
 /// share, the cgroup is ours to place, and host-side references (namespace
 /// paths, hooks that name host binaries) mean nothing in the VM; the
@@ -460,13 +463,17 @@ fn guest_spec(mut spec: Value, share: &Path, cgroup: &str) -> AgentResult<Value>
         .or_insert_with(|| Value::Object(Default::default()));
     linux["cgroupsPath"] = Value::String(cgroup.to_string());
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-        // One VM per container: the VM's network (its NICs, configured from
-        // the host's interfaces) is the container's, so the container stays
-        // in the VM's network namespace.
-        namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
         for ns in namespaces.iter_mut() {
             if let Some(ns) = ns.as_object_mut() {
                 ns.remove("path");
+                // One VM per container: the VM's network (its NICs,
+                // configured from the host's interfaces) is the container's.
+                // It joins the VM's namespace, and still has a network
+                // namespace of its own as far as youki's checks go (net.*
+                // sysctls are refused without one, as by runc).
+                if ns.get("type").and_then(Value::as_str) == Some("network") {
+                    ns.insert("path".into(), Value::String(VM_NETNS.into()));
+                }
             }
         }
     }
@@ -500,7 +507,10 @@ mod tests {
         assert_eq!(out["root"]["readonly"], true);
         assert!(out.get("hooks").is_none());
         assert_eq!(out["linux"]["cgroupsPath"], "/runvm/c1");
-        assert_eq!(out["linux"]["namespaces"], json!([{"type": "pid"}]));
+        assert_eq!(
+            out["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}])
+        );
     }
 
     #[test]

@@ -122,6 +122,10 @@ fn builder(id: &str, console_socket: Option<&str>) -> Result<ContainerBuilder> {
 }
 
 fn exec(id: &str, process: &str, console_socket: Option<String>) -> Result<()> {
+    // youki checks the container's spec again for an exec (see create).
+    let container =
+        Container::load(PathBuf::from(YOUKI_ROOT).join(id)).context("load the container")?;
+    step_out_of_the_vms_network(&container.bundle().to_string_lossy())?;
     let pid = builder(id, console_socket.as_deref())?
         .as_tenant()
         .with_process(Some(process))
@@ -133,6 +137,7 @@ fn exec(id: &str, process: &str, console_socket: Option<String>) -> Result<()> {
 }
 
 fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> {
+    step_out_of_the_vms_network(bundle)?;
     let container = builder(id, console_socket.as_deref())?
         .as_init(bundle)
         .with_systemd(false)
@@ -140,37 +145,34 @@ fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> 
         .build()
         .map_err(|e| anyhow::anyhow!(e))?;
     let pid = container.pid().context("youki reported no pid")?;
-    loopback_up(pid.as_raw()).context("bring up the container's loopback")?;
     println!("{pid}");
     Ok(())
 }
 
-/// runc brings up `lo` in a container's network namespace; youki does not.
-fn loopback_up(pid: i32) -> Result<()> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-    // SAFETY: a plain socket(2) call; the result is checked and owned below.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: socket(2) returned a new descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    use std::os::fd::AsRawFd;
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+/// A container joins the VM's network namespace, which is its own (one VM
+/// per container). youki takes a namespace path equal to its caller's for
+/// the host's and then refuses the spec's net.* sysctls, as runc does for a
+/// host-network container; so this helper, not the container, moves out of
+/// the way into a namespace of its own, gone when it exits.
+fn step_out_of_the_vms_network(bundle: &str) -> Result<()> {
+    if joins_a_network_namespace(bundle)? {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("leave the VM's network namespace")?;
     }
     Ok(())
+}
+
+/// The spec names a network namespace to join (the agent points it at the
+/// VM's).
+fn joins_a_network_namespace(bundle: &str) -> Result<bool> {
+    let path = PathBuf::from(bundle).join("config.json");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+    )
+    .with_context(|| format!("parse {}", path.display()))?;
+    Ok(spec["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|ns| ns["type"] == "network" && ns["path"].is_string()))
 }
