@@ -447,17 +447,22 @@ fn guest_spec(mut spec: Value, share: &Path, cgroup: &str) -> AgentResult<Value>
     root["path"] = Value::String(share.join(SHARE_ROOTFS).to_string_lossy().into_owned());
     if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
         for m in mounts.iter_mut() {
-            let inside = m
-                .get("source")
-                .and_then(Value::as_str)
-                .and_then(|s| s.strip_prefix(SHARE_SOURCE_PREFIX))
-                .map(|rel| share.join(rel).to_string_lossy().into_owned());
-            if let Some(path) = inside {
+            if let Some(path) = in_share(share, m.get("source")) {
                 m["source"] = Value::String(path);
             }
         }
     }
-    obj.remove("hooks");
+    // The host sends only the hooks that run here (createContainer and
+    // startContainer, found in the rootfs); a path in the share is mapped
+    // to where the share is mounted.
+    if let Some(hooks) = obj.get_mut("hooks").and_then(Value::as_object_mut) {
+        hooks.retain(|kind, _| kind == "createContainer" || kind == "startContainer");
+        for hook in hooks.values_mut().filter_map(Value::as_array_mut).flatten() {
+            if let Some(path) = in_share(share, hook.get("path")) {
+                hook["path"] = Value::String(path);
+            }
+        }
+    }
     let linux = obj
         .entry("linux")
         .or_insert_with(|| Value::Object(Default::default()));
@@ -480,6 +485,13 @@ fn guest_spec(mut spec: Value, share: &Path, cgroup: &str) -> AgentResult<Value>
     Ok(spec)
 }
 
+/// Where a host path that names a file in the share (`runvm-share:rel`)
+/// is in the guest.
+fn in_share(share: &Path, host: Option<&Value>) -> Option<String> {
+    let rel = host?.as_str()?.strip_prefix(SHARE_SOURCE_PREFIX)?;
+    Some(share.join(rel).to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,7 +506,11 @@ mod tests {
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/etc/hosts", "type": "bind", "source": "runvm-share:mounts/1"}
             ],
-            "hooks": {"prestart": [{"path": "/usr/bin/host-hook"}]},
+            "hooks": {
+                "prestart": [{"path": "/usr/bin/host-hook"}],
+                "createContainer": [{"path": "runvm-share:rootfs/bin/hook", "args": ["hook"]}],
+                "startContainer": [{"path": "/bin/hook"}]
+            },
             "linux": {
                 "cgroupsPath": "system.slice:libpod:abc",
                 "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]
@@ -505,7 +521,13 @@ mod tests {
         assert_eq!(out["mounts"][0]["source"], "proc");
         assert_eq!(out["mounts"][1]["source"], "/run/runvm/share/c1/mounts/1");
         assert_eq!(out["root"]["readonly"], true);
-        assert!(out.get("hooks").is_none());
+        assert_eq!(
+            out["hooks"],
+            json!({
+                "createContainer": [{"path": "/run/runvm/share/c1/rootfs/bin/hook", "args": ["hook"]}],
+                "startContainer": [{"path": "/bin/hook"}]
+            })
+        );
         assert_eq!(out["linux"]["cgroupsPath"], "/runvm/c1");
         assert_eq!(
             out["linux"]["namespaces"],

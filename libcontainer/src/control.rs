@@ -170,6 +170,8 @@ pub enum CreateStage {
     Prepare,
     /// Sharing the container's files (bind mounts, virtiofsd).
     Share,
+    /// The prestart and createRuntime hooks.
+    Hooks,
     /// Reading or joining the container's network namespace, connecting
     /// the VM's NICs to its interfaces.
     Network,

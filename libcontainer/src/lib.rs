@@ -14,6 +14,7 @@ pub mod events;
 pub mod exec;
 pub mod factory;
 pub mod features;
+pub mod hooks;
 pub mod hypervisor;
 pub mod id;
 pub mod locate;

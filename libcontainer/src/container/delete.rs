@@ -6,6 +6,7 @@ use slog::warn;
 
 use super::{ContainerError, Runtime};
 use crate::control::Kill;
+use crate::hooks::Kind;
 use crate::id::validate_id;
 use crate::procinfo::ProcessIdentity;
 use crate::state::StateError;
@@ -80,6 +81,7 @@ impl Runtime {
         for p in state.processes() {
             p.kill_and_wait(stop);
         }
+        self.run_hooks(&state, Kind::Poststop, ContainerStatus::Stopped, None);
         self.store.remove(id)?;
         Ok(())
     }

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::control::CONTROL_SOCKET;
 use crate::error_chain;
 use crate::factory::{Factory, Template};
+use crate::hooks::{self, HookState, Kind, Place};
 use crate::hypervisor::{self, FsDevice, NetDevice, Operation, Restore, VmSpec, CONSOLE_LOG};
 use crate::network::{self, Network};
 use crate::procinfo::ProcessIdentity;
@@ -63,6 +64,23 @@ impl Shim {
             source,
         })?;
         let bundle = Bundle::from_slice(&state.bundle, &spec_path, &data)?;
+        // The caller's set-up (Docker configures the network namespace in
+        // a prestart hook), with the shim, whose pid the hooks get, in the
+        // container's network namespace.
+        if let Some(hooks) = bundle.spec.hooks() {
+            self.hooks = Some(hooks.clone());
+            let hook_state = HookState::of(
+                &state,
+                ContainerStatus::Creating,
+                Some(std::process::id() as i32),
+            );
+            let place = Place {
+                bundle: &bundle.dir,
+                namespaces: Some(&self.host),
+            };
+            hooks::run(Kind::Prestart, hooks, &hook_state, &place)?;
+            hooks::run(Kind::CreateRuntime, hooks, &hook_state, &place)?;
+        }
         // The VM grows to the container's limits; a template of another size
         // then does not match, and the container boots cold.
         let (host_cpus, host_mib) = crate::sizing::host_capacity();
@@ -73,8 +91,8 @@ impl Shim {
             tag: SHARE_TAG.into(),
             socket: SHARE_SOCKET.into(),
         };
-        // The caller's set-up is done (its hooks have run): the interfaces
-        // it put in the namespace are the VM's NICs.
+        // The caller's set-up is done: the interfaces it put in the
+        // namespace are the VM's NICs.
         let network = Network::discover(&self.net_mode).await?;
         if *network.mode() == network::Mode::Host {
             warn!(self.log, "the container asked for the host's network, which a VM cannot share: it gets outbound-only user-mode networking (10.0.2.15); nothing on the host can connect to it");
@@ -100,7 +118,12 @@ impl Shim {
         }
         let t_ready = t0.elapsed();
         let local = self.init_stdio(bundle.terminal())?;
-        let spec = crate::share::guest_spec(&bundle.raw, &bundle.binds);
+        let mut spec = crate::share::guest_spec(&bundle.raw, &bundle.binds);
+        let (guest_hooks, left_out) = hooks::for_the_guest(&bundle.raw, &bundle.rootfs);
+        for (kind, path) in left_out {
+            warn!(self.log, "a hook that is not in the container's rootfs cannot run in the VM: left out"; "hook" => kind.name(), "path" => path.display().to_string());
+        }
+        spec["hooks"] = guest_hooks;
         self.create_in_guest(spec, local).await?;
         info!(self.log, "container created";
             "boot" => if cloned { "template" } else { "cold" },
@@ -109,6 +132,21 @@ impl Shim {
             "agent_ready_ms" => t_ready.as_millis() as u64,
             "created_ms" => t0.elapsed().as_millis() as u64);
         Ok(())
+    }
+
+    /// The poststop hooks of a container whose create failed (runc runs
+    /// them when it cleans up).
+    pub(super) fn run_poststop(&self) {
+        let Some(hooks) = &self.hooks else { return };
+        let Ok(state) = self.store.load(&self.id) else {
+            return;
+        };
+        let hook_state = HookState::of(&state, ContainerStatus::Stopped, None);
+        let place = Place {
+            bundle: &state.bundle,
+            namespaces: Some(&self.host),
+        };
+        hooks::run_warning(Kind::Poststop, hooks, &hook_state, &place, &self.log);
     }
 
     /// Assemble the container's files and start virtiofsd serving them.

@@ -69,6 +69,9 @@ pub enum ShimError {
     Dir { path: PathBuf, source: io::Error },
     #[error("start virtiofsd")]
     Virtiofsd(#[from] VirtiofsdError),
+    /// runc's words: `error running hook #0: ...`.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     #[error("network")]
     Network(#[from] NetworkError),
     #[error("configure the guest's network")]
@@ -108,6 +111,7 @@ impl ShimError {
             | ShimError::Sizing(_)
             | ShimError::Control(_) => CreateStage::Prepare,
             ShimError::Virtiofsd(_) | ShimError::Share(_) => CreateStage::Share,
+            ShimError::Hook(_) => CreateStage::Hooks,
             ShimError::Network(_) | ShimError::GuestNetwork(_) => CreateStage::Network,
             ShimError::Hypervisor(_) => CreateStage::Vm,
             ShimError::Boot { .. } | ShimError::Agent(_) | ShimError::AgentVersion { .. } => {
@@ -143,6 +147,18 @@ pub fn main(args: ShimArgs) -> i32 {
         error!(args.log, "shim"; "error" => &message);
         report(ready, Ready::Failed(CreateFailure { stage, message }));
         1
+    };
+    // The host's namespaces, which the hooks run in, before the shim leaves
+    // them.
+    let host = match crate::hooks::Namespaces::of_this_process() {
+        Ok(ns) => ns,
+        Err(e) => {
+            return fail(
+                ready,
+                CreateStage::Prepare,
+                format!("open the host's namespaces: {e}"),
+            )
+        }
     };
     // Before any thread exists: the bind mounts that make up the share live
     // in a mount namespace of the shim's own, and the signals the shim
@@ -183,7 +199,7 @@ pub fn main(args: ShimArgs) -> i32 {
             )
         }
     };
-    let code = rt.block_on(run(args, ready, signals, net_mode));
+    let code = rt.block_on(run(args, ready, signals, net_mode, host));
     // Do not wait for blocking reads of stdin (a terminal that stays open).
     rt.shutdown_background();
     code
@@ -194,6 +210,7 @@ async fn run(
     ready: Option<File>,
     signals: crate::signal::Forwarder,
     net_mode: network::Mode,
+    host: crate::hooks::Namespaces,
 ) -> i32 {
     let log = args.log.clone();
     let signals = match signals.into_channel() {
@@ -209,7 +226,7 @@ async fn run(
     let store = StateStore::new(&args.root);
     let mut shim = match Config::load()
         .map_err(ShimError::from)
-        .and_then(|config| Shim::new(&args, store, config, net_mode))
+        .and_then(|config| Shim::new(&args, store, config, net_mode, host))
     {
         Ok(s) => s,
         Err(e) => {
@@ -230,6 +247,7 @@ async fn run(
         error!(log, "create failed"; "error" => &message);
         shim.teardown().await;
         shim.record_stopped(None);
+        shim.run_poststop();
         report(
             ready,
             Ready::Failed(CreateFailure {
@@ -247,6 +265,7 @@ async fn run(
         );
         shim.teardown().await;
         shim.record_stopped(None);
+        shim.run_poststop();
         return 1;
     }
     shim.serve(signals).await
@@ -272,6 +291,10 @@ struct Shim {
     /// again once resumed.
     paused_from: ContainerStatus,
     net_mode: network::Mode,
+    /// The host's namespaces, for the hooks.
+    host: crate::hooks::Namespaces,
+    /// The spec's hooks, once it has been read.
+    hooks: Option<oci_spec::runtime::Hooks>,
     /// The NICs, once read from the namespace.
     network: Option<Network>,
     vm: Option<Box<dyn Hypervisor>>,
@@ -293,6 +316,7 @@ impl Shim {
         store: StateStore,
         config: Config,
         net_mode: network::Mode,
+        host: crate::hooks::Namespaces,
     ) -> Result<Self, ShimError> {
         let dir = store.dir(&args.id);
         let sockets = SocketDir::open(&dir).map_err(|source| ShimError::Dir {
@@ -309,6 +333,8 @@ impl Shim {
             status: ContainerStatus::Creating,
             paused_from: ContainerStatus::Running,
             net_mode,
+            host,
+            hooks: None,
             network: None,
             vm: None,
             virtiofsd: None,

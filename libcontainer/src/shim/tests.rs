@@ -107,8 +107,14 @@ impl Harness {
                         let _ = req_tx.send(r);
                     }
                 });
-                let mut shim =
-                    Shim::new(&args, store, shim_config, crate::network::Mode::New).unwrap();
+                let mut shim = Shim::new(
+                    &args,
+                    store,
+                    shim_config,
+                    crate::network::Mode::New,
+                    crate::hooks::Namespaces::of_this_process().unwrap(),
+                )
+                .unwrap();
                 vm.launch().unwrap();
                 killer_tx.send(vm.killer()).unwrap();
                 shim.vm = Some(Box::new(vm));
