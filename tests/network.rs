@@ -126,6 +126,59 @@ fn a_container_gets_the_interfaces_of_its_network_namespace() {
 }
 
 #[test]
+fn in_a_pod_the_sandbox_holds_the_namespace_and_one_container_gets_its_interfaces() {
+    let net = VethPair::new(1500);
+    let rv = Runvm::new();
+    let pod = |b: &Bundle, kind: &str| {
+        join_netns(b, &net.container.path());
+        let kind = kind.to_string();
+        b.edit(move |c| {
+            c["annotations"] = json!({"io.kubernetes.cri.container-type": kind});
+        });
+    };
+    let sandbox = Bundle::busybox(&["sh", "-c", "ip -o link; echo READY; exec sleep 1000"]);
+    pod(&sandbox, "sandbox");
+    let sandbox_id = unique_id("netpod-sandbox");
+    let s = rv.run_detached(&sandbox_id, &sandbox);
+    wait_for_output(&sandbox, "out.txt", "READY", BOOT);
+    let links = sandbox.output("out.txt");
+    assert_eq!(
+        links.lines().filter(|l| l.contains(": ")).count(),
+        1,
+        "lo only: {links}"
+    );
+    assert_eq!(rv.raw_state(&sandbox_id)["network"]["nics"], json!([]));
+
+    let app = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "echo READY; exec nc -l -p 7777 -e sh -c 'read l; echo echo:$l'",
+    ]);
+    pod(&app, "container");
+    let app_id = unique_id("netpod-app");
+    let a = rv.run_detached(&app_id, &app);
+    wait_for_output(&app, "out.txt", "READY", BOOT);
+
+    // A second container of the pod cannot have the same interfaces, and
+    // its failed create leaves the first one's connection alone.
+    let other = Bundle::busybox(&["true"]);
+    pod(&other, "container");
+    let other_id = unique_id("netpod-other");
+    let (o, out) = rv.create(&other_id, &other);
+    assert_ne!(out.status.code(), Some(0));
+    let err = other.output("err.txt");
+    assert!(
+        err.contains("interface eth0 is already connected to another VM"),
+        "{err}"
+    );
+    drop(o);
+    assert_eq!(tcp_echo(&net.peer, CONTAINER_IP, 7777, "pod"), "echo:pod\n");
+    drop(a);
+    drop(s);
+    assert_eq!(net.leftovers(), Vec::<String>::new());
+}
+
+#[test]
 fn a_new_network_namespace_has_loopback_only_and_is_the_state_pids() {
     let rv = Runvm::new();
     let b = Bundle::busybox(&["sh", "-c", "ip -o link; echo READY; sleep 600"]);
@@ -199,6 +252,15 @@ fn a_path_that_is_not_a_network_namespace_fails_create_cleanly() {
 
 #[test]
 fn the_host_network_is_user_mode_and_reaches_the_host() {
+    host_network(false);
+}
+
+#[test]
+fn a_path_to_the_hosts_network_namespace_is_the_host_network() {
+    host_network(true);
+}
+
+fn host_network(by_path: bool) {
     // A server on the host's loopback; user-mode networking maps 10.0.2.2
     // to it.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -217,12 +279,20 @@ fn the_host_network_is_user_mode_and_reaches_the_host() {
         "-c",
         &format!("ip -o addr show eth0; echo hi | nc -w 30 10.0.2.2 {port}"),
     ]);
-    b.edit(|c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|n| n["type"] != "network")
-    });
+    // Without a network namespace, or with a path to the host's (as a
+    // host-network pod's containers have their sandbox's): the host's
+    // interfaces are never the VM's.
+    let host_ns = format!("/proc/{}/ns/net", std::process::id());
+    if by_path {
+        join_netns(&b, &host_ns);
+    } else {
+        b.edit(|c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|n| n["type"] != "network")
+        });
+    }
     let id = unique_id("nethost");
     let _g = rv.guard(&id, &b);
     let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);

@@ -58,6 +58,9 @@ pub enum NetworkError {
     NoMac { name: String },
     #[error("tap {tap} for {interface} did not appear")]
     NoTap { tap: String, interface: String },
+    /// Another VM (another container of the same pod) holds it.
+    #[error("interface {interface} is already connected to another VM (each container of a pod is a VM of its own, and only one can have the pod's network)")]
+    InUse { interface: String },
     #[error("connect {interface} to {tap}: {step}")]
     Connect {
         interface: String,
@@ -95,15 +98,21 @@ impl Mode {
         }
     }
 
-    /// Move the calling process into the namespace. Call it before any
+    /// Move the calling process into the namespace; returns the mode it is
+    /// in: a path to the namespace the caller is in already is the host's
+    /// network (a host-network pod's containers join their sandbox's by
+    /// path), whose interfaces are never the VM's. Call it before any
     /// thread exists: a namespace is a property of each thread, and threads
     /// started later inherit it.
-    pub fn enter(&self) -> Result<(), NetworkError> {
+    pub fn enter(self) -> Result<Mode, NetworkError> {
         match self {
-            Mode::Host => Ok(()),
-            Mode::New => unshare(CloneFlags::CLONE_NEWNET).map_err(NetworkError::Create),
+            Mode::Host => Ok(Mode::Host),
+            Mode::New => {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(NetworkError::Create)?;
+                Ok(Mode::New)
+            }
             Mode::Join(path) => {
-                std::fs::symlink_metadata(path).map_err(|source| NetworkError::NamespacePath {
+                std::fs::symlink_metadata(&path).map_err(|source| NetworkError::NamespacePath {
                     path: path.clone(),
                     source,
                 })?;
@@ -111,10 +120,23 @@ impl Mode {
                     path: path.clone(),
                     source,
                 };
-                let file = File::open(path).map_err(|e| join(nix::Error::from_raw(errno(&e))))?;
-                setns(file, CloneFlags::CLONE_NEWNET).map_err(join)
+                let file = File::open(&path).map_err(|e| join(nix::Error::from_raw(errno(&e))))?;
+                if same_file(&file, Path::new("/proc/self/ns/net")) {
+                    return Ok(Mode::Host);
+                }
+                setns(file, CloneFlags::CLONE_NEWNET).map_err(join)?;
+                Ok(Mode::Join(path))
             }
         }
+    }
+}
+
+/// `file` is `path` (a namespace is known by its nsfs device and inode).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -163,32 +185,42 @@ pub struct Network {
     mode: Mode,
     nics: Vec<Nic>,
     routes: Vec<Route>,
+    /// How many of the caller's interfaces `connect` has changed (their
+    /// ingress qdisc is ours to remove).
+    connected: usize,
 }
 
 impl Network {
-    /// Read the namespace the shim is in (after the caller's hooks).
-    pub async fn discover(mode: &Mode) -> Result<Network, NetworkError> {
-        if *mode == Mode::Host {
+    /// Read the namespace the shim is in (after the caller's hooks). A pod's
+    /// sandbox only holds the namespace for the pod's containers: its VM
+    /// gets no NICs, leaving the interfaces to the container that serves.
+    pub async fn discover(mode: &Mode, sandbox: bool) -> Result<Network, NetworkError> {
+        if *mode == Mode::Host || sandbox {
             return Ok(Network {
-                mode: Mode::Host,
+                mode: mode.clone(),
                 nics: Vec::new(),
                 routes: Vec::new(),
+                connected: 0,
             });
         }
         let found = netlink::Netlink::open()?.read().await?;
+        // Tap names free in the namespace (another VM's may be there).
+        let mut names = (0..)
+            .map(|i| format!("{TAP_PREFIX}{i}"))
+            .filter(|n| !found.taps.contains(n));
         let nics = found
             .interfaces
             .into_iter()
-            .enumerate()
-            .map(|(i, host)| Nic {
+            .map(|host| Nic {
                 host,
-                tap: format!("{TAP_PREFIX}{i}"),
+                tap: names.next().expect("endless"),
             })
             .collect();
         Ok(Network {
             mode: mode.clone(),
             nics,
             routes: found.routes,
+            connected: 0,
         })
     }
 
@@ -292,13 +324,18 @@ impl Network {
 
     /// Once the VM holds its taps: bring each up and join it to its
     /// interface.
-    pub async fn connect(&self) -> Result<(), NetworkError> {
+    pub async fn connect(&mut self) -> Result<(), NetworkError> {
         if self.nics.is_empty() {
             return Ok(());
         }
         let nl = netlink::Netlink::open()?;
         for nic in &self.nics {
-            nl.connect(nic).await?;
+            let mut changed = false;
+            let done = nl.connect(nic, &mut changed).await;
+            if changed {
+                self.connected += 1;
+            }
+            done?;
         }
         Ok(())
     }
@@ -306,7 +343,7 @@ impl Network {
     /// Undo `connect` on the caller's interfaces (the taps go with the VM).
     /// Best effort: an interface that is gone needs nothing undone.
     pub async fn disconnect(&self) -> Vec<NetworkError> {
-        if self.nics.is_empty() {
+        if self.connected == 0 {
             return Vec::new();
         }
         let nl = match netlink::Netlink::open() {
@@ -314,13 +351,26 @@ impl Network {
             Err(e) => return vec![e],
         };
         let mut errors = Vec::new();
-        for nic in &self.nics {
+        for nic in &self.nics[..self.connected] {
             if let Err(e) = nl.disconnect(nic).await {
                 errors.push(e);
             }
         }
         errors
     }
+}
+
+/// The spec is a pod's sandbox (the container that holds the pod's
+/// namespaces), as containerd's CRI and CRI-O mark it.
+pub fn is_pod_sandbox(spec: &Spec) -> bool {
+    spec.annotations().as_ref().is_some_and(|a| {
+        a.get("io.kubernetes.cri.container-type")
+            .map(String::as_str)
+            == Some("sandbox")
+            || a.get("io.kubernetes.cri-o.ContainerType")
+                .map(String::as_str)
+                == Some("sandbox")
+    })
 }
 
 /// The spec's network mode, read from the saved spec (before the shim has
@@ -362,6 +412,15 @@ mod tests {
     }
 
     #[test]
+    fn a_path_to_our_own_namespace_is_the_host_network() {
+        // Nothing is joined: the namespace is the one we are in.
+        assert_eq!(
+            Mode::Join("/proc/self/ns/net".into()).enter().unwrap(),
+            Mode::Host
+        );
+    }
+
+    #[test]
     fn a_missing_namespace_path_is_refused_in_runcs_words() {
         let e = Mode::Join("/run/netns/runvm-no-such".into())
             .enter()
@@ -391,6 +450,7 @@ mod tests {
                 tap: "rvtap0".into(),
             }],
             routes: vec![],
+            connected: 0,
         };
         assert_eq!(
             net.devices(),
@@ -413,6 +473,7 @@ mod tests {
             mode: Mode::New,
             nics: vec![],
             routes: vec![],
+            connected: 0,
         };
         assert!(lo.devices().is_empty());
         assert!(lo.guest_config().is_none());

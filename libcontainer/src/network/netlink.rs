@@ -28,6 +28,8 @@ const TAP_WAIT: Duration = Duration::from_secs(5);
 pub(super) struct Found {
     pub interfaces: Vec<HostInterface>,
     pub routes: Vec<Route>,
+    /// The names of taps already there (other VMs' in the namespace).
+    pub taps: Vec<String>,
 }
 
 pub(super) struct Netlink {
@@ -63,12 +65,14 @@ impl Netlink {
     /// and the routes through them.
     pub async fn read(&self) -> Result<Found, NetworkError> {
         let mut interfaces = Vec::new();
+        let mut taps = Vec::new();
         for link in self.links().await? {
             if link.header.link_layer_type != LinkLayerType::Ether {
                 continue;
             }
             let name = link_name(&link);
             if name.starts_with(TAP_PREFIX) {
+                taps.push(name);
                 continue;
             }
             let mac = link
@@ -132,7 +136,11 @@ impl Netlink {
         // Routes on the link first: a gateway must be reachable when the
         // route through it is added.
         routes.sort_by_key(|r| !r.scope_link);
-        Ok(Found { interfaces, routes })
+        Ok(Found {
+            interfaces,
+            routes,
+            taps,
+        })
     }
 
     async fn index_of(&self, name: &str) -> Result<Option<u32>, NetworkError> {
@@ -158,8 +166,9 @@ impl Netlink {
     }
 
     /// Bring the VM's tap up with the interface's MTU and redirect each
-    /// one's ingress to the other's egress.
-    pub async fn connect(&self, nic: &Nic) -> Result<(), NetworkError> {
+    /// one's ingress to the other's egress. `changed` is set once the
+    /// caller's interface has been changed (its ingress qdisc added).
+    pub async fn connect(&self, nic: &Nic, changed: &mut bool) -> Result<(), NetworkError> {
         let deadline = tokio::time::Instant::now() + TAP_WAIT;
         let tap = loop {
             if let Some(i) = self.index_of(&nic.tap).await? {
@@ -197,13 +206,25 @@ impl Netlink {
             (host, tap, "redirect the interface to the tap"),
             (tap, host, "redirect the tap to the interface"),
         ] {
-            self.handle
+            match self
+                .handle
                 .qdisc()
                 .add(from as i32)
                 .ingress()
                 .execute()
                 .await
-                .map_err(step("add an ingress qdisc"))?;
+            {
+                Ok(()) => *changed |= from == host,
+                // Only one ingress qdisc per interface: another VM's.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if from == host && e.code.map(|c| -c.get()) == Some(libc::EEXIST) =>
+                {
+                    return Err(NetworkError::InUse {
+                        interface: nic.host.name.clone(),
+                    })
+                }
+                Err(e) => return Err(step("add an ingress qdisc")(e)),
+            }
             self.handle
                 .traffic_filter(from as i32)
                 .add()

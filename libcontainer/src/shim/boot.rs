@@ -93,7 +93,8 @@ impl Shim {
         };
         // The caller's set-up is done: the interfaces it put in the
         // namespace are the VM's NICs.
-        let network = Network::discover(&self.net_mode).await?;
+        let sandbox = network::is_pod_sandbox(&bundle.spec);
+        let network = Network::discover(&self.net_mode, sandbox).await?;
         if *network.mode() == network::Mode::Host {
             warn!(self.log, "the container asked for the host's network, which a VM cannot share: it gets outbound-only user-mode networking (10.0.2.15); nothing on the host can connect to it");
         }
@@ -104,7 +105,7 @@ impl Shim {
         self.record(|s| s.network = Some(record))?;
         self.network = Some(network);
         let cloned = self.launch_vm(&configured, share, &nics).await?;
-        let network = self.network.as_ref().expect("set above");
+        let network = self.network.as_mut().expect("set above");
         network.connect().await?;
         let guest_network = network.guest_config();
         let t_launch = t0.elapsed();

@@ -177,9 +177,10 @@ pub fn main(args: ShimArgs) -> i32 {
         Ok(mode) => mode,
         Err(e) => return fail(ready, CreateStage::Prepare, error_chain(&e)),
     };
-    if let Err(e) = net_mode.enter() {
-        return fail(ready, CreateStage::Network, error_chain(&e));
-    }
+    let net_mode = match net_mode.enter() {
+        Ok(mode) => mode,
+        Err(e) => return fail(ready, CreateStage::Network, error_chain(&e)),
+    };
     let signals = match crate::signal::Forwarder::new(&[]) {
         Ok(f) => f,
         Err(e) => return fail(ready, CreateStage::Prepare, format!("catch signals: {e}")),
