@@ -44,7 +44,8 @@ test: deps guest
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 	RUNVM_TEST_TEMPLATE=1 $(CARGO) test --no-fail-fast --test cli --test lifecycle \
-		--test verbs --test faults --test network --test hooks -- --test-threads=2
+		--test verbs --test faults --test network --test hooks \
+		--test clients --test network_clients -- --test-threads=2
 
 bench: deps build guest
 	python3 scripts/bench.py --runvm $(RUNVM)

@@ -40,8 +40,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The clients the tests drive runvm with. Their daemons are started by the
-# tests, never as services: keep the packages from starting them.
-clients=(podman conmon containerd docker.io uidmap iptables)
+# tests, never as services: keep the packages from starting them. The CNI
+# plugins give Podman's default network and the CRI pods theirs; iproute2
+# makes the tests' own namespaces and veths.
+clients=(podman conmon containerd docker.io uidmap iptables containernetworking-plugins iproute2)
 missing=()
 for p in "${clients[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

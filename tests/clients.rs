@@ -3,8 +3,8 @@
 //! by the tests with private state.
 
 mod common;
-// Only this test binary speaks CRI: the gRPC client stays out of `common`,
-// which every test binary builds.
+// The test binaries that speak CRI include it: the gRPC client stays out of
+// `common`, which every test binary builds.
 #[path = "common/cri.rs"]
 mod cri;
 
@@ -398,6 +398,12 @@ fn containerd_cri_runs_pods_with_the_runvm_handler() {
     let status = api.container_status(&ctr_id).unwrap();
     assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
     assert_runs_in_vm(&root, &ctr_id);
+    // It joins the sandbox's namespace by path, which is the host's: it
+    // gets user-mode networking, and the host's interfaces are left alone.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join(&ctr_id).join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["network"]["namespace"], "host", "{state}");
     // StopContainer's SIGTERM reaches the trap in the guest, and its exit
     // code comes back to the CRI client.
     api.stop_container(&ctr_id, 30)

@@ -17,9 +17,20 @@ pub const IMAGE: &str = "localhost/runvm-test/busybox:latest";
 /// ("pause") image of CRI pods.
 pub const PAUSE_IMAGE: &str = "localhost/runvm-test/pause:latest";
 
+/// Where Debian's containernetworking-plugins are.
+pub const CNI_PLUGINS: &str = "/usr/lib/cni";
+
 /// The runvm binary the clients are given: the one under test.
 pub fn runvm() -> &'static str {
     RUNVM
+}
+
+/// The environment a client passes on to runvm (see [`super::client_config`]).
+fn runvm_env() -> Vec<(&'static str, PathBuf)> {
+    super::client_config()
+        .map(|c| ("RUNVM_CONFIG", c))
+        .into_iter()
+        .collect()
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
@@ -93,10 +104,25 @@ impl Containerd {
     /// are empty), and the sandbox image is [`PAUSE_IMAGE`], which must be
     /// imported into the `k8s.io` namespace: it is never pulled.
     pub fn with_cri_runtime() -> Containerd {
+        Self::with_cri_network(None)
+    }
+
+    /// [`Containerd::with_cri_runtime`], and pods that do not use the
+    /// host's network get theirs from the CNI plugins of
+    /// containernetworking-plugins, configured by `conflist` (in the
+    /// private directory's `cni/net.d`).
+    pub fn with_cri_network(conflist: Option<&str>) -> Containerd {
         Self::start_with(|d| {
             let cni = d.join("cni");
             fs::create_dir_all(cni.join("bin")).unwrap();
             fs::create_dir_all(cni.join("net.d")).unwrap();
+            let bin = match conflist {
+                Some(conflist) => {
+                    fs::write(cni.join("net.d/10-runvm-test.conflist"), conflist).unwrap();
+                    PathBuf::from(CNI_PLUGINS)
+                }
+                None => cni.join("bin"),
+            };
             let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
             let runvm_handler = format!("{cri}.containerd.runtimes.runvm");
             format!(
@@ -105,7 +131,7 @@ impl Containerd {
                  [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
                  [{runvm_handler}]\n  runtime_type = \"io.containerd.runc.v2\"\n\
                  [{runvm_handler}.options]\n  BinaryName = \"{runvm}\"\n",
-                bin = cni.join("bin").display(),
+                bin = bin.display(),
                 conf = cni.join("net.d").display(),
                 runvm = runvm(),
             )
@@ -130,6 +156,7 @@ impl Containerd {
         );
         fs::write(d.join("config.toml"), config).unwrap();
         let child = Command::new("containerd")
+            .envs(runvm_env())
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdin(Stdio::null())
@@ -216,6 +243,13 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start() -> Dockerd {
+        Self::with_bridge("none")
+    }
+
+    /// dockerd whose default bridge network is on `bridge` (a bridge the
+    /// caller made, with its address), or none ("none"). It makes no
+    /// iptables rules: docker-proxy publishes ports.
+    pub fn with_bridge(bridge: &str) -> Dockerd {
         let containerd = Containerd::start();
         let dir = tempfile::Builder::new()
             .prefix("runvm-dockerd-")
@@ -223,7 +257,9 @@ impl Dockerd {
             .unwrap();
         let d = dir.path();
         let child = Command::new("dockerd")
-            .args(["--iptables=false", "--bridge=none", "--ip-masq=false"])
+            .envs(runvm_env())
+            .args(["--iptables=false", "--ip-masq=false"])
+            .arg(format!("--bridge={bridge}"))
             .arg(format!("--data-root={}", d.join("root").display()))
             .arg(format!("--exec-root={}", d.join("exec").display()))
             .arg(format!("--pidfile={}", d.join("docker.pid").display()))
@@ -294,20 +330,76 @@ pub struct Podman {
 
 impl Podman {
     pub fn new() -> Podman {
-        Podman {
-            dir: tempfile::Builder::new()
-                .prefix("runvm-podman-")
-                .tempdir()
-                .unwrap(),
+        let dir = tempfile::Builder::new()
+            .prefix("runvm-podman-")
+            .tempdir()
+            .unwrap();
+        fs::create_dir_all(dir.path().join("net.d")).unwrap();
+        // Podman starts the runtime from conmon, whose environment is only
+        // what containers.conf lists.
+        if let Some(config) = super::client_config() {
+            fs::write(
+                dir.path().join("containers.conf"),
+                format!(
+                    "[engine]\nconmon_env_vars = [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\", \"RUNVM_CONFIG={}\"]\n",
+                    config.display()
+                ),
+            )
+            .unwrap();
         }
+        Podman { dir }
+    }
+
+    /// podman whose default network ("podman", CNI) is a bridge `bridge` on
+    /// `subnet` with the gateway `gateway`, with ports published by CNI's
+    /// portmap: the network Podman would make by itself, on the test's own
+    /// bridge and subnet.
+    pub fn with_default_network(bridge: &str, subnet: &str, gateway: &str) -> Podman {
+        let p = Self::new();
+        let conflist = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": "podman",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": p.dir.path().join("ipam"),
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "ranges": [[{"subnet": subnet, "gateway": gateway}]]
+                    }
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+                {"type": "tuning"}
+            ]
+        });
+        fs::write(
+            p.dir.path().join("net.d/87-podman.conflist"),
+            serde_json::to_vec_pretty(&conflist).unwrap(),
+        )
+        .unwrap();
+        p
     }
 
     pub fn cmd(&self) -> Command {
         let d = self.dir.path();
         let mut c = Command::new("podman");
+        c.envs(runvm_env());
+        let conf = d.join("containers.conf");
+        if conf.exists() {
+            c.env("CONTAINERS_CONF", conf);
+        }
         c.arg(format!("--root={}", d.join("root").display()))
             .arg(format!("--runroot={}", d.join("run").display()))
             .arg(format!("--tmpdir={}", d.join("tmp").display()))
+            .arg(format!(
+                "--network-config-dir={}",
+                d.join("net.d").display()
+            ))
             .args([
                 "--cgroup-manager=cgroupfs",
                 "--events-backend=file",
@@ -465,6 +557,23 @@ pub fn assert_no_leaks_of(root: &Path, id: &str) {
 pub fn assert_runs_in_vm(root: &Path, id: &str) {
     let state = root.join(id).join("state.json");
     assert!(state.is_file(), "no runvm state at {}", state.display());
+    if super::template_mode() {
+        let state: serde_json::Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+        // containerd and Podman give runvm a --log in the bundle.
+        let bundle = PathBuf::from(state["bundle"].as_str().unwrap_or_default());
+        let why: Vec<String> = ["log.json", "runtime.log"]
+            .iter()
+            .flat_map(|f| {
+                fs::read_to_string(bundle.join(f))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.contains("cold"))
+            .collect();
+        assert_eq!(state["boot"], "template", "{id} booted cold: {why:?}");
+    }
     assert!(
         !super::processes_matching(&format!("runvm-{id},")).is_empty(),
         "no QEMU of {id}"

@@ -2,6 +2,9 @@
 //! containerd's CRI plugin (API `runtime.v1`), over the daemon's unix socket.
 //! Each call blocks, so the tests read as the other client flows do.
 
+// Each test binary that speaks CRI uses a part of it.
+#![allow(dead_code, unused_imports)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -185,6 +188,22 @@ impl Cri {
         let rt = &self.rt;
         rt.block_on(self.runtime.remove_pod_sandbox(req))
             .map(|_| ())
+    }
+
+    /// The pod's IP, as PodSandboxStatus reports it (the CNI plugin's).
+    pub fn pod_ip(&mut self, id: &str) -> Result<String, Status> {
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        };
+        let rt = &self.rt;
+        rt.block_on(self.runtime.pod_sandbox_status(req)).map(|r| {
+            r.into_inner()
+                .status
+                .and_then(|s| s.network)
+                .map(|n| n.ip)
+                .unwrap_or_default()
+        })
     }
 
     /// The ids of the pods the CRI plugin knows.

@@ -47,6 +47,12 @@ fn become_subreaper() {
     });
 }
 
+/// The runvm configuration the clients' daemons pass on to runvm (through
+/// their environment): in template mode, the shared template's.
+pub fn client_config() -> Option<PathBuf> {
+    template_mode().then(|| shared_template().path.with_extension("toml"))
+}
+
 /// A container id unique to this test run.
 pub fn unique_id(name: &str) -> String {
     format!(
