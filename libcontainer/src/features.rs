@@ -181,8 +181,16 @@ pub fn describe(config: &Config) -> Features {
     FeaturesBuilder::default()
         .oci_version_min("1.0.0")
         .oci_version_max(crate::OCI_VERSION)
-        // OCI hooks are not run (yet): they name host binaries.
-        .hooks(Vec::<String>::new())
+        // Every kind; createContainer and startContainer only when found in
+        // the rootfs (docs/hooks.md).
+        .hooks(strings(&[
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop",
+        ]))
         .mount_options(strings(MOUNT_OPTIONS))
         .linux(linux)
         .annotations(annotations)
@@ -213,7 +221,8 @@ mod tests {
     fn features_in_runc_shape() {
         let v = features(&Config::default());
         assert_eq!(v["ociVersionMin"], "1.0.0");
-        assert_eq!(v["hooks"], serde_json::json!([]));
+        assert_eq!(v["hooks"][0], "prestart");
+        assert_eq!(v["hooks"][5], "poststop");
         assert_eq!(v["linux"]["namespaces"][3], "network");
         assert_eq!(v["linux"]["cgroup"]["v2"], true);
         assert_eq!(v["linux"]["seccomp"]["actions"][0], "SCMP_ACT_ALLOW");
