@@ -154,6 +154,16 @@ pub struct HostInterface {
     pub addresses: Vec<(IpAddr, u8)>,
 }
 
+impl HostInterface {
+    /// Its addresses as `address/prefix`.
+    pub fn cidrs(&self) -> Vec<String> {
+        self.addresses
+            .iter()
+            .map(|(a, p)| format!("{a}/{p}"))
+            .collect()
+    }
+}
+
 /// What `state.json` says of the network, for whoever debugs it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
@@ -243,12 +253,7 @@ impl Network {
                     tap: n.tap.clone(),
                     mac: n.host.mac.clone(),
                     mtu: n.host.mtu,
-                    addresses: n
-                        .host
-                        .addresses
-                        .iter()
-                        .map(|(a, p)| format!("{a}/{p}"))
-                        .collect(),
+                    addresses: n.host.cidrs(),
                 })
                 .collect(),
         }
@@ -310,12 +315,7 @@ impl Network {
                     name: n.host.name.clone(),
                     mac: n.host.mac.clone(),
                     mtu: n.host.mtu,
-                    addresses: n
-                        .host
-                        .addresses
-                        .iter()
-                        .map(|(a, p)| format!("{a}/{p}"))
-                        .collect(),
+                    addresses: n.host.cidrs(),
                 })
                 .collect(),
             routes: self.routes.clone(),
