@@ -135,7 +135,7 @@ def create_ms(cmd, env, bundle, cid):
 def run(runvm, runvm_env, n):
     """Measure; returns the network rows as text."""
     net = VethPair()
-    server = make_bundle(runvm, ["sh", "-c", "exec nc -l -p 5001 > /dev/null; sleep 1000"],
+    server = make_bundle(runvm, ["sh", "-c", "nc -l -p 5001 > /dev/null; sleep 1000"],
                          "runvm-bench-net-")
     join(server, net.container)
     nic = make_bundle(runvm, ["true"], "runvm-bench-net-")
