@@ -167,10 +167,7 @@ fn in_a_pod_the_sandbox_holds_the_namespace_and_one_container_gets_its_interface
     let (o, out) = rv.create(&other_id, &other);
     assert_ne!(out.status.code(), Some(0));
     let err = other.output("err.txt");
-    assert!(
-        err.contains("interface eth0 is already connected to another VM"),
-        "{err}"
-    );
+    assert!(err.contains("interface eth0 is already in use"), "{err}");
     drop(o);
     assert_eq!(tcp_echo(&net.peer, CONTAINER_IP, 7777, "pod"), "echo:pod\n");
     drop(a);

@@ -58,8 +58,9 @@ pub enum NetworkError {
     NoMac { name: String },
     #[error("tap {tap} for {interface} did not appear")]
     NoTap { tap: String, interface: String },
-    /// Another VM (another container of the same pod) holds it.
-    #[error("interface {interface} is already connected to another VM (each container of a pod is a VM of its own, and only one can have the pod's network)")]
+    /// Another VM (another container of the same pod) holds it, or the
+    /// caller has tc rules of its own on it.
+    #[error("interface {interface} is already in use: it has an ingress qdisc (another VM's, as a second container of a pod finds, or the caller's own)")]
     InUse { interface: String },
     #[error("connect {interface} to {tap}: {step}")]
     Connect {
