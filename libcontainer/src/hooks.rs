@@ -107,7 +107,6 @@ impl HookState {
 #[derive(Debug, thiserror::Error)]
 #[error("error running hook #{index}")]
 pub struct HookError {
-    pub kind: Kind,
     pub index: usize,
     #[source]
     pub failure: Failure,
@@ -161,11 +160,7 @@ pub struct Place<'a> {
 pub fn run(kind: Kind, hooks: &Hooks, state: &HookState, place: &Place) -> Result<(), HookError> {
     let input = serde_json::to_vec(state).expect("the state serializes");
     for (index, hook) in kind.of(hooks).iter().enumerate() {
-        run_one(hook, &input, place).map_err(|failure| HookError {
-            kind,
-            index,
-            failure,
-        })?;
+        run_one(hook, &input, place).map_err(|failure| HookError { index, failure })?;
     }
     Ok(())
 }
@@ -177,11 +172,7 @@ pub fn run_warning(kind: Kind, hooks: &Hooks, state: &HookState, place: &Place, 
     let input = serde_json::to_vec(state).expect("the state serializes");
     for (index, hook) in kind.of(hooks).iter().enumerate() {
         if let Err(failure) = run_one(hook, &input, place) {
-            let e = HookError {
-                kind,
-                index,
-                failure,
-            };
+            let e = HookError { index, failure };
             warn!(log, "{}", crate::error_chain(&e); "hook" => kind.name(), "id" => &state.id);
         }
     }

@@ -21,6 +21,7 @@ use slog::{debug, Logger};
 
 use crate::config::{Config, ConfigError};
 use crate::control::{Call, ControlError, CreateFailure, ShimFailure};
+use crate::hooks::{self, HookState, Kind, Place};
 use crate::id::{validate_id, IdError};
 use crate::state::{State, StateError, StateStore};
 use crate::status::{ContainerStatus, Refusal};
@@ -199,6 +200,28 @@ impl Runtime {
     ) -> Result<C::Reply, ContainerError> {
         crate::control::call(&self.store.dir(id), req, timeout)
             .map_err(|e| ContainerError::from_control(e, gone))
+    }
+
+    /// Run the post-* hooks of a container's spec, as its state says, with
+    /// a warning for each that fails.
+    pub(super) fn run_hooks(
+        &self,
+        state: &State,
+        kind: Kind,
+        status: ContainerStatus,
+        pid: Option<i32>,
+    ) {
+        let Some(hooks) =
+            hooks::of_spec_file(&self.store.dir(&state.id).join(crate::state::SPEC_FILE))
+        else {
+            return;
+        };
+        let place = Place {
+            bundle: &state.bundle,
+            namespaces: None,
+        };
+        let hook_state = HookState::of(state, status, pid);
+        hooks::run_warning(kind, &hooks, &hook_state, &place, &self.log);
     }
 
     pub fn features(&self) -> serde_json::Value {

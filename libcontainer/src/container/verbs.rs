@@ -9,7 +9,7 @@ use runvm_protocol::{CgroupStats, GuestProcess};
 use super::{check_pid_file_dir, ContainerError, Runtime};
 use crate::control::{Kill, Pause, Processes, Ps, Resume, Start, Stats, Update};
 use crate::exec::ExecOptions;
-use crate::hooks::{HookState, Kind, Place};
+use crate::hooks::Kind;
 use crate::state::{State, SPEC_FILE};
 use crate::status::{ContainerStatus, Refusal};
 
@@ -23,27 +23,6 @@ impl Runtime {
         let pid = state.shim.map(|s| s.pid);
         self.run_hooks(&state, Kind::Poststart, ContainerStatus::Running, pid);
         Ok(())
-    }
-
-    /// Run the post-* hooks of a container's spec, as its state says, with
-    /// a warning for each that fails.
-    pub(super) fn run_hooks(
-        &self,
-        state: &State,
-        kind: Kind,
-        status: ContainerStatus,
-        pid: Option<i32>,
-    ) {
-        let Some(hooks) = crate::hooks::of_spec_file(&self.store.dir(&state.id).join(SPEC_FILE))
-        else {
-            return;
-        };
-        let place = Place {
-            bundle: &state.bundle,
-            namespaces: None,
-        };
-        let hook_state = HookState::of(state, status, pid);
-        crate::hooks::run_warning(kind, &hooks, &hook_state, &place, &self.log);
     }
 
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), ContainerError> {

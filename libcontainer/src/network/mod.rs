@@ -260,10 +260,6 @@ impl Network {
         }
     }
 
-    pub fn nics(&self) -> &[Nic] {
-        &self.nics
-    }
-
     /// The VM's network devices.
     pub fn devices(&self) -> Vec<NetDevice> {
         if self.mode == Mode::Host {
