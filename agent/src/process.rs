@@ -166,6 +166,13 @@ impl HelperOutput {
         let Some(last) = lines.last() else {
             return format!("youki helper failed: {:?}", self.status);
         };
+        // What youki could not tidy up after the failure (a cgroup the dying
+        // init is still leaving, on a slow guest) is not the user's error:
+        // the VM goes with the failed create.
+        let last = last
+            .split(". error during cleanup: ")
+            .next()
+            .unwrap_or(last);
         const LAYER: &str = "error in executing process : ";
         let cause = match last.rfind(LAYER) {
             Some(i) => &last[i + LAYER.len()..],
@@ -337,6 +344,15 @@ mod tests {
     fn youki_errors_are_cut_to_their_cause() {
         let o = out("failed to initialize container process: exec: \"/x\": stat /x: no such file or directory\n\
             failed to create container: exec process failed with error error in executing process : exec: \"/x\": stat /x: no such file or directory");
+        assert_eq!(
+            o.error(),
+            "exec: \"/x\": stat /x: no such file or directory"
+        );
+    }
+
+    #[test]
+    fn youkis_cleanup_after_a_failure_is_not_the_error() {
+        let o = out("failed to create container: exec process failed with error error in executing process : exec: \"/x\": stat /x: no such file or directory. error during cleanup: failed to cleanup container: io error: at /sys/fs/cgroup/runvm/c1: could not delete");
         assert_eq!(
             o.error(),
             "exec: \"/x\": stat /x: no such file or directory"
