@@ -21,14 +21,17 @@ build:
 agent:
 	$(CARGO) build --release -p runvm-agent
 
-# The guest kernel (Debian's backports cloud kernel, unpacked) and the
-# initramfs with the agent; rebuilt only when the agent or kernel changed.
+# The guest: runvm's kernel (built from Debian's pinned linux-source with
+# guest/kernel.config, cached by version and config), Debian's backports cloud
+# kernel as the fallback, and the initramfs with the agent; each rebuilt only
+# when what it is made of changed.
 guest: agent
 	guest/build.sh $(AGENT) $(GUEST_DIR)
 
 install: build guest
 	install -D -m 0755 $(RUNVM) $(DESTDIR)$(PREFIX)/bin/runvm
 	install -D -m 0644 $(GUEST_DIR)/vmlinux $(DESTDIR)$(PREFIX)/share/runvm/vmlinux
+	install -D -m 0644 $(GUEST_DIR)/vmlinux-debian $(DESTDIR)$(PREFIX)/share/runvm/vmlinux-debian
 	install -D -m 0644 $(GUEST_DIR)/initramfs.img $(DESTDIR)$(PREFIX)/share/runvm/initramfs.img
 	install -D -m 0644 $(GUEST_DIR)/guest.txt $(DESTDIR)$(PREFIX)/share/runvm/guest.txt
 

@@ -1,11 +1,15 @@
 #!/bin/bash
-# Build runvm's guest: the kernel (Debian's cloud kernel from bookworm-backports,
-# downloaded and unpacked, never installed as the host's kernel) and an
-# initramfs whose /init is runvm-agent plus the shared libraries it links.
+# Build runvm's guest: its own kernel (guest/kernel.sh: Debian's linux-source
+# at a pinned version, runvm's config, no modules), Debian's cloud kernel from
+# bookworm-backports as the fallback (downloaded and unpacked, never installed
+# as the host's kernel), and an initramfs whose /init is runvm-agent plus the
+# shared libraries it links and the fallback kernel's few modules.
 #
 # usage: guest/build.sh AGENT_BINARY OUT_DIR
-# Leaves OUT_DIR/vmlinux (uncompressed, booted through its PVH entry point),
-# OUT_DIR/initramfs.img and OUT_DIR/guest.txt.
+# Leaves OUT_DIR/vmlinux (runvm's kernel), OUT_DIR/vmlinux-debian (the
+# fallback; both uncompressed, booted through their PVH entry point),
+# OUT_DIR/initramfs.img (for either) and OUT_DIR/guest.txt. A file whose
+# content has not changed is left as it is (templates are stamped by mtime).
 set -euo pipefail
 
 agent=${1:?usage: build.sh AGENT_BINARY OUT_DIR}
@@ -17,8 +21,17 @@ meta=linux-image-cloud-amd64
 
 mkdir -p "$cache" "$out"
 cache=$(cd "$cache" && pwd)
+export GUEST_CACHE=$cache
 
-# --- kernel -----------------------------------------------------------------
+# Move FILE.tmp over FILE unless they are the same.
+settle() {
+    if cmp -s "$1.tmp" "$1"; then rm -f "$1.tmp"; else mv "$1.tmp" "$1"; fi
+}
+
+# --- runvm's kernel ---------------------------------------------------------------
+release=$("$here/kernel.sh" "$out/vmlinux" | tail -n1)
+
+# --- the fallback: Debian's cloud kernel ------------------------------------------
 # The metapackage names the current kernel package of the suite.
 pkg=$(apt-cache depends -t "$suite" "$meta" 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
@@ -33,9 +46,11 @@ if [ -z "$deb" ]; then
     [ -n "$deb" ] || { echo "guest: apt-get download $pkg failed" >&2; exit 1; }
 fi
 agent_sha=$(cat "$agent" "$0" | sha256sum | cut -d' ' -f1)
-if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.img" ] && [ -f "$out/guest.txt" ] &&
+kernel_sha=$(sha256sum "$out/vmlinux" | cut -d' ' -f1)
+if [ -f "$out/vmlinux-debian" ] && [ -f "$out/initramfs.img" ] && [ -f "$out/guest.txt" ] &&
     grep -qx "agent_sha256=$agent_sha" "$out/guest.txt" &&
-    grep -qx "kernel_deb=$(basename "$deb")" "$out/guest.txt"; then
+    grep -qx "kernel_sha256=$kernel_sha" "$out/guest.txt" &&
+    grep -qx "debian_kernel_deb=$(basename "$deb")" "$out/guest.txt"; then
     echo "guest: $out is up to date"
     exit 0
 fi
@@ -45,8 +60,8 @@ rm -rf "$kdir"
 dpkg-deb -x "$deb" "$kdir"
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
 krel=${vmlinuz##*/vmlinuz-}
-"$here/extract-vmlinux.py" "$vmlinuz" "$out/vmlinux.tmp"
-mv "$out/vmlinux.tmp" "$out/vmlinux"
+"$here/extract-vmlinux.py" "$vmlinuz" "$out/vmlinux-debian.tmp"
+settle "$out/vmlinux-debian"
 
 # --- initramfs ----------------------------------------------------------------
 stage=$cache/initramfs
@@ -57,16 +72,18 @@ install -m 0755 "$agent" "$stage/init"
 ldd "$agent" | awk '/=>/ {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
     [ -n "$lib" ] && [ -e "$lib" ] && cp --parents -L "$lib" "$stage/"
 done
-# Kernel modules the agent loads at start (uncompressed: finit_module), in
-# the order of their names: a module after those it depends on.
-# virtio_balloon reports freed guest pages, so the host can drop them;
-# virtio_net (which needs net_failover, which needs failover) is the NICs'.
-mkdir -p "$stage/lib/modules"
+# The fallback kernel's modules the agent loads at start when that kernel
+# runs (uncompressed: finit_module; under /lib/modules/<release>, so runvm's
+# kernel, which has them built in, finds none), in the order of their names:
+# a module after those it depends on. virtio_balloon reports freed guest
+# pages, so the host can drop them; virtio_net (which needs net_failover,
+# which needs failover) is the NICs'.
+mkdir -p "$stage/lib/modules/$krel"
 n=10
 for mod in drivers/virtio/virtio_balloon net/core/failover drivers/net/net_failover \
     drivers/net/virtio_net; do
     src=$(ls "$kdir"/lib/modules/"$krel"/kernel/"$mod".ko* | head -n1)
-    dst="$stage/lib/modules/$n-$(basename "$mod").ko"
+    dst="$stage/lib/modules/$krel/$n-$(basename "$mod").ko"
     n=$((n + 1))
     case "$src" in
         *.xz) xz -dc "$src" > "$dst" ;;
@@ -84,12 +101,15 @@ fi
 find "$stage" -exec touch -h -d @0 {} +
 (cd "$stage" && find . -print0 | LC_ALL=C sort -z |
     cpio --quiet --null -o -H newc --reproducible -R 0:0) > "$out/initramfs.img.tmp"
-mv "$out/initramfs.img.tmp" "$out/initramfs.img"
+settle "$out/initramfs.img"
 
 cat > "$out/guest.txt" <<EOT
-kernel_package=$pkg
-kernel_deb=$(basename "$deb")
-kernel_release=$krel
+kernel_release=$release
+kernel_sha256=$kernel_sha
+debian_kernel_package=$pkg
+debian_kernel_deb=$(basename "$deb")
+debian_kernel_release=$krel
 agent_sha256=$agent_sha
 EOT
-echo "guest: $out/vmlinux ($krel), $out/initramfs.img ($(du -h "$out/initramfs.img" | cut -f1))"
+echo "guest: $out/vmlinux ($release), $out/vmlinux-debian ($krel)," \
+    "$out/initramfs.img ($(du -h "$out/initramfs.img" | cut -f1))"

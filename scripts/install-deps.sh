@@ -19,9 +19,10 @@ EOT
 fi
 
 # protobuf-compiler: the CRI client of the containerd tests (crate k8s-cri)
-# generates its gRPC code with protoc when it builds.
+# generates its gRPC code with protoc when it builds. gcc to bc: what building
+# the guest kernel from source takes (guest/kernel.sh; libelf for objtool).
 pkgs=(busybox-static runc crun cpio zstd xz-utils libseccomp-dev libcap-ng-dev pkg-config kmod git python3
-      protobuf-compiler)
+      protobuf-compiler gcc make libc6-dev bison flex libelf-dev bc)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -167,10 +167,16 @@ pub fn mount_system() -> Result<()> {
     Ok(())
 }
 
-/// Load the kernel modules the initramfs carries. A module that fails to
-/// load costs a feature (free page reporting, NICs), not the VM.
+/// Load the kernel modules the initramfs carries for the running kernel
+/// (/lib/modules/<release>: runvm's own kernel has every driver built in and
+/// no directory; Debian's cloud kernel, the fallback, has its drivers there).
+/// A module that fails to load costs a feature (free page reporting, NICs),
+/// not the VM.
 fn load_modules() {
-    let Ok(entries) = fs::read_dir("/lib/modules") else {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Ok(entries) = fs::read_dir(Path::new("/lib/modules").join(release)) else {
         return;
     };
     // Named in load order (guest/build.sh numbers them).
