@@ -123,7 +123,7 @@ fn podman_runs_containers_in_vms() {
     assert_eq!(text(&exec.stdout), "in-vm\n", "{}", text(&exec.stderr));
     let uname = p.podman(&["exec", &id, "uname", "-r"]);
     let guest = text(&uname.stdout);
-    assert!(guest.contains("cloud-amd64"), "{guest}");
+    assert!(guest.contains(GUEST_KERNEL), "{guest}");
     assert_ne!(guest.trim(), host_kernel());
     let ps = p.podman(&["ps", "--format", "{{.ID}} {{.Status}}"]);
     assert!(text(&ps.stdout).contains(&id[..12]), "{}", text(&ps.stdout));
@@ -385,14 +385,14 @@ fn containerd_cri_runs_pods_with_the_runvm_handler() {
     let status = api.wait_exited(&done_id, Duration::from_secs(60));
     assert_eq!(status.exit_code, 7, "{status:?}");
     let lines = output("exit7", "");
-    assert!(lines[0].contains("cloud-amd64"), "{lines:?}");
+    assert!(lines[0].contains(GUEST_KERNEL), "{lines:?}");
     assert_ne!(lines[0], host_kernel());
 
     // A container that runs until stopped.
     let ctr_id = start(&mut api, "uname", &format!("uname -r; {TRAP_TERM}"));
     // Its log shows the trap is set: StopContainer's TERM may come.
     let lines = output("uname", TRAP_SET);
-    assert!(lines[0].contains("cloud-amd64"), "{lines:?}");
+    assert!(lines[0].contains(GUEST_KERNEL), "{lines:?}");
     assert_ne!(lines[0], host_kernel());
     // The container has a VM of its own, not the sandbox's.
     let status = api.container_status(&ctr_id).unwrap();

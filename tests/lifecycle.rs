@@ -30,7 +30,7 @@ fn run_exits_with_the_container_exit_code_and_shows_the_guest_kernel() {
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
     let guest_kernel = text(&out.stdout);
     let host_kernel = nix::sys::utsname::uname().unwrap();
-    assert!(guest_kernel.contains("cloud-amd64"), "{guest_kernel}");
+    assert!(guest_kernel.contains(GUEST_KERNEL), "{guest_kernel}");
     assert_ne!(guest_kernel.trim(), host_kernel.release().to_string_lossy());
     // run deletes the container afterwards, as runc run does.
     let state = rv.run(&["state", &id]);

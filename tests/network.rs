@@ -125,6 +125,45 @@ fn a_container_gets_the_interfaces_of_its_network_namespace() {
     assert_eq!(net.leftovers(), Vec::<String>::new());
 }
 
+/// The fallback kernel (docs/config.md): Debian's, whose virtio-net is a
+/// module the agent loads from the initramfs. Cold mode only: a template is
+/// made with runvm's kernel, so a clone would not have this one.
+#[test]
+fn debians_kernel_as_the_configured_kernel_runs_a_container_with_its_nic() {
+    if template_mode() {
+        return;
+    }
+    let net = VethPair::new(1500);
+    let rv = Runvm::with_config(&format!(
+        "[hypervisor]\nkernel = \"{}\"\n",
+        debian_kernel().display()
+    ));
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "uname -r; ip -o addr show eth0; echo READY; exec nc -l -p 7777 -e sh -c 'read l; echo echo:$l'",
+    ]);
+    join_netns(&b, &net.container.path());
+    let id = unique_id("debkernel");
+    let c = rv.run_detached(&id, &b);
+    wait_for_output(&b, "out.txt", "READY", BOOT);
+    let out = b.output("out.txt");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .ends_with("-cloud-amd64"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("inet {CONTAINER_IP}/24")), "{out}");
+    assert_eq!(
+        tcp_echo(&net.peer, CONTAINER_IP, 7777, "hello"),
+        "echo:hello\n"
+    );
+    drop(c);
+    assert_eq!(net.leftovers(), Vec::<String>::new());
+}
+
 #[test]
 fn in_a_pod_the_sandbox_holds_the_namespace_and_one_container_gets_its_interfaces() {
     let net = VethPair::new(1500);

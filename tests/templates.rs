@@ -44,7 +44,7 @@ fn init_status_and_destroy() {
     assert!(status["template"]["kernelRelease"]
         .as_str()
         .unwrap()
-        .contains("cloud-amd64"));
+        .contains(GUEST_KERNEL));
     let qemu = std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()

@@ -27,6 +27,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const RUNVM: &str = env!("CARGO_BIN_EXE_runvm");
+/// What `uname -r` says in the guest: runvm's own kernel (guest/kernel.sh).
+pub const GUEST_KERNEL: &str = "-runvm";
+/// The fallback kernel, Debian's cloud kernel, in the guest directory that
+/// `make guest` fills beside the binary.
+pub fn debian_kernel() -> PathBuf {
+    Path::new(RUNVM)
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary is in target/<profile>")
+        .join("share/runvm/vmlinux-debian")
+}
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "true", "false", "uname", "id", "pwd", "hostname", "touch", "ls",
