@@ -14,7 +14,7 @@ use common::clients::{
     assert_no_leaks_of, assert_runs_in_vm, read_cid, trimmed, Containerd, Dockerd, Podman, IMAGE,
     PAUSE_IMAGE,
 };
-use common::{text, unique_id};
+use common::{text, unique_id, GUEST_KERNEL};
 
 fn host_kernel() -> String {
     nix::sys::utsname::uname()
