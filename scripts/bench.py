@@ -173,12 +173,49 @@ def idle_pss(cmd, env, root, bundle, n, boot):
             subprocess.run(cmd + ["delete", "--force", cid], capture_output=True, env=env)
 
 
+def wait_usable(runvm, env, timeout=300):
+    """Wait for the background build a cold create started."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run([runvm, "factory", "status"], capture_output=True, text=True, env=env)
+        if out.returncode == 0 and json.loads(out.stdout).get("usable"):
+            return
+        if time.monotonic() > deadline:
+            sys.exit(f"bench: no template {timeout} s after the first create: {out.stdout}")
+        time.sleep(0.1)
+
+
+def state_latency(cmd, env, bundle, cid, n):
+    """Median ms of `state` of a running container, the verb alone."""
+    subprocess.run(cmd + ["run", "--detach", "--bundle", bundle, cid], check=True, env=env,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        times = []
+        for _ in range(n):
+            t0 = time.monotonic()
+            subprocess.run(cmd + ["state", cid], check=True, env=env, stdout=subprocess.DEVNULL)
+            times.append((time.monotonic() - t0) * 1000)
+        return statistics.median(times)
+    finally:
+        subprocess.run(cmd + ["delete", "--force", cid], capture_output=True, env=env)
+
+
+def parallel(cmd, env, bundle, prefix, root, boot, k=10):
+    """Wall ms for k create+start+wait+delete cycles started at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=k) as ex:
+        list(ex.map(lambda i: cycle(cmd, env, bundle, f"{prefix}-{i}", root, boot), range(k)))
+    return (time.monotonic() - t0) * 1000
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runvm", default="target/release/runvm")
     ap.add_argument("-n", type=int, default=10)
     ap.add_argument("--idle", type=int, default=10, help="idle containers for the PSS figures")
     ap.add_argument("--no-network", action="store_true", help="leave out the network rows")
+    ap.add_argument("--json", default="target/bench.json", help="where the figures go as JSON")
     a = ap.parse_args()
     runvm = os.path.abspath(a.runvm)
     bundle = make_bundle(runvm, ["true"], "runvm-bench-")
@@ -188,17 +225,30 @@ def main():
     tpl_dir = tempfile.mkdtemp(prefix="runvm-bench-template-", dir="/dev/shm")
     tpl_config = os.path.join(tpl_dir, "config.toml")
     with open(tpl_config, "w") as f:
-        f.write(f'[factory]\nenable_template = true\ntemplate_path = "{tpl_dir}/template"\n')
+        f.write(f'[factory]\nenable_template = true\nauto_build = false\n'
+                f'template_path = "{tpl_dir}/template"\n')
     subprocess.run([runvm, "factory", "init"], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "RUNVM_CONFIG": tpl_config})
-    # The cold row must not pick up /etc/runvm/config.toml, which may turn
-    # templates on: an empty config is all defaults, templates off.
+    # Every boot cold: templates off (the default is on).
     cold_config = os.path.join(tpl_dir, "cold.toml")
-    open(cold_config, "w").close()
+    with open(cold_config, "w") as f:
+        f.write("[factory]\nenable_template = false\n")
+    # What a user gets with nothing configured, but with a template of the
+    # bench's own: the first create boots cold and builds it behind itself.
+    default_config = os.path.join(tpl_dir, "default.toml")
+    with open(default_config, "w") as f:
+        f.write(f'[factory]\ntemplate_path = "{tpl_dir}/default"\n')
+    default_env = {**os.environ, "RUNVM_CONFIG": default_config}
+    first = subprocess.run([runvm, "run", "--bundle", bundle, "bench-first"], env=default_env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    if first.returncode != 0:
+        sys.exit("bench: the first create with default settings failed")
+    wait_usable(runvm, default_env)
     # name: (command, environment)
     runtimes = {"runvm": ([runvm], {**os.environ, "RUNVM_CONFIG": cold_config}),
-                "runvm-template": ([runvm], {**os.environ, "RUNVM_CONFIG": tpl_config})}
-    boots = {"runvm": "cold", "runvm-template": "template"}
+                "runvm-template": ([runvm], {**os.environ, "RUNVM_CONFIG": tpl_config}),
+                "runvm-default": ([runvm], default_env)}
+    boots = {"runvm": "cold", "runvm-template": "template", "runvm-default": "template"}
     for name in ("runc", "crun"):
         if shutil.which(name):
             runtimes[name] = ([name], None)
@@ -222,6 +272,12 @@ def main():
                 if name.startswith("runvm"):
                     t.update(shim_timings(log))
                     details.setdefault(name, []).append(t)
+        par = {}
+        lat = {}
+        for name, (base, env) in runtimes.items():
+            cmd = base + ["--root", roots[name]]
+            par[name] = parallel(cmd, env, bundle, "par", roots[name], boots.get(name))
+            lat[name] = state_latency(cmd, env, idle_bundle, "lat", a.n)
         pss = {}
         for name in ("runvm", "runvm-template"):
             base, env = runtimes[name]
@@ -231,8 +287,9 @@ def main():
     finally:
         for d in list(roots.values()) + [bundle, idle_bundle]:
             shutil.rmtree(d, ignore_errors=True)
-        subprocess.run([runvm, "factory", "destroy"], capture_output=True,
-                       env={**os.environ, "RUNVM_CONFIG": tpl_config})
+        for config in (tpl_config, default_config):
+            subprocess.run([runvm, "factory", "destroy"], capture_output=True,
+                           env={**os.environ, "RUNVM_CONFIG": config})
         shutil.rmtree(tpl_dir, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
@@ -264,6 +321,28 @@ def main():
     print("  and with the guest memory its memory file holds that QEMU has not mapped")
     for name, (v, held) in pss.items():
         print(f"  {name:15} {v:7.1f} MiB   {held:7.1f} MiB")
+
+    def ratio_line(values, unit):
+        for name, v in values.items():
+            ratios = ""
+            if name.startswith("runvm"):
+                ratios = "   (" + ", ".join(f"{v / values[o]:.1f}x {o}"
+                                           for o in ("runc", "crun") if o in values) + ")"
+            print(f"  {name:15} {v:9.1f} {unit}{ratios}")
+    print("10 create + start + wait + delete cycles at once, wall time")
+    ratio_line(par, "ms")
+    print(f"state of a running container, the verb alone, median of {a.n}")
+    ratio_line(lat, "ms")
+    figures = {
+        "load": os.getloadavg(),
+        "cycle_median_ms": med,
+        "parallel10_ms": par,
+        "state_ms": lat,
+        "idle_pss_mib": {k: {"pss": v, "with_unmapped_memory_file": h} for k, (v, h) in pss.items()},
+    }
+    with open(a.json, "w") as f:
+        json.dump(figures, f, indent=2)
+    print(f"figures written to {a.json}")
     if network:
         print(network)
 

@@ -270,3 +270,174 @@ fn a_container_larger_than_the_template_boots_cold_and_says_why() {
     rv.wait_status(&id, "stopped", T);
     assert_eq!(b.output("out.txt"), "2\n");
 }
+
+/// `runvm run` of `b` with its own `--log` file; returns the exit code and
+/// what was logged.
+fn run_logged(rv: &Runvm, b: &Bundle, name: &str) -> (Option<i32>, String) {
+    let log = b.path().join(format!("{name}.log"));
+    let id = unique_id(name);
+    let _g = rv.guard(&id, b);
+    let out = rv
+        .cmd()
+        .args(["--debug", "--log"])
+        .arg(&log)
+        .args(["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+/// How the VM of a container came up, from its create's log.
+fn boot_of(log: &str) -> &str {
+    let line = log
+        .lines()
+        .find(|l| l.contains("container created"))
+        .unwrap_or_else(|| panic!("no container created in {log}"));
+    if line.contains("boot=\"template\"") || line.contains("boot=template") {
+        "template"
+    } else {
+        "cold"
+    }
+}
+
+/// Wait until the background build has made the template usable and its
+/// process is gone.
+fn wait_for_background_build(rv: &Runvm, template: &TestTemplate) {
+    let deadline = std::time::Instant::now() + T * 2;
+    loop {
+        let status: Value = serde_json::from_slice(&factory(rv, "status").stdout).unwrap();
+        let builders = processes_matching(&template.path.display().to_string());
+        if status["usable"] == true && builders.is_empty() {
+            return;
+        }
+        let log = std::fs::read_to_string(template.path.with_extension("build.log"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no usable template after {:?}: {status}, builders {builders:?}, log {log:?}",
+            T * 2
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn with_nothing_configured_the_first_create_builds_a_template_and_the_next_clones_it() {
+    let template = TestTemplate::unbuilt("auto");
+    // The kernel a copy of our own, so that the test can make the template
+    // stale by changing it.
+    let guest = tempfile::tempdir().unwrap();
+    let kernel = guest.path().join("vmlinux");
+    let shipped = debian_kernel().with_file_name("vmlinux");
+    std::fs::copy(&shipped, &kernel).unwrap();
+    let rv = Runvm::with_config(&format!(
+        "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\n[factory]\ntemplate_path = \"{}\"\n",
+        kernel.display(),
+        shipped.with_file_name("initramfs.img").display(),
+        template.path.display()
+    ));
+    let b = Bundle::busybox(&["sh", "-c", "echo ran"]);
+
+    let (code, log) = run_logged(&rv, &b, "first");
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(boot_of(&log), "cold");
+    assert!(
+        log.contains("building a template in the background"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("level=warning"),
+        "a first cold boot is not a warning: {log}"
+    );
+    wait_for_background_build(&rv, &template);
+
+    let (code, log) = run_logged(&rv, &b, "second");
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(boot_of(&log), "template", "{log}");
+    assert!(!log.contains("building a template"), "{log}");
+
+    // A new kernel makes the template stale: cold once more, rebuilt behind.
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&kernel)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let (code, log) = run_logged(&rv, &b, "stale");
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(boot_of(&log), "cold");
+    assert!(log.contains("the guest kernel changed"), "{log}");
+    assert!(
+        log.contains("building a template in the background"),
+        "{log}"
+    );
+    wait_for_background_build(&rv, &template);
+    let (code, log) = run_logged(&rv, &b, "rebuilt");
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(boot_of(&log), "template", "{log}");
+
+    assert!(factory(&rv, "destroy").status.success());
+    for left in ["build-lock", "build.log", "failed", "lock"] {
+        assert!(!template.path.with_extension(left).exists(), "{left} left");
+    }
+}
+
+#[test]
+fn a_failed_background_build_is_a_warning_and_is_not_retried_at_once() {
+    let template = TestTemplate::unbuilt("autofail");
+    // QEMU itself, except for the template VM (named runvm-template),
+    // which it refuses: the container boots, the build fails.
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = dir.path().join("qemu");
+    std::fs::write(
+        &qemu,
+        "#!/bin/sh\ncase \"$*\" in *runvm-template*) echo no templates here >&2; exit 1;; esac\n\
+         exec qemu-system-x86_64 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rv = Runvm::with_config(&format!(
+        "[hypervisor]\nqemu = \"{}\"\n[factory]\ntemplate_path = \"{}\"\n",
+        qemu.display(),
+        template.path.display()
+    ));
+    let b = Bundle::busybox(&["true"]);
+    let (code, log) = run_logged(&rv, &b, "first");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("building a template in the background"),
+        "{log}"
+    );
+    // The build's end: its warning in the build log.
+    let build_log = template.path.with_extension("build.log");
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_to_string(&build_log)
+        .unwrap_or_default()
+        .contains("the background build of the template failed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failure logged in {build_log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(template.path.with_extension("failed").exists());
+    assert!(!template.path.exists());
+
+    let (code, log) = run_logged(&rv, &b, "second");
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(boot_of(&log), "cold");
+    assert!(
+        !log.contains("building a template in the background"),
+        "{log}"
+    );
+    assert!(
+        log.contains("level=warning")
+            && log.contains("a background build failed less than 10 minutes ago"),
+        "{log}"
+    );
+}

@@ -25,6 +25,7 @@ pub fn check(config: &Config) -> (Value, bool) {
         "vm": {"vcpus": hv.vcpus, "memoryMib": hv.memory_mib},
         "template": {
             "enabled": config.factory.enable_template,
+            "autoBuild": config.factory.auto_build,
             "status": Factory::new(config).status(config),
         },
     });

@@ -146,9 +146,13 @@ impl Timeouts {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FactoryConfig {
-    /// Create containers by cloning a template VM (`runvm factory init`)
-    /// instead of booting one.
+    /// Create containers by cloning a template VM instead of booting one.
     pub enable_template: bool,
+    /// When a create finds no usable template (none yet, or made from
+    /// another QEMU, kernel, initramfs or runvm), build one in the
+    /// background for the creates after it. Off: only `runvm factory init`
+    /// builds one.
+    pub auto_build: bool,
     /// Where the template lives. Its memory is a file here, so this must be
     /// on tmpfs; clones copy it next to it.
     pub template_path: PathBuf,
@@ -157,7 +161,8 @@ pub struct FactoryConfig {
 impl Default for FactoryConfig {
     fn default() -> Self {
         FactoryConfig {
-            enable_template: false,
+            enable_template: true,
+            auto_build: true,
             template_path: PathBuf::from("/dev/shm/runvm/template"),
         }
     }

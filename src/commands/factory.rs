@@ -6,7 +6,7 @@ use libcontainer::factory::Factory;
 use super::Context;
 
 /// VM templates: containers are created by cloning a saved VM instead of
-/// booting one (when `[factory] enable_template = true`).
+/// booting one (unless `[factory] enable_template = false`).
 #[derive(Args, Debug)]
 pub struct FactoryCmd {
     #[command(subcommand)]
@@ -16,7 +16,12 @@ pub struct FactoryCmd {
 #[derive(Subcommand, Debug)]
 enum Action {
     /// Boot a template VM and save it (replaces an existing template)
-    Init,
+    Init {
+        /// Only if no other build is running and the template is not
+        /// usable: the background build a cold create starts
+        #[arg(long, hide = true)]
+        if_needed: bool,
+    },
     /// Show the template and whether it matches the configuration
     Status,
     /// Remove the template
@@ -27,10 +32,18 @@ pub fn factory(cmd: FactoryCmd, ctx: &Context) -> Result<u8> {
     let config = Config::load()?;
     let factory = Factory::new(&config);
     match cmd.action {
-        Action::Init => {
+        Action::Init { if_needed: false } => {
             let meta = factory.init(&config, &ctx.log)?;
             println!("{}", serde_json::to_string_pretty(&meta)?);
         }
+        Action::Init { if_needed: true } => match factory.init_if_needed(&config, &ctx.log) {
+            Ok(_) => {}
+            Err(e) => {
+                slog::warn!(ctx.log, "the background build of the template failed; creates boot cold";
+                    "error" => libcontainer::error_chain(&e));
+                return Ok(1);
+            }
+        },
         Action::Status => {
             println!(
                 "{}",

@@ -27,10 +27,7 @@ pub fn runvm() -> &'static str {
 
 /// The environment a client passes on to runvm (see [`super::client_config`]).
 fn runvm_env() -> Vec<(&'static str, PathBuf)> {
-    super::client_config()
-        .map(|c| ("RUNVM_CONFIG", c))
-        .into_iter()
-        .collect()
+    vec![("RUNVM_CONFIG", super::client_config())]
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
@@ -337,16 +334,14 @@ impl Podman {
         fs::create_dir_all(dir.path().join("net.d")).unwrap();
         // Podman starts the runtime from conmon, whose environment is only
         // what containers.conf lists.
-        if let Some(config) = super::client_config() {
-            fs::write(
-                dir.path().join("containers.conf"),
-                format!(
-                    "[engine]\nconmon_env_vars = [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\", \"RUNVM_CONFIG={}\"]\n",
-                    config.display()
-                ),
-            )
-            .unwrap();
-        }
+        fs::write(
+            dir.path().join("containers.conf"),
+            format!(
+                "[engine]\nconmon_env_vars = [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\", \"RUNVM_CONFIG={}\"]\n",
+                super::client_config().display()
+            ),
+        )
+        .unwrap();
         Podman { dir }
     }
 

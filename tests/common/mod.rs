@@ -59,9 +59,14 @@ fn become_subreaper() {
 }
 
 /// The runvm configuration the clients' daemons pass on to runvm (through
-/// their environment): in template mode, the shared template's.
-pub fn client_config() -> Option<PathBuf> {
-    template_mode().then(|| shared_template().path.with_extension("toml"))
+/// their environment): in template mode, the shared template's; else one
+/// with templates off.
+pub fn client_config() -> PathBuf {
+    if template_mode() {
+        shared_template().path.with_extension("toml")
+    } else {
+        templates::cold_config().to_path_buf()
+    }
 }
 
 /// A container id unique to this test run.
@@ -171,6 +176,8 @@ impl Runvm {
         let mut toml = toml.to_string();
         if template_mode() {
             toml.push_str(&shared_template().config_section());
+        } else if !toml.contains("[factory]") {
+            toml.push_str(templates::COLD_SECTION);
         }
         if !toml.is_empty() {
             let file = tempfile::Builder::new()

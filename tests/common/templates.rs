@@ -26,15 +26,20 @@ impl TestTemplate {
 
     /// A template made with this configuration (TOML) besides its own
     /// `[factory]` section.
-    pub fn build_with(name: &str, toml: &str) -> TestTemplate {
+    /// A path of its own for a template no one has built yet.
+    pub fn unbuilt(name: &str) -> TestTemplate {
         let path = PathBuf::from(format!(
             "/dev/shm/runvm-test-templates/{name}-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
-        let t = TestTemplate { path };
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        TestTemplate { path }
+    }
+
+    pub fn build_with(name: &str, toml: &str) -> TestTemplate {
+        let t = Self::unbuilt(name);
         let config = t.path.with_extension("toml");
-        fs::create_dir_all(t.path.parent().unwrap()).unwrap();
         fs::write(&config, format!("{toml}{}", t.config_section())).unwrap();
         let out = Command::new(RUNVM)
             .args(["factory", "init"])
@@ -45,9 +50,11 @@ impl TestTemplate {
         t
     }
 
+    /// Templates on, and built by the tests only: a create that finds this
+    /// one unusable boots cold and starts no build behind the test's back.
     pub fn config_section(&self) -> String {
         format!(
-            "\n[factory]\nenable_template = true\ntemplate_path = \"{}\"\n",
+            "\n[factory]\nenable_template = true\nauto_build = false\ntemplate_path = \"{}\"\n",
             self.path.display()
         )
     }
@@ -58,8 +65,9 @@ impl TestTemplate {
     /// clones' memory copies are their containers' to remove.
     pub fn destroy(&self) {
         let _ = fs::remove_dir_all(&self.path);
-        let _ = fs::remove_file(self.path.with_extension("lock"));
-        let _ = fs::remove_file(self.path.with_extension("toml"));
+        for ext in ["lock", "toml", "build-lock", "build.log", "failed"] {
+            let _ = fs::remove_file(self.path.with_extension(ext));
+        }
         let (Some(holder), Some(name)) = (self.path.parent(), self.path.file_name()) else {
             return;
         };
@@ -78,6 +86,30 @@ impl Drop for TestTemplate {
     fn drop(&mut self) {
         self.destroy();
     }
+}
+
+/// In cold mode every runvm the tests start is given this: templates off,
+/// so that no create clones, or builds, a template of the host's.
+pub const COLD_SECTION: &str = "\n[factory]\nenable_template = false\n";
+
+/// A config file with [`COLD_SECTION`] alone, for the clients' daemons to
+/// pass on; removed when the test binary exits.
+pub(super) fn cold_config() -> &'static Path {
+    static F: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("runvm-cold-{}.toml", std::process::id()));
+        fs::write(&path, COLD_SECTION).unwrap();
+        extern "C" fn cleanup() {
+            if let Some(p) = F.get() {
+                let _ = fs::remove_file(p);
+            }
+        }
+        // SAFETY: registering a plain extern "C" function with atexit.
+        unsafe {
+            libc::atexit(cleanup);
+        }
+        path
+    })
 }
 
 /// The template all containers of this test binary clone in template mode;

@@ -12,10 +12,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult, Pid};
-use slog::warn;
+use slog::{info, warn};
 
 use super::{check_pid_file_dir, ContainerError, CreateOptions, Runtime};
 use crate::control::Ready;
+use crate::factory::{Factory, NoBuild};
 use crate::id::validate_id;
 use crate::spec::Bundle;
 use crate::state::{write_atomic, State, SPEC_FILE};
@@ -89,6 +90,7 @@ impl Runtime {
         let timeout = self.config.timeouts.boot() + self.config.timeouts.request() * 2;
         match read_ready(ready, timeout)? {
             Some(Ready::Created { shim_pid: reported }) => {
+                self.build_template_behind(&opts.id);
                 if let Some(pid_file) = &opts.pid_file {
                     // Last, and atomically: containerd takes the pid file's
                     // appearance as "create finished". No trailing newline:
@@ -158,6 +160,35 @@ impl Runtime {
                     Ok((Some(child), File::from(r)))
                 }
             }
+        }
+    }
+
+    /// A container that booted cold for want of a usable template gets
+    /// one built in the background, so that the creates after it are
+    /// clones (docs/templating.md). Never fails the create.
+    fn build_template_behind(&self, id: &str) {
+        let cold = self
+            .store
+            .load(id)
+            .is_ok_and(|s| s.boot.as_deref() == Some("cold"));
+        if !cold {
+            return;
+        }
+        let factory = Factory::new(&self.config);
+        match factory.wants_build(&self.config) {
+            Ok(()) => match factory.spawn_build() {
+                Ok(()) => {
+                    info!(self.log, "building a template in the background, for the next creates";
+                    "log" => %factory.build_log_path().display())
+                }
+                Err(e) => {
+                    warn!(self.log, "start a background build of the template"; "error" => %e)
+                }
+            },
+            Err(e @ NoBuild::Failed { .. }) => {
+                warn!(self.log, "not building a template"; "reason" => %e)
+            }
+            Err(_) => {}
         }
     }
 

@@ -27,6 +27,10 @@ const STATE_FILE: &str = "state";
 /// How often the console log is read while waiting for the agent to report
 /// that it noticed the hang-up.
 const CONSOLE_POLL: Duration = Duration::from_millis(10);
+/// After a background build failed, creates boot cold without starting
+/// another for this long (a build that fails for good would otherwise cost
+/// every create a second VM); `factory init` by hand tries at once.
+pub const BUILD_BACKOFF: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FactoryError {
@@ -72,6 +76,42 @@ pub enum FactoryError {
     Layout,
     #[error("the template has no {file} file")]
     NoFile { file: &'static str },
+}
+
+impl FactoryError {
+    /// Whether building the template again cures this (it is missing, or
+    /// was made from something else); not so a directory others may write,
+    /// an unreadable file or a backend without templates.
+    pub fn cured_by_a_build(&self) -> bool {
+        matches!(
+            self,
+            FactoryError::Missing { .. }
+                | FactoryError::Stale { .. }
+                | FactoryError::Protocol { .. }
+                | FactoryError::RunvmVersion { .. }
+                | FactoryError::Backend { .. }
+                | FactoryError::Layout
+                | FactoryError::NoFile { .. }
+                | FactoryError::Meta { .. }
+        )
+    }
+}
+
+/// Why a create that booted cold starts no background build.
+#[derive(Debug, thiserror::Error)]
+pub enum NoBuild {
+    #[error("templates or their building are off")]
+    Off,
+    #[error("the template is usable")]
+    Usable,
+    #[error("the backend cannot: {0}")]
+    Unsupported(String),
+    #[error("a build would not help: {0}")]
+    Refused(String),
+    #[error("a build is running")]
+    Running,
+    #[error("a background build failed less than {} minutes ago; see {log}", BUILD_BACKOFF.as_secs() / 60)]
+    Failed { log: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FactoryError + '_ {
@@ -200,6 +240,21 @@ impl Factory {
         self.dir.with_extension("lock")
     }
 
+    /// Held by whoever builds the template: one build at a time.
+    fn build_lock_path(&self) -> PathBuf {
+        self.dir.with_extension("build-lock")
+    }
+
+    /// Where a background build says what it did.
+    pub fn build_log_path(&self) -> PathBuf {
+        self.dir.with_extension("build.log")
+    }
+
+    /// There while a failed background build's backoff lasts.
+    fn failed_path(&self) -> PathBuf {
+        self.dir.with_extension("failed")
+    }
+
     /// The directory that holds the template, its lock and the clones'
     /// copies: created mode 0700, refused if anyone else could change it.
     fn holder(&self) -> Result<&Path, FactoryError> {
@@ -232,6 +287,121 @@ impl Factory {
     /// only the swap waits for clones that are reading the old template.
     pub fn init(&self, config: &Config, log: &Logger) -> Result<TemplateMeta, FactoryError> {
         self.holder()?;
+        let _build = files::lock(&self.build_lock_path(), FlockArg::LockExclusive)?;
+        let _ = fs::remove_file(self.failed_path());
+        self.init_locked(config, log)
+    }
+
+    /// What a create that booted cold for want of a template calls: whether
+    /// a background build would make later creates clones (templates on,
+    /// building on, the backend able to, the template missing or stale for
+    /// a reason a build cures, no build running, no failed one recently).
+    pub fn wants_build(&self, config: &Config) -> Result<(), NoBuild> {
+        if !config.factory.enable_template || !config.factory.auto_build {
+            return Err(NoBuild::Off);
+        }
+        [
+            Operation::Restore,
+            Operation::Snapshot,
+            Operation::Pause,
+            Operation::HotplugFs,
+        ]
+        .into_iter()
+        .try_for_each(|op| hypervisor::supports(config, op))
+        .map_err(|e| NoBuild::Unsupported(crate::error_chain(&e)))?;
+        match self.usable(config) {
+            Ok(_) => return Err(NoBuild::Usable),
+            Err(e) if !e.cured_by_a_build() => {
+                return Err(NoBuild::Refused(crate::error_chain(&e)))
+            }
+            Err(_) => {}
+        }
+        let building = files::lock(&self.build_lock_path(), FlockArg::LockExclusiveNonblock);
+        if matches!(building, Err(FilesError::Lock { .. })) {
+            return Err(NoBuild::Running);
+        }
+        drop(building);
+        if let Ok(m) = fs::symlink_metadata(self.failed_path()) {
+            let age = m.modified().ok().and_then(|t| t.elapsed().ok());
+            if age.is_none_or(|a| a < BUILD_BACKOFF) {
+                return Err(NoBuild::Failed {
+                    log: self.build_log_path(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `factory init --if-needed`, the background build: nothing if another
+    /// build holds the build lock or the template is usable by now; a
+    /// failure leaves the backoff marker.
+    pub fn init_if_needed(
+        &self,
+        config: &Config,
+        log: &Logger,
+    ) -> Result<Option<TemplateMeta>, FactoryError> {
+        self.holder()?;
+        let _build = match files::lock(&self.build_lock_path(), FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err(FilesError::Lock { .. }) => {
+                info!(log, "another build of the template is running");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if self.usable(config).is_ok() {
+            info!(log, "the template is usable already");
+            return Ok(None);
+        }
+        match self.init_locked(config, log) {
+            Ok(meta) => {
+                let _ = fs::remove_file(self.failed_path());
+                Ok(Some(meta))
+            }
+            Err(e) => {
+                // A new file each time: its mtime starts the backoff.
+                let _ = fs::remove_file(self.failed_path());
+                let _ = files::create_exclusive(&self.failed_path());
+                Err(e)
+            }
+        }
+    }
+
+    /// Start `runvm factory init --if-needed` on its own, logging to
+    /// [`Self::build_log_path`]: in a new session, stdio on /dev/null and
+    /// nothing else of ours open in it (a caller's pipe held open would
+    /// keep conmon or containerd waiting), not waited for. When we exit it
+    /// is reparented to the caller's subreaper or init, which reap it.
+    pub fn spawn_build(&self) -> io::Result<()> {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        self.holder().map_err(io::Error::other)?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--debug")
+            .arg("--log")
+            .arg(self.build_log_path())
+            .args(["factory", "init", "--if-needed"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (setsid, close_range, fcntl) on the child's own descriptors.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                close_on_exec_from(3);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        Ok(())
+    }
+
+    fn init_locked(&self, config: &Config, log: &Logger) -> Result<TemplateMeta, FactoryError> {
         files::check_private(&self.dir)?;
         let t0 = Instant::now();
         let tmp = self
@@ -407,6 +577,9 @@ impl Factory {
     /// Remove the template, its lock, and what dead builds and shims left
     /// beside it; true if there was a template.
     pub fn destroy(&self, log: &Logger) -> Result<bool, FactoryError> {
+        self.holder()?;
+        // A build running now would put its template in place after us.
+        let build = files::lock(&self.build_lock_path(), FlockArg::LockExclusive)?;
         let lock = self.lock(FlockArg::LockExclusive)?;
         let existed = files::check_private(&self.dir)?;
         if existed {
@@ -418,11 +591,32 @@ impl Factory {
                 Err(e) => warn!(log, "remove a leftover"; "error" => crate::error_chain(&e)),
             }
         }
+        let _ = fs::remove_file(self.failed_path());
+        let _ = fs::remove_file(self.build_log_path());
         // Removed while locked: a waiter then finds its lock file gone and
         // takes a new one (files::lock).
         let _ = fs::remove_file(self.lock_path());
+        let _ = fs::remove_file(self.build_lock_path());
         drop(lock);
+        drop(build);
         Ok(existed)
+    }
+}
+
+/// Mark every descriptor from `first` up close-on-exec. Async-signal-safe:
+/// for a child between fork and exec.
+fn close_on_exec_from(first: u32) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: plain syscalls on this process's own descriptor table.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) == 0 {
+            return;
+        }
+        // Kernels before 5.11: one by one, up to the limit.
+        let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(0, 65536) as i32;
+        for fd in first as i32..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }
 

@@ -341,6 +341,11 @@ impl Shim {
         }
         let template = match Factory::new(configured).usable(configured) {
             Ok(t) => t,
+            // The create builds one behind this container: nothing is wrong.
+            Err(reason) if configured.factory.auto_build && reason.cured_by_a_build() => {
+                info!(self.log, "booting cold: the template is not usable"; "reason" => error_chain(&reason));
+                return None;
+            }
             Err(reason) => {
                 warn!(self.log, "booting cold: the template is not usable"; "reason" => error_chain(&reason));
                 return None;
