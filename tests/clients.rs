@@ -26,9 +26,24 @@ fn host_kernel() -> String {
 
 /// A command as a shell line, each word single-quoted.
 fn shell_line(cmd: &std::process::Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|w| format!("'{}'", w.to_string_lossy().replace('\'', "'\\''")))
+    let quote = |w: &std::ffi::OsStr| format!("'{}'", w.to_string_lossy().replace('\'', "'\\''"));
+    // The environment the command was given (RUNVM_CONFIG, the client's
+    // config), through env(1).
+    let envs = cmd.get_envs().filter_map(|(k, v)| {
+        v.map(|v| {
+            let mut kv = k.to_os_string();
+            kv.push("=");
+            kv.push(v);
+            quote(&kv)
+        })
+    });
+    std::iter::once("env".to_string())
+        .chain(envs)
+        .chain(
+            std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(quote),
+        )
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -64,6 +64,12 @@ impl TestTemplate {
     /// template's name is its own, so nothing of another is touched; the
     /// clones' memory copies are their containers' to remove.
     pub fn destroy(&self) {
+        // A background build still running (a test that failed before it
+        // waited for one) would put files back after us: wait for it, as
+        // `factory destroy` does.
+        let _build = fs::File::open(self.path.with_extension("build-lock"))
+            .ok()
+            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
         let _ = fs::remove_dir_all(&self.path);
         for ext in ["lock", "toml", "build-lock", "build.log", "failed"] {
             let _ = fs::remove_file(self.path.with_extension(ext));
