@@ -24,8 +24,6 @@ impl TestTemplate {
         Self::build_with(name, "")
     }
 
-    /// A template made with this configuration (TOML) besides its own
-    /// `[factory]` section.
     /// A path of its own for a template no one has built yet.
     pub fn unbuilt(name: &str) -> TestTemplate {
         let path = PathBuf::from(format!(
@@ -37,6 +35,8 @@ impl TestTemplate {
         TestTemplate { path }
     }
 
+    /// A template made with this configuration (TOML) besides its own
+    /// `[factory]` section.
     pub fn build_with(name: &str, toml: &str) -> TestTemplate {
         let t = Self::unbuilt(name);
         let config = t.path.with_extension("toml");
