@@ -165,7 +165,7 @@ fn scratch_template() -> (tempfile::TempDir, TestTemplate) {
         .tempdir_in("/dev/shm")
         .unwrap();
     let path = holder.path().join("template");
-    (holder, TestTemplate { path })
+    (holder, TestTemplate { path, pool: 0 })
 }
 
 #[test]
@@ -297,11 +297,10 @@ fn boot_of(log: &str) -> &str {
         .lines()
         .find(|l| l.contains("container created"))
         .unwrap_or_else(|| panic!("no container created in {log}"));
-    if line.contains("boot=\"template\"") || line.contains("boot=template") {
-        "template"
-    } else {
-        "cold"
-    }
+    ["template", "pool"]
+        .into_iter()
+        .find(|b| line.contains(&format!("boot=\"{b}\"")) || line.contains(&format!("boot={b} ")))
+        .unwrap_or("cold")
 }
 
 /// Wait until the background build has made the template usable and its
@@ -310,7 +309,11 @@ fn wait_for_background_build(rv: &Runvm, template: &TestTemplate) {
     let deadline = std::time::Instant::now() + T * 2;
     loop {
         let status: Value = serde_json::from_slice(&factory(rv, "status").stdout).unwrap();
-        let builders = processes_matching(&template.path.display().to_string());
+        // The warm pool's VMs stay: they are not builders.
+        let builders: Vec<_> = processes_matching(&template.path.display().to_string())
+            .into_iter()
+            .filter(|(_, cmd)| !cmd.contains("pool-vm") && !cmd.contains("runvm-pool-"))
+            .collect();
         if status["usable"] == true && builders.is_empty() {
             return;
         }
@@ -326,7 +329,9 @@ fn wait_for_background_build(rv: &Runvm, template: &TestTemplate) {
 
 #[test]
 fn with_nothing_configured_the_first_create_builds_a_template_and_the_next_clones_it() {
-    let template = TestTemplate::unbuilt("auto");
+    let mut template = TestTemplate::unbuilt("auto");
+    // The default pool size.
+    template.pool = 2;
     // The kernel a copy of our own, so that the test can make the template
     // stale by changing it.
     let guest = tempfile::tempdir().unwrap();
@@ -353,10 +358,12 @@ fn with_nothing_configured_the_first_create_builds_a_template_and_the_next_clone
         "a first cold boot is not a warning: {log}"
     );
     wait_for_background_build(&rv, &template);
+    // The build fills the warm pool behind it.
+    template.wait_pool(2, T * 2);
 
     let (code, log) = run_logged(&rv, &b, "second");
     assert_eq!(code, Some(0), "{log}");
-    assert_eq!(boot_of(&log), "template", "{log}");
+    assert_eq!(boot_of(&log), "pool", "{log}");
     assert!(!log.contains("building a template"), "{log}");
 
     // A new kernel makes the template stale: cold once more, rebuilt behind.
@@ -376,14 +383,18 @@ fn with_nothing_configured_the_first_create_builds_a_template_and_the_next_clone
         "{log}"
     );
     wait_for_background_build(&rv, &template);
+    // The old template's pool VMs were stopped, new ones started.
+    template.wait_pool(2, T * 2);
     let (code, log) = run_logged(&rv, &b, "rebuilt");
     assert_eq!(code, Some(0), "{log}");
-    assert_eq!(boot_of(&log), "template", "{log}");
+    assert_eq!(boot_of(&log), "pool", "{log}");
 
     assert!(factory(&rv, "destroy").status.success());
-    for left in ["build-lock", "build.log", "failed", "lock"] {
+    for left in ["build-lock", "build.log", "failed", "lock", "pool"] {
         assert!(!template.path.with_extension(left).exists(), "{left} left");
     }
+    let pool = template.pool_dir().display().to_string();
+    assert_eq!(processes_matching(&pool), vec![], "pool processes left");
 }
 
 #[test]
@@ -440,4 +451,149 @@ fn a_failed_background_build_is_a_warning_and_is_not_retried_at_once() {
             && log.contains("a background build failed less than 10 minutes ago"),
         "{log}"
     );
+}
+
+/// The QEMU of a pool VM, from its member's record.
+fn vmm_of(pool_vm: &std::path::Path) -> i64 {
+    let member: Value =
+        serde_json::from_slice(&std::fs::read(pool_vm.join("member.json")).unwrap()).unwrap();
+    member["vmm"]["pid"].as_i64().unwrap()
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "))
+}
+
+/// Create; what the state says of the VM; start; wait; stdout.
+fn run_with_state(rv: &Runvm, b: &Bundle, name: &str) -> (Value, String) {
+    let id = unique_id(name);
+    let (mut c, out) = rv.create(&id, b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    let state = rv.raw_state(&id);
+    assert!(rv.run(&["start", &id]).status.success());
+    assert_eq!(c.wait_shim(T), 0, "{}", b.output("err.txt"));
+    (state, b.output("out.txt"))
+}
+
+#[test]
+fn a_create_takes_a_warm_pool_vm_and_the_pool_is_refilled() {
+    let template = TestTemplate::build_pooled("pool", 1);
+    let rv = runvm_with(&template, "");
+    let ready = template.wait_pool(1, T * 2);
+    let pooled = vmm_of(&ready[0]);
+    let b = Bundle::busybox(&["sh", "-c", "echo ran; uname -r"]);
+    let (state, out) = run_with_state(&rv, &b, "pooled");
+    assert_eq!(state["boot"], "pool");
+    assert_eq!(state["vmm"]["pid"], pooled);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("ran"), "{out}");
+    assert!(lines.next().unwrap().ends_with(GUEST_KERNEL), "{out}");
+    // The container's VM is gone with it, and a new one took its slot.
+    assert!(!alive(pooled));
+    let next = template.wait_pool(1, T * 2);
+    assert_ne!(vmm_of(&next[0]), pooled);
+    let (state, out) = run_with_state(&rv, &b, "pooled2");
+    assert_eq!(state["boot"], "pool");
+    assert!(out.starts_with("ran\n"), "{out}");
+}
+
+#[test]
+fn a_dead_or_stale_pool_vm_is_never_handed_out() {
+    let template = TestTemplate::build_pooled("pooldead", 1);
+    let rv = runvm_with(&template, "");
+    let b = Bundle::busybox(&["sh", "-c", "echo ran"]);
+    let ready = template.wait_pool(1, T * 2);
+    let dead = vmm_of(&ready[0]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dead as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The create clones the template itself.
+    let (state, out) = run_with_state(&rv, &b, "afterdead");
+    assert_eq!(
+        (state["boot"].as_str(), out.as_str()),
+        (Some("template"), "ran\n")
+    );
+    assert_ne!(state["vmm"]["pid"], dead);
+
+    // That create refilled the pool; a new template makes its VM stale.
+    let stale = vmm_of(&template.wait_pool(1, T * 2)[0]);
+    let init = rv.run(&["factory", "init"]);
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    assert!(
+        !alive(stale),
+        "factory init left the old template's pool VM"
+    );
+    let fresh = vmm_of(&template.wait_pool(1, T * 2)[0]);
+    let (state, out) = run_with_state(&rv, &b, "afterstale");
+    assert_eq!(
+        (state["boot"].as_str(), out.as_str()),
+        (Some("pool"), "ran\n")
+    );
+    assert_eq!(state["vmm"]["pid"], fresh);
+}
+
+#[test]
+fn factory_destroy_leaves_no_pool_process() {
+    let template = TestTemplate::build_pooled("pooldestroy", 2);
+    let rv = runvm_with(&template, "");
+    let ready = template.wait_pool(2, T * 2);
+    let vmms: Vec<i64> = ready.iter().map(|d| vmm_of(d)).collect();
+    let pool = template.pool_dir().display().to_string();
+    let members: Vec<_> = processes_matching(&pool)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("pool-vm"))
+        .collect();
+    assert_eq!(members.len(), 2, "{members:?}");
+    let out = factory(&rv, "destroy");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(processes_matching(&pool), vec![]);
+    for vmm in vmms {
+        assert!(!alive(vmm), "pool QEMU {vmm} left");
+    }
+    assert!(!template.pool_dir().exists());
+}
+
+#[test]
+fn ten_parallel_creates_against_a_pool_of_two_never_share_a_vm() {
+    let template = TestTemplate::build_pooled("poolpar", 2);
+    let rv = runvm_with(&template, "");
+    let pooled: Vec<i64> = template
+        .wait_pool(2, T * 2)
+        .iter()
+        .map(|d| vmm_of(d))
+        .collect();
+    let results: Vec<(Value, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let rv = &rv;
+                s.spawn(move || {
+                    let b = Bundle::busybox(&["sh", "-c", &format!("echo ran {i}")]);
+                    let (state, out) = run_with_state(rv, &b, &format!("par{i}"));
+                    assert_eq!(out, format!("ran {i}\n"));
+                    (state, out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut vmms: Vec<i64> = results
+        .iter()
+        .map(|(s, _)| s["vmm"]["pid"].as_i64().unwrap())
+        .collect();
+    let from_pool = results.iter().filter(|(s, _)| s["boot"] == "pool").count();
+    vmms.sort();
+    vmms.dedup();
+    assert_eq!(vmms.len(), 10, "two containers shared a VM: {results:?}");
+    // Both ready VMs were taken, each by one create.
+    assert!(from_pool >= 2, "{results:?}");
+    for vmm in pooled {
+        let takers = results
+            .iter()
+            .filter(|(s, _)| s["vmm"]["pid"] == vmm)
+            .count();
+        assert_eq!(takers, 1, "pool VM {vmm}: {results:?}");
+    }
 }

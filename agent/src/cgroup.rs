@@ -31,6 +31,11 @@ impl Cgroup {
         Ok(Cgroup { manager, path })
     }
 
+    /// Remove the (empty) cgroup.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+
     /// Pids of every process in the cgroup and below it.
     pub fn pids(&self) -> AgentResult<Vec<i32>> {
         let pids = self

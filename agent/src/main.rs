@@ -27,8 +27,14 @@ mod zygote;
 
 use std::process::ExitCode;
 
+/// The warm-up container's process: this binary, exiting at once.
+pub const WARMUP_ARG: &str = "__warmup";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(WARMUP_ARG) {
+        return ExitCode::SUCCESS;
+    }
     if args.get(1).map(String::as_str) == Some(youki_helper::ARG) {
         return youki_helper::main(&args[2..]);
     }

@@ -108,6 +108,7 @@ async fn handle_request(agent: &Agent, req: Request, stream: &mut StreamHandle) 
         Request::ListProcesses(r) => reply(stream, agent.processes(&r.container_id)).await,
         Request::SyncGuest(r) => reply(stream, crate::guest::sync(r.unix_time_ns, &r.seed)).await,
         Request::ConfigureNetwork(r) => reply(stream, crate::network::configure(r).await).await,
+        Request::Warmup(r) => reply(stream, agent.warmup(r).await).await,
     }
 }
 

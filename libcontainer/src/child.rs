@@ -3,11 +3,13 @@
 //! is watched.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -21,6 +23,8 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 pub struct Supervised {
     pid: i32,
     exit_tx: watch::Sender<Option<String>>,
+    /// Set for an adopted process: signals go through it.
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 /// "exited with status 1", "killed by signal 9".
@@ -73,11 +77,61 @@ impl Supervised {
             };
             tx.send_replace(Some(desc));
         });
-        Ok(Supervised { pid, exit_tx })
+        Ok(Supervised {
+            pid,
+            exit_tx,
+            pidfd: None,
+        })
+    }
+
+    /// Watch a running process that is not our child (a pool VM's QEMU,
+    /// whose parent is the pool process that launched it): through a pidfd,
+    /// which also makes the signals [`Self::stop`] sends reach that process
+    /// and no other that later gets its pid.
+    pub fn adopt(pid: i32) -> io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the fd was just opened and is owned only here.
+        let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        let exit_tx = watch::channel(None).0;
+        let tx = exit_tx.clone();
+        let watched = pidfd.clone();
+        std::thread::spawn(move || {
+            // A pidfd polls readable once its process has exited.
+            let mut fds = [PollFd::new(watched.as_fd(), PollFlags::POLLIN)];
+            while !matches!(poll(&mut fds, PollTimeout::NONE), Ok(n) if n > 0) {}
+            tx.send_replace(Some("exited".to_string()));
+        });
+        Ok(Supervised {
+            pid,
+            exit_tx,
+            pidfd: Some(pidfd),
+        })
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    fn signal(&self, sig: Signal) {
+        match &self.pidfd {
+            // SAFETY: pidfd_send_signal on a pidfd we hold, no siginfo.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig as libc::c_int,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            },
+            None => {
+                let _ = kill(Pid::from_raw(self.pid), sig);
+            }
+        }
     }
 
     pub fn exit_watch(&self) -> ExitWatch {
@@ -109,7 +163,7 @@ impl Supervised {
         }
         ask(Pid::from_raw(self.pid));
         if !self.wait_exit(timeout) {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            self.signal(Signal::SIGKILL);
             self.wait_exit(KILL_WAIT);
         }
     }

@@ -156,6 +156,10 @@ pub struct FactoryConfig {
     /// Where the template lives. Its memory is a file here, so this must be
     /// on tmpfs; clones copy it next to it.
     pub template_path: PathBuf,
+    /// Clones of the template kept restored, warmed up (a throwaway
+    /// container created and removed in each) and paused, for creates to
+    /// take; 0: none (each create restores its own clone).
+    pub pool_size: u32,
 }
 
 impl Default for FactoryConfig {
@@ -164,6 +168,7 @@ impl Default for FactoryConfig {
             enable_template: true,
             auto_build: true,
             template_path: PathBuf::from("/dev/shm/runvm/template"),
+            pool_size: 2,
         }
     }
 }

@@ -40,8 +40,8 @@ pub const SHARE_SOURCE_PREFIX: &str = "runvm-share:";
 /// Bumped whenever a change to these types breaks compatibility, or the host
 /// comes to depend on new behaviour of the agent (3: [`SESSION_ENDED`]; 4:
 /// a reply type per request, typed errors, OCI types for processes and
-/// resources; 5: [`ConfigureNetwork`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// resources; 5: [`ConfigureNetwork`]; 6: [`Warmup`]).
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The line the agent writes to the guest console when a yamux session that
 /// carried streams has ended (the host hung up) and it waits for a new host.
 /// `factory init` waits for it before it saves the template: a clone must

@@ -62,6 +62,11 @@ typed_requests! {
     /// device already has it), name, MTU, addresses, then the routes.
     /// Answered when every interface is up and every route is in.
     ConfigureNetwork(ConfigureNetwork) -> ();
+    /// Create, start and remove a throwaway container whose root is the
+    /// guest's own, so that the code that creates containers has run once
+    /// in this VM (a warm pool VM's: under TCG, code runs slowly the first
+    /// time). Answered when it is gone.
+    Warmup(Warmup) -> ();
 }
 }
 
@@ -129,6 +134,13 @@ pub struct Update {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ListProcesses {
     pub container_id: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Warmup {
+    /// A spec as for [`CreateContainer`]; the agent sets its root and
+    /// process.
+    pub spec: serde_json::Value,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -24,8 +24,12 @@ enum Action {
     },
     /// Show the template and whether it matches the configuration
     Status,
-    /// Remove the template
+    /// Remove the template (and stop the warm pool's idle VMs)
     Destroy,
+    /// One VM of the warm pool: restore it, warm it up, wait for a create
+    /// to claim it (what creates and `factory init` start behind them)
+    #[command(hide = true)]
+    PoolVm { slot: u32 },
 }
 
 pub fn factory(cmd: FactoryCmd, ctx: &Context) -> Result<u8> {
@@ -52,6 +56,14 @@ pub fn factory(cmd: FactoryCmd, ctx: &Context) -> Result<u8> {
         }
         Action::Destroy => {
             factory.destroy(&ctx.log)?;
+        }
+        Action::PoolVm { slot } => {
+            let pool = libcontainer::factory::Pool::new(&config);
+            if let Err(e) = pool.serve_member(&config, slot, &ctx.log) {
+                slog::warn!(ctx.log, "a warm pool VM failed"; "slot" => slot,
+                    "error" => libcontainer::error_chain(&e));
+                return Ok(1);
+            }
         }
     }
     Ok(0)

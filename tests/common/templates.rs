@@ -17,11 +17,21 @@ pub fn template_mode() -> bool {
 /// tmpfs; removed when dropped, so a failing test leaves no memory file.
 pub struct TestTemplate {
     pub path: PathBuf,
+    /// Its warm pool's size (`[factory] pool_size`).
+    pub pool: u32,
 }
 
 impl TestTemplate {
     pub fn build(name: &str) -> TestTemplate {
         Self::build_with(name, "")
+    }
+
+    /// A template with a warm pool of `pool` VMs, filled once it is built.
+    pub fn build_pooled(name: &str, pool: u32) -> TestTemplate {
+        let mut t = Self::unbuilt(name);
+        t.pool = pool;
+        t.init("");
+        t
     }
 
     /// A path of its own for a template no one has built yet.
@@ -32,29 +42,74 @@ impl TestTemplate {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
         fs::create_dir_all(path.parent().unwrap()).unwrap();
-        TestTemplate { path }
+        TestTemplate { path, pool: 0 }
     }
 
     /// A template made with this configuration (TOML) besides its own
     /// `[factory]` section.
     pub fn build_with(name: &str, toml: &str) -> TestTemplate {
         let t = Self::unbuilt(name);
-        let config = t.path.with_extension("toml");
-        fs::write(&config, format!("{toml}{}", t.config_section())).unwrap();
+        t.init(toml);
+        t
+    }
+
+    fn init(&self, toml: &str) {
+        let config = self.path.with_extension("toml");
+        fs::write(&config, format!("{toml}{}", self.config_section())).unwrap();
         let out = Command::new(RUNVM)
             .args(["factory", "init"])
             .env("RUNVM_CONFIG", &config)
             .output()
             .unwrap();
         assert!(out.status.success(), "factory init: {}", text(&out.stderr));
-        t
+    }
+
+    pub fn pool_dir(&self) -> PathBuf {
+        self.path.with_extension("pool")
+    }
+
+    /// The pool's VMs waiting for a claim: their directories.
+    pub fn pool_ready(&self) -> Vec<PathBuf> {
+        let mut ready: Vec<PathBuf> = fs::read_dir(self.pool_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("claim.sock").exists())
+            .collect();
+        ready.sort();
+        ready
+    }
+
+    /// Wait until `n` pool VMs are ready.
+    pub fn wait_pool(&self, n: usize, timeout: std::time::Duration) -> Vec<PathBuf> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let ready = self.pool_ready();
+            if ready.len() >= n {
+                return ready;
+            }
+            let logs: Vec<String> = (0..self.pool)
+                .map(|s| {
+                    fs::read_to_string(self.pool_dir().join(format!("slot-{s}.log")))
+                        .unwrap_or_default()
+                })
+                .collect();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} pool VMs ready after {timeout:?}; logs: {logs:?}",
+                ready.len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Templates on, and built by the tests only: a create that finds this
     /// one unusable boots cold and starts no build behind the test's back.
     pub fn config_section(&self) -> String {
         format!(
-            "\n[factory]\nenable_template = true\nauto_build = false\ntemplate_path = \"{}\"\n",
+            "\n[factory]\nenable_template = true\nauto_build = false\npool_size = {}\ntemplate_path = \"{}\"\n",
+            self.pool,
             self.path.display()
         )
     }
@@ -64,6 +119,19 @@ impl TestTemplate {
     /// template's name is its own, so nothing of another is touched; the
     /// clones' memory copies are their containers' to remove.
     pub fn destroy(&self) {
+        // The pool's VMs are stopped by `factory destroy` (which the pool
+        // tests check); it needs only the template's path.
+        let config = self.path.with_extension("toml");
+        if self.pool_dir().exists() {
+            if !config.exists() {
+                let _ = fs::write(&config, self.config_section());
+            }
+            let _ = Command::new(RUNVM)
+                .args(["factory", "destroy"])
+                .env("RUNVM_CONFIG", &config)
+                .output();
+        }
+        let _ = fs::remove_dir_all(self.pool_dir());
         // A background build still running (a test that failed before it
         // waited for one) would put files back after us: wait for it, as
         // `factory destroy` does.
@@ -140,6 +208,8 @@ pub(super) fn shared_template() -> &'static TestTemplate {
         unsafe {
             libc::atexit(cleanup);
         }
-        TestTemplate::build(&name)
+        // The suite's template mode runs with the warm pool on, as a user
+        // gets it.
+        TestTemplate::build_pooled(&name, 2)
     })
 }

@@ -16,7 +16,7 @@ use slog::{info, warn};
 
 use super::{check_pid_file_dir, ContainerError, CreateOptions, Runtime};
 use crate::control::Ready;
-use crate::factory::{Factory, NoBuild};
+use crate::factory::{Factory, NoBuild, Pool};
 use crate::id::validate_id;
 use crate::spec::Bundle;
 use crate::state::{write_atomic, State, SPEC_FILE};
@@ -167,11 +167,20 @@ impl Runtime {
     /// one built in the background, so that the creates after it are
     /// clones (docs/templating.md). Never fails the create.
     fn build_template_behind(&self, id: &str) {
-        let cold = self
-            .store
-            .load(id)
-            .is_ok_and(|s| s.boot.as_deref() == Some("cold"));
-        if !cold {
+        let boot = self.store.load(id).ok().and_then(|s| s.boot);
+        if matches!(boot.as_deref(), Some("template" | "pool")) {
+            // The template is usable: keep the warm pool full (a slot a
+            // member holds is left alone, so this starts one per VM taken).
+            let pool = Pool::new(&self.config);
+            match pool.fill() {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(self.log, "refilling the warm pool"; "vms" => n, "dir" => %pool.dir().display())
+                }
+                Err(e) => warn!(self.log, "start the warm pool's VMs"; "error" => %e),
+            }
+        }
+        if boot.as_deref() != Some("cold") {
             return;
         }
         let factory = Factory::new(&self.config);

@@ -3,6 +3,7 @@
 //! containers by restoring copies of it instead of booting.
 
 mod files;
+mod pool;
 
 use std::fs;
 use std::io;
@@ -20,6 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::hypervisor::{self, Hypervisor, HypervisorError, Operation, CONSOLE_LOG};
 use crate::locate::{self, LocateError};
 pub use files::{FilesError, Problem};
+pub use pool::{Claimed, Pool};
 
 const META_FILE: &str = "template.json";
 const MEM_FILE: &str = "mem";
@@ -287,9 +289,13 @@ impl Factory {
     /// only the swap waits for clones that are reading the old template.
     pub fn init(&self, config: &Config, log: &Logger) -> Result<TemplateMeta, FactoryError> {
         self.holder()?;
-        let _build = files::lock(&self.build_lock_path(), FlockArg::LockExclusive)?;
+        let build = files::lock(&self.build_lock_path(), FlockArg::LockExclusive)?;
         let _ = fs::remove_file(self.failed_path());
-        self.init_locked(config, log)
+        let meta = self.init_locked(config, log)?;
+        // Members start only while no build holds the build lock.
+        drop(build);
+        fill_pool(config, log);
+        Ok(meta)
     }
 
     /// What a create that booted cold for want of a template calls: whether
@@ -341,7 +347,7 @@ impl Factory {
         log: &Logger,
     ) -> Result<Option<TemplateMeta>, FactoryError> {
         self.holder()?;
-        let _build = match files::lock(&self.build_lock_path(), FlockArg::LockExclusiveNonblock) {
+        let build = match files::lock(&self.build_lock_path(), FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err(FilesError::Lock { .. }) => {
                 info!(log, "another build of the template is running");
@@ -356,6 +362,8 @@ impl Factory {
         match self.init_locked(config, log) {
             Ok(meta) => {
                 let _ = fs::remove_file(self.failed_path());
+                drop(build);
+                fill_pool(config, log);
                 Ok(Some(meta))
             }
             Err(e) => {
@@ -373,32 +381,16 @@ impl Factory {
     /// keep conmon or containerd waiting), not waited for. When we exit it
     /// is reparented to the caller's subreaper or init, which reap it.
     pub fn spawn_build(&self) -> io::Result<()> {
-        use std::os::unix::process::CommandExt;
-        use std::process::{Command, Stdio};
         self.holder().map_err(io::Error::other)?;
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("--debug")
-            .arg("--log")
-            .arg(self.build_log_path())
-            .args(["factory", "init", "--if-needed"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: between fork and exec only async-signal-safe calls
-        // (setsid, close_range, fcntl) on the child's own descriptors.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                close_on_exec_from(3);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn()?;
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
-        Ok(())
+        let log = self.build_log_path();
+        spawn_detached(&[
+            "--debug".as_ref(),
+            "--log".as_ref(),
+            log.as_os_str(),
+            "factory".as_ref(),
+            "init".as_ref(),
+            "--if-needed".as_ref(),
+        ])
     }
 
     fn init_locked(&self, config: &Config, log: &Logger) -> Result<TemplateMeta, FactoryError> {
@@ -420,7 +412,11 @@ impl Factory {
             files::remove(&self.dir)?;
         }
         fs::rename(&tmp, &self.dir).map_err(io_err(&self.dir))?;
+        drop(_lock);
         info!(log, "template ready"; "path" => %self.dir.display(), "ms" => t0.elapsed().as_millis() as u64);
+        // The pool's VMs are of the old template now (and no new member
+        // starts while we hold the build lock).
+        Pool::new(config).stop_members(log);
         result
     }
 
@@ -580,6 +576,12 @@ impl Factory {
         self.holder()?;
         // A build running now would put its template in place after us.
         let build = files::lock(&self.build_lock_path(), FlockArg::LockExclusive)?;
+        // Before the template's lock: a member restoring its VM holds it.
+        let pool = Pool::for_dir(&self.dir);
+        if !pool.stop_members(log) {
+            warn!(log, "some of the warm pool's VMs are still running");
+        }
+        pool.remove_if_idle();
         let lock = self.lock(FlockArg::LockExclusive)?;
         let existed = files::check_private(&self.dir)?;
         if existed {
@@ -601,6 +603,50 @@ impl Factory {
         drop(build);
         Ok(existed)
     }
+}
+
+/// Start the warm pool's VMs for a template just made.
+fn fill_pool(config: &Config, log: &Logger) {
+    if let Err(e) = Pool::new(config).fill() {
+        warn!(log, "cannot start the warm pool"; "error" => %e);
+    }
+}
+
+/// Start this binary with `args` on its own: in a new session, no signal
+/// blocked, stdio on /dev/null and nothing else of ours open in it (a caller's pipe held open
+/// would keep conmon or containerd waiting), not waited for. When we exit
+/// it is reparented to the caller's subreaper or init, which reap it.
+fn spawn_detached(args: &[&std::ffi::OsStr]) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (setsid,
+    // close_range, fcntl, sigprocmask) on the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            close_on_exec_from(3);
+            // No signal blocked: the shim and the foreground `run` block
+            // the ones they forward, and a pool VM's member stops on
+            // SIGTERM.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
 }
 
 /// Mark every descriptor from `first` up close-on-exec. Async-signal-safe:

@@ -62,6 +62,7 @@ fn name(req: &Request) -> &'static str {
         Request::ListProcesses(_) => "ListProcesses",
         Request::SyncGuest(_) => "SyncGuest",
         Request::ConfigureNetwork(_) => "ConfigureNetwork",
+        Request::Warmup(_) => "Warmup",
     }
 }
 
@@ -147,7 +148,8 @@ impl Guest {
                     cmdline: "fake".into(),
                 }]
             })),
-            Request::ResizeTty(_)
+            Request::Warmup(_)
+            | Request::ResizeTty(_)
             | Request::Pause(_)
             | Request::Resume(_)
             | Request::Update(_)
@@ -351,6 +353,18 @@ impl Hypervisor for FakeVm {
         *self.kill.lock().unwrap() = Some(kill_tx);
         self.launched = true;
         Ok(())
+    }
+
+    fn adopt(&mut self, _pid: i32) -> Result<(), HypervisorError> {
+        self.call("adopt");
+        Err(HypervisorError::Unsupported {
+            backend: "fake",
+            what: "adopting a VM",
+        })
+    }
+
+    fn release(&mut self) {
+        self.call("release");
     }
 
     fn pid(&self) -> Option<i32> {

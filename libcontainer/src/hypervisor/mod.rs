@@ -273,6 +273,13 @@ pub trait Hypervisor: Send {
     /// Without `restore` in the spec the guest boots; with it, the VM waits
     /// for [`restore`](Self::restore).
     fn launch(&mut self) -> Result<(), HypervisorError>;
+    /// Take control of a VM of this spec that another process launched
+    /// and [released](Self::release) (a pool VM): `pid` runs it, in the
+    /// spec's directory. Instead of [`launch`](Self::launch).
+    fn adopt(&mut self, pid: i32) -> Result<(), HypervisorError>;
+    /// Stop controlling the VM, which goes on running, so that another
+    /// process can adopt it.
+    fn release(&mut self);
     fn pid(&self) -> Option<i32>;
     fn agent_endpoint(&self) -> AgentEndpoint;
     /// Becomes `Some(description)` when the hypervisor process exits.

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use crate::agent::AgentClient;
 use crate::config::Config;
 use crate::control::CONTROL_SOCKET;
 use crate::error_chain;
-use crate::factory::{Factory, Template};
+use crate::factory::{Claimed, Factory, Pool, Template};
 use crate::hooks::{self, HookState, Kind, Place};
 use crate::hypervisor::{self, FsDevice, NetDevice, Operation, Restore, VmSpec, CONSOLE_LOG};
 use crate::network::{self, Network};
@@ -127,7 +128,7 @@ impl Shim {
         spec["hooks"] = guest_hooks;
         self.create_in_guest(spec, local).await?;
         info!(self.log, "container created";
-            "boot" => if cloned { "template" } else { "cold" },
+            "boot" => self.store.load(&self.id).ok().and_then(|s| s.boot).unwrap_or_default(),
             "kernel" => info.kernel_release,
             "vmm_launch_ms" => t_launch.as_millis() as u64,
             "agent_ready_ms" => t_ready.as_millis() as u64,
@@ -180,7 +181,34 @@ impl Shim {
     ) -> Result<bool, ShimError> {
         let t0 = Instant::now();
         let name = format!("runvm-{}", self.id);
-        let clone = self.template(configured, nics.len()).and_then(|t| match t.copy_memory(&self.id) {
+        let mut template = self.template(configured, nics.len());
+        // A pool VM's QEMU runs in the host's network namespace, where the
+        // container's taps are not: those containers restore their own.
+        let taps = nics
+            .iter()
+            .any(|n| matches!(n.backend, hypervisor::NetBackend::Tap { .. }));
+        if let (Some(t), false) = (&template, taps) {
+            if let Some(claimed) = Pool::new(configured).claim(t.meta.created, &self.log) {
+                let t = template.take().expect("checked");
+                match self.adopt_pooled(claimed, t, share.clone(), nics) {
+                    Ok(()) => {
+                        slog::debug!(self.log, "pool VM adopted, share and NICs hotplugged"; "ms" => t0.elapsed().as_millis() as u64);
+                        return Ok(true);
+                    }
+                    Err(e) => {
+                        warn!(self.log, "the pool VM could not be taken over: restoring a clone instead"; "error" => error_chain(&e));
+                        if let Some(mut vm) = self.vm.take() {
+                            let _ = vm.stop(std::time::Duration::ZERO);
+                        }
+                        for log in [CONSOLE_LOG, hypervisor::VMM_LOG] {
+                            let _ = fs::remove_file(self.dir.join(log));
+                        }
+                        template = self.template(configured, nics.len());
+                    }
+                }
+            }
+        }
+        let clone = template.and_then(|t| match t.copy_memory(&self.id) {
             Ok(memory) => Some((t, memory)),
             Err(e) => {
                 warn!(self.log, "booting cold: cannot copy the template's memory"; "error" => error_chain(&e));
@@ -232,6 +260,63 @@ impl Shim {
             slog::debug!(self.log, "restored, share and NICs hotplugged"; "nics" => nics.len(), "ms" => t0.elapsed().as_millis() as u64);
         }
         Ok(cloned)
+    }
+
+    /// Take over a VM of the warm pool: its monitor, its agent port; the
+    /// share and NICs are hotplugged as into a clone of our own.
+    fn adopt_pooled(
+        &mut self,
+        claimed: Claimed,
+        template: Template,
+        share: FsDevice,
+        nics: &[NetDevice],
+    ) -> Result<(), ShimError> {
+        let mut spec = hypervisor::clone_vm(
+            &self.config,
+            format!("runvm-{}", self.id),
+            &claimed.dir,
+            Restore {
+                state: template.state(),
+                memory: claimed.dir.join("mem"),
+            },
+        )
+        .map_err(crate::hypervisor::HypervisorError::from)?;
+        spec.restore = None;
+        drop(template);
+        // QEMU runs in the pool VM's directory: the share's socket, and
+        // the logs the shim reads, are linked across.
+        let link = |name: &str, from: &Path, to: &Path| {
+            std::os::unix::fs::symlink(from.join(name), to.join(name)).map_err(|source| {
+                ShimError::Dir {
+                    path: to.join(name),
+                    source,
+                }
+            })
+        };
+        link(SHARE_SOCKET, &self.dir, &claimed.dir)?;
+        for log in [CONSOLE_LOG, hypervisor::VMM_LOG] {
+            let _ = fs::remove_file(self.dir.join(log));
+            link(log, &claimed.dir, &self.dir)?;
+        }
+        let mut vm = hypervisor::new(&self.config, spec)?;
+        let accel = vm.accel();
+        let adopted = vm.adopt(claimed.vmm_pid);
+        let vmm_id = ProcessIdentity::of(claimed.vmm_pid);
+        self.record(|s| {
+            s.vmm = vmm_id;
+            s.accel = Some(accel.name.to_string());
+            s.boot = Some("pool".to_string());
+        })?;
+        let vm = self.vm.insert(vm);
+        adopted?;
+        vm.resume()?;
+        vm.supports(Operation::HotplugFs)?;
+        vm.hotplug(&hypervisor::Device::Fs(share))?;
+        for nic in nics {
+            vm.supports(Operation::HotplugNet)?;
+            vm.hotplug(&hypervisor::Device::Net(nic.clone()))?;
+        }
+        Ok(())
     }
 
     /// Reach the agent and wait until it answers (the whole boot, for a

@@ -264,6 +264,23 @@ impl Hypervisor for Qemu {
         Ok(())
     }
 
+    fn adopt(&mut self, pid: i32) -> Result<(), HypervisorError> {
+        let dir_err = |source| HypervisorError::Dir {
+            path: self.spec.dir.clone(),
+            source,
+        };
+        let sockets = SocketDir::open(&self.spec.dir).map_err(dir_err)?;
+        let qmp_path = sockets.path(QMP_SOCKET);
+        self.sockets = Some(sockets);
+        self.child = Some(Supervised::adopt(pid).map_err(dir_err)?);
+        self.connect_qmp(&qmp_path)
+    }
+
+    fn release(&mut self) {
+        // QEMU's monitor takes the next client once this one has gone.
+        self.qmp = None;
+    }
+
     fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(Supervised::pid)
     }
