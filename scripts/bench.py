@@ -36,14 +36,15 @@ def check_boot(root, cid, boot):
         return
     with open(os.path.join(root, cid, "state.json")) as f:
         got = json.load(f).get("boot")
-    if got != boot:
+    if got not in boot.split("|"):
         sys.exit(f"bench: {cid} booted {got!r}, not {boot!r}: the figures would be wrong "
                  "(runvm factory status, and the shim's log, say why)")
 
 
 def cycle(cmd, env, bundle, cid, root, boot=None):
     """One create/start/wait/delete; returns phase durations in ms. `boot`:
-    how a runvm VM must have come up ("cold" or "template")."""
+    how a runvm VM must have come up ("cold", "template", "pool", or
+    alternatives as "pool|template")."""
     t0 = time.monotonic()
     subprocess.run(cmd + ["create", "--bundle", bundle, cid], check=True, env=env,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -76,6 +77,9 @@ def shim_timings(log_path):
                 m = re.search(key + r'="(\d+)"', line)
                 if m:
                     out[key] = float(m.group(1))
+            m = re.search(r'msg="container created".*boot="(\w+)"', line)
+            if m:
+                out["boot"] = m.group(1)
     return out
 
 
@@ -147,6 +151,29 @@ def children(pid):
     return out
 
 
+def ppid(pid):
+    stat = open(f"/proc/{pid}/stat").read()
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
+def pool_pss(pool_dir):
+    """(n, mean PSS MiB, the same with the unmapped memory file) of the
+    pool VMs waiting in pool_dir (member + QEMU), or None."""
+    found = []
+    for d in sorted(os.listdir(pool_dir)) if os.path.isdir(pool_dir) else []:
+        path = os.path.join(pool_dir, d)
+        if not os.path.exists(os.path.join(path, "claim.sock")):
+            continue
+        m = json.load(open(os.path.join(path, "member.json")))
+        vmm = m["vmm"]["pid"]
+        pss = pss_kib(m["member"]["pid"]) + pss_kib(vmm)
+        found.append((pss / 1024, (pss + unmapped_guest_kib(vmm)) / 1024))
+    if not found:
+        return None
+    return (len(found), statistics.mean(v for v, _ in found),
+            statistics.mean(h for _, h in found))
+
+
 def idle_pss(cmd, env, root, bundle, n, boot):
     """Start n idle containers; the mean PSS (MiB) of each one's shim, QEMU
     and virtiofsd processes, and the same plus the guest memory held in the
@@ -163,6 +190,12 @@ def idle_pss(cmd, env, root, bundle, n, boot):
             st = json.load(open(os.path.join(root, cid, "state.json")))
             pids = [st[k]["pid"] for k in ("shim", "vmm", "virtiofsd") if st.get(k)]
             pids += children(st["virtiofsd"]["pid"]) if st.get("virtiofsd") else []
+            # A pool VM's QEMU is the child of its pool member, which lives
+            # as long as it does: its cost is the container's.
+            if st.get("vmm"):
+                parent = ppid(st["vmm"]["pid"])
+                if parent not in pids and parent > 1:
+                    pids.append(parent)
             pss = sum(pss_kib(p) for p in pids)
             totals.append(pss / 1024)
             unmapped = unmapped_guest_kib(st["vmm"]["pid"]) if st.get("vmm") else 0
@@ -221,14 +254,18 @@ def main():
     bundle = make_bundle(runvm, ["true"], "runvm-bench-")
     idle_bundle = make_bundle(runvm, ["sleep", "1000"], "runvm-bench-")
     roots = {}
-    # A template of the bench's own, on tmpfs, used by "runvm-template".
+    # A template of the bench's own, on tmpfs, used by "runvm-template"
+    # (clones restored by each create: no pool) and "runvm-pool" (the same
+    # template with a warm pool of 2, filled by `factory init`).
     tpl_dir = tempfile.mkdtemp(prefix="runvm-bench-template-", dir="/dev/shm")
     tpl_config = os.path.join(tpl_dir, "config.toml")
-    with open(tpl_config, "w") as f:
-        f.write(f'[factory]\nenable_template = true\nauto_build = false\n'
-                f'template_path = "{tpl_dir}/template"\n')
+    pool_config = os.path.join(tpl_dir, "pool.toml")
+    for path, pool in ((tpl_config, 0), (pool_config, 2)):
+        with open(path, "w") as f:
+            f.write(f'[factory]\nenable_template = true\nauto_build = false\n'
+                    f'pool_size = {pool}\ntemplate_path = "{tpl_dir}/template"\n')
     subprocess.run([runvm, "factory", "init"], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "RUNVM_CONFIG": tpl_config})
+                   env={**os.environ, "RUNVM_CONFIG": pool_config})
     # Every boot cold: templates off (the default is on).
     cold_config = os.path.join(tpl_dir, "cold.toml")
     with open(cold_config, "w") as f:
@@ -254,10 +291,13 @@ def main():
     # name: (command, environment)
     runtimes = {"runvm": ([runvm], {**os.environ, "RUNVM_CONFIG": cold_config}),
                 "runvm-template": ([runvm], {**os.environ, "RUNVM_CONFIG": tpl_config}),
+                "runvm-pool": ([runvm], {**os.environ, "RUNVM_CONFIG": pool_config}),
                 "runvm-default": ([runvm], default_env),
                 "runvm-debian": ([runvm], {**os.environ, "RUNVM_CONFIG": debian_config})}
-    boots = {"runvm": "cold", "runvm-template": "template", "runvm-default": "template",
-             "runvm-debian": "cold"}
+    # A pool VM is taken when one is ready; the refill behind a create may
+    # not be done by the next one (then it restores a clone of its own).
+    boots = {"runvm": "cold", "runvm-template": "template", "runvm-pool": "pool|template",
+             "runvm-default": "pool|template", "runvm-debian": "cold"}
     for name in ("runc", "crun"):
         if shutil.which(name):
             runtimes[name] = ([name], None)
@@ -266,6 +306,7 @@ def main():
         del runtimes["crun"]
     results = {name: [] for name in runtimes}
     details = {}
+    taken = {}
     try:
         for name in runtimes:
             roots[name] = tempfile.mkdtemp(prefix=f"bench-root-{name}-")
@@ -281,6 +322,8 @@ def main():
                 if name.startswith("runvm"):
                     t.update(shim_timings(log))
                     details.setdefault(name, []).append(t)
+                    counts = taken.setdefault(name, {})
+                    counts[t.get("boot", "?")] = counts.get(t.get("boot", "?"), 0) + 1
         par = {}
         lat = {}
         for name, (base, env) in runtimes.items():
@@ -292,15 +335,16 @@ def main():
             if name in ("runvm", "runc", "crun"):
                 lat[name] = state_latency(cmd, env, idle_bundle, "lat", a.n)
         pss = {}
-        for name in ("runvm", "runvm-template"):
+        for name in ("runvm", "runvm-template", "runvm-pool"):
             base, env = runtimes[name]
             pss[name] = idle_pss(base + ["--root", roots[name]], env, roots[name],
                                  idle_bundle, a.idle, boots[name])
+        waiting = pool_pss(os.path.join(tpl_dir, "template.pool"))
         network = None if a.no_network else bench_net.run(runvm, runtimes["runvm"][1], a.n)
     finally:
         for d in list(roots.values()) + [bundle, idle_bundle]:
             shutil.rmtree(d, ignore_errors=True)
-        for config in (tpl_config, default_config):
+        for config in (pool_config, default_config):
             subprocess.run([runvm, "factory", "destroy"], capture_output=True,
                            env={**os.environ, "RUNVM_CONFIG": config})
         shutil.rmtree(tpl_dir, ignore_errors=True)
@@ -334,6 +378,12 @@ def main():
     print("  and with the guest memory its memory file holds that QEMU has not mapped")
     for name, (v, held) in pss.items():
         print(f"  {name:15} {v:7.1f} MiB   {held:7.1f} MiB")
+    if waiting:
+        n, v, held = waiting
+        print(f"  a waiting pool VM (mean of {n}: member + QEMU) {v:7.1f} MiB   {held:7.1f} MiB")
+    for name, counts in taken.items():
+        if name in ("runvm-pool", "runvm-default"):
+            print(f"  {name}: how its {a.n} sequential creates came up: {counts}")
 
     def ratio_line(values, unit):
         for name, v in values.items():
@@ -352,6 +402,9 @@ def main():
         "parallel10_ms": par,
         "state_ms": lat,
         "idle_pss_mib": {k: {"pss": v, "with_unmapped_memory_file": h} for k, (v, h) in pss.items()},
+        "waiting_pool_vm_pss_mib": waiting and {"pss": waiting[1],
+                                                "with_unmapped_memory_file": waiting[2]},
+        "boots": taken,
     }
     with open(a.json, "w") as f:
         json.dump(figures, f, indent=2)

@@ -15,13 +15,6 @@ fn signal(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap();
 }
 
-/// The one process whose command line has `needle`.
-fn the_process(needle: &str) -> i32 {
-    let found = processes_matching(needle);
-    assert_eq!(found.len(), 1, "{needle}: {found:?}");
-    found[0].0
-}
-
 #[test]
 fn virtiofsd_dying_stops_the_container() {
     let rv = Runvm::new();
@@ -48,15 +41,14 @@ fn a_killed_shim_takes_its_vm_along() {
     let b = Bundle::busybox(&["sleep", "1000"]);
     let id = unique_id("shimdeath");
     let mut c = rv.run_detached(&id, &b);
+    let qemu = rv.vmm(&id);
+    assert!(qemu.alive());
     signal(c.shim_pid.unwrap(), Signal::SIGKILL);
     assert_eq!(c.wait_shim(T), 137);
     assert_eq!(rv.status(&id), "stopped");
-    // QEMU and virtiofsd die with their shim (parent-death signal).
-    let deadline = Instant::now() + T;
-    while !processes_matching(&format!("runvm-{id},")).is_empty() {
-        assert!(Instant::now() < deadline, "QEMU outlived its shim");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // QEMU and virtiofsd die with their shim (parent-death signal; a warm
+    // pool VM's member kills it when its claimant dies).
+    assert!(qemu.wait_gone(T), "QEMU outlived its shim");
     let del = rv.run(&["delete", "--force", &id]);
     assert!(del.status.success(), "{}", text(&del.stderr));
 }
@@ -67,7 +59,7 @@ fn an_unresponsive_guest_gives_timeouts_not_hangs() {
     let b = Bundle::busybox(&["sleep", "1000"]);
     let id = unique_id("frozen");
     let mut c = rv.run_detached(&id, &b);
-    let qemu = the_process(&format!("runvm-{id},"));
+    let qemu = rv.vmm(&id).pid;
     // The whole VM stops: the agent cannot answer.
     signal(qemu, Signal::SIGSTOP);
     for args in [

@@ -228,10 +228,7 @@ fn delete_needs_force_for_a_running_container_and_leaves_nothing() {
     let (mut c, out) = rv.create(&id, &b);
     assert!(out.status.success(), "create: {}", b.output("err.txt"));
     assert!(rv.run(&["start", &id]).status.success());
-    assert!(
-        !processes_matching(&format!("runvm-{id},")).is_empty(),
-        "QEMU runs"
-    );
+    assert!(rv.vmm(&id).alive(), "QEMU runs");
 
     let refused = rv.run(&["delete", &id]);
     assert_eq!(refused.status.code(), Some(1));
@@ -331,10 +328,10 @@ fn qemu_dying_stops_the_container_and_the_shim_exits_nonzero() {
     let (mut c, out) = rv.create(&id, &b);
     assert!(out.status.success(), "create: {}", b.output("err.txt"));
     assert!(rv.run(&["start", &id]).status.success());
-    let qemu = processes_matching(&format!("runvm-{id},"));
-    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    let qemu = rv.vmm(&id);
+    assert!(qemu.alive());
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(qemu[0].0),
+        nix::unistd::Pid::from_raw(qemu.pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();

@@ -381,8 +381,14 @@ fn run_in_the_foreground_uses_the_callers_terminal() {
     b.edit(|c| c["process"]["terminal"] = true.into());
     let id = unique_id("runtty");
     let _g = rv.guard(&id, &b);
+    // With the test's configuration (script's shell would otherwise run
+    // runvm with the host's, and build a template of the host's).
+    let config = rv
+        .config_path()
+        .map(|p| format!("RUNVM_CONFIG={} ", p.display()))
+        .unwrap_or_default();
     let inner = format!(
-        "stty rows 40 cols 120; {RUNVM} --root {} run --bundle {} {id}; echo rc=$?",
+        "stty rows 40 cols 120; {config}{RUNVM} --root {} run --bundle {} {id}; echo rc=$?",
         rv.root().display(),
         b.path().display()
     );

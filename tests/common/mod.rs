@@ -200,6 +200,11 @@ impl Runvm {
         self.root.path()
     }
 
+    /// The file given as $RUNVM_CONFIG, if any.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_ref().map(|c| c.path())
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(RUNVM);
         c.arg("--root").arg(self.root.path());
@@ -222,8 +227,15 @@ impl Runvm {
     /// must not let the suite pass on cold boots.
     fn check_boot(&self, id: &str) {
         if template_mode() {
-            assert_eq!(self.raw_state(id)["boot"], "template", "{id} booted cold");
+            let boot = self.raw_state(id)["boot"].clone();
+            assert!(boot == "template" || boot == "pool", "{id} booted cold");
         }
+    }
+
+    /// Container `id`'s QEMU, as its state records it (a warm pool VM's
+    /// QEMU is named after the pool, not after the container).
+    pub fn vmm(&self, id: &str) -> Vmm {
+        Vmm::of(&self.raw_state(id))
     }
 
     pub fn state(&self, id: &str) -> Value {
@@ -284,18 +296,19 @@ impl Runvm {
         let shim_pid = fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.parse().ok());
+        let mut c = Container {
+            rv: self,
+            id: id.to_string(),
+            shim_pid,
+            bundle: bundle.path().to_path_buf(),
+            vmm: None,
+        };
         if out.status.success() {
+            // With the guard made: if this fails, the container goes.
             self.check_boot(id);
+            c.vmm = Some(self.vmm(id));
         }
-        (
-            Container {
-                rv: self,
-                id: id.to_string(),
-                shim_pid,
-                bundle: bundle.path().to_path_buf(),
-            },
-            out,
-        )
+        (c, out)
     }
 
     /// A guard for a container created some other way (e.g. `run -d`).
@@ -305,6 +318,7 @@ impl Runvm {
             id: id.to_string(),
             shim_pid: None,
             bundle: bundle.path().to_path_buf(),
+            vmm: None,
         }
     }
 }
@@ -335,6 +349,54 @@ pub struct Container<'a> {
     pub id: String,
     pub shim_pid: Option<i32>,
     bundle: PathBuf,
+    /// Its QEMU, once created.
+    vmm: Option<Vmm>,
+}
+
+/// A QEMU process, by pid and start time (so a reused pid is not it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vmm {
+    pub pid: i32,
+    start_time: u64,
+}
+
+impl Vmm {
+    /// The `vmm` a state records.
+    pub fn of(state: &Value) -> Vmm {
+        Vmm {
+            pid: state["vmm"]["pid"]
+                .as_i64()
+                .expect("the state names the VM's QEMU") as i32,
+            start_time: state["vmm"]["startTime"].as_u64().unwrap_or_default(),
+        }
+    }
+
+    /// Still running (a zombie is not).
+    pub fn alive(&self) -> bool {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        // After the command's closing parenthesis: state, then 19 fields
+        // to the start time.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        fields.first().is_some_and(|s| *s != "Z" && *s != "X")
+            && fields.get(19).and_then(|t| t.parse().ok()) == Some(self.start_time)
+    }
+
+    /// Wait until it is gone; whether it is.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.alive() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
 }
 
 impl Container<'_> {
@@ -354,12 +416,20 @@ impl Drop for Container<'_> {
         if let Some(pid) = self.shim_pid.take() {
             let _ = wait_pid(pid, Duration::from_secs(30));
         }
+        let vmm_left = self
+            .vmm
+            .filter(|v| !v.wait_gone(Duration::from_secs(10)))
+            .map(|v| format!("QEMU {} of {} left", v.pid, self.id));
         if std::thread::panicking() {
             if let Err(leak) = leaks(self.rv.root(), &self.id, &self.bundle) {
                 eprintln!("after the failure, {leak}");
             }
+            if let Some(left) = vmm_left {
+                eprintln!("after the failure, {left}");
+            }
         } else {
             assert_no_leaks(self.rv.root(), &self.id, &self.bundle);
+            assert_eq!(vmm_left, None);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! container, save its device state next to its memory file, and create
 //! containers by restoring copies of it instead of booting.
 
+mod build;
 mod files;
 mod pool;
 
@@ -9,16 +10,16 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 
-use crate::agent::{AgentClient, AgentClientError};
+use crate::agent::AgentClientError;
 use crate::config::{Config, ConfigError};
-use crate::hypervisor::{self, Hypervisor, HypervisorError, Operation, CONSOLE_LOG};
+use crate::hypervisor::{self, Hypervisor, HypervisorError};
 use crate::locate::{self, LocateError};
 pub use files::{FilesError, Problem};
 pub use pool::{Claimed, Pool};
@@ -284,207 +285,6 @@ impl Factory {
             .map_err(|source| FactoryError::Meta { path, source })
     }
 
-    /// Boot a template VM, wait for its agent, save it. Replaces an existing
-    /// template. The build takes no lock (it has a directory of its own);
-    /// only the swap waits for clones that are reading the old template.
-    pub fn init(&self, config: &Config, log: &Logger) -> Result<TemplateMeta, FactoryError> {
-        self.holder()?;
-        let build = files::lock(&self.build_lock_path(), FlockArg::LockExclusive)?;
-        let _ = fs::remove_file(self.failed_path());
-        let meta = self.init_locked(config, log)?;
-        // Members start only while no build holds the build lock.
-        drop(build);
-        fill_pool(config, log);
-        Ok(meta)
-    }
-
-    /// What a create that booted cold for want of a template calls: whether
-    /// a background build would make later creates clones (templates on,
-    /// building on, the backend able to, the template missing or stale for
-    /// a reason a build cures, no build running, no failed one recently).
-    pub fn wants_build(&self, config: &Config) -> Result<(), NoBuild> {
-        if !config.factory.enable_template || !config.factory.auto_build {
-            return Err(NoBuild::Off);
-        }
-        [
-            Operation::Restore,
-            Operation::Snapshot,
-            Operation::Pause,
-            Operation::HotplugFs,
-        ]
-        .into_iter()
-        .try_for_each(|op| hypervisor::supports(config, op))
-        .map_err(|e| NoBuild::Unsupported(crate::error_chain(&e)))?;
-        match self.usable(config) {
-            Ok(_) => return Err(NoBuild::Usable),
-            Err(e) if !e.cured_by_a_build() => {
-                return Err(NoBuild::Refused(crate::error_chain(&e)))
-            }
-            Err(_) => {}
-        }
-        let building = files::lock(&self.build_lock_path(), FlockArg::LockExclusiveNonblock);
-        if matches!(building, Err(FilesError::Lock { .. })) {
-            return Err(NoBuild::Running);
-        }
-        drop(building);
-        if let Ok(m) = fs::symlink_metadata(self.failed_path()) {
-            let age = m.modified().ok().and_then(|t| t.elapsed().ok());
-            if age.is_none_or(|a| a < BUILD_BACKOFF) {
-                return Err(NoBuild::Failed {
-                    log: self.build_log_path(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// `factory init --if-needed`, the background build: nothing if another
-    /// build holds the build lock or the template is usable by now; a
-    /// failure leaves the backoff marker.
-    pub fn init_if_needed(
-        &self,
-        config: &Config,
-        log: &Logger,
-    ) -> Result<Option<TemplateMeta>, FactoryError> {
-        self.holder()?;
-        let build = match files::lock(&self.build_lock_path(), FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err(FilesError::Lock { .. }) => {
-                info!(log, "another build of the template is running");
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if self.usable(config).is_ok() {
-            info!(log, "the template is usable already");
-            return Ok(None);
-        }
-        match self.init_locked(config, log) {
-            Ok(meta) => {
-                let _ = fs::remove_file(self.failed_path());
-                drop(build);
-                fill_pool(config, log);
-                Ok(Some(meta))
-            }
-            Err(e) => {
-                // A new file each time: its mtime starts the backoff.
-                let _ = fs::remove_file(self.failed_path());
-                let _ = files::create_exclusive(&self.failed_path());
-                Err(e)
-            }
-        }
-    }
-
-    /// Start `runvm factory init --if-needed` on its own, logging to
-    /// [`Self::build_log_path`]: in a new session, stdio on /dev/null and
-    /// nothing else of ours open in it (a caller's pipe held open would
-    /// keep conmon or containerd waiting), not waited for. When we exit it
-    /// is reparented to the caller's subreaper or init, which reap it.
-    pub fn spawn_build(&self) -> io::Result<()> {
-        self.holder().map_err(io::Error::other)?;
-        let log = self.build_log_path();
-        spawn_detached(&[
-            "--debug".as_ref(),
-            "--log".as_ref(),
-            log.as_os_str(),
-            "factory".as_ref(),
-            "init".as_ref(),
-            "--if-needed".as_ref(),
-        ])
-    }
-
-    fn init_locked(&self, config: &Config, log: &Logger) -> Result<TemplateMeta, FactoryError> {
-        files::check_private(&self.dir)?;
-        let t0 = Instant::now();
-        let tmp = self
-            .dir
-            .with_extension(format!("new-{}", std::process::id()));
-        // A build of a dead process that had our pid.
-        files::remove(&tmp)?;
-        files::create_private_dir(&tmp)?;
-        let result = self.build(config, &tmp, log);
-        if result.is_err() {
-            let _ = files::remove(&tmp);
-            return result;
-        }
-        let _lock = self.lock(FlockArg::LockExclusive)?;
-        if files::check_private(&self.dir)? {
-            files::remove(&self.dir)?;
-        }
-        fs::rename(&tmp, &self.dir).map_err(io_err(&self.dir))?;
-        drop(_lock);
-        info!(log, "template ready"; "path" => %self.dir.display(), "ms" => t0.elapsed().as_millis() as u64);
-        // The pool's VMs are of the old template now (and no new member
-        // starts while we hold the build lock).
-        Pool::new(config).stop_members(log);
-        result
-    }
-
-    fn build(
-        &self,
-        config: &Config,
-        tmp: &Path,
-        log: &Logger,
-    ) -> Result<TemplateMeta, FactoryError> {
-        let mem = tmp.join(MEM_FILE);
-        let mut vm = template_hypervisor(config, tmp, mem)?;
-        vm.supports(Operation::Pause)?;
-        vm.supports(Operation::Snapshot)?;
-        let vmm_info = vm.describe()?;
-        let console = tmp.join(CONSOLE_LOG);
-        vm.launch()?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io_err(tmp))?;
-        let mut exit = vm.exit_watch();
-        let endpoint = vm.agent_endpoint();
-        let boot_timeout = config.timeouts.boot();
-        let info = rt.block_on(async {
-            let died = |why: Option<String>| FactoryError::Died(why.unwrap_or_default());
-            let agent = AgentClient::connect(&endpoint, config.timeouts.request()).await?;
-            // The whole reply, up to the stream's close: after it the agent
-            // has nothing more to send to this host.
-            let info = tokio::select! {
-                r = agent.wait_ready_drained(boot_timeout) => r?,
-                r = exit.wait_for(Option::is_some) => return Err(died(r.ok().and_then(|s| s.clone()))),
-            };
-            // Hang up, and wait until the agent has seen it: the snapshot
-            // must catch the agent outside this session, waiting for a new
-            // host, or every clone would talk to this session's leftovers.
-            let before = session_ends(&console);
-            drop(agent);
-            tokio::select! {
-                r = wait_session_end(&console, before, boot_timeout) => r?,
-                r = exit.wait_for(Option::is_some) => return Err(died(r.ok().and_then(|s| s.clone()))),
-            }
-            Ok::<_, FactoryError>(info)
-        })?;
-        vm.pause()?;
-        vm.snapshot(&tmp.join(STATE_FILE))?;
-        vm.stop(config.timeouts.stop())?;
-        let meta = TemplateMeta {
-            created: Utc::now(),
-            runvm_version: env!("CARGO_PKG_VERSION").to_string(),
-            agent_protocol: info.protocol,
-            kernel_release: info.kernel_release,
-            backend: vm.backend().to_string(),
-            vmm: FileStamp::of(vm.binary())?,
-            vmm_info,
-            kernel: FileStamp::of(&locate::kernel(&config.hypervisor)?)?,
-            initrd: FileStamp::of(&locate::initrd(&config.hypervisor)?)?,
-            memory_mib: config.hypervisor.memory_mib,
-            vcpus: config.hypervisor.vcpus,
-            accel: vm.accel().name.to_string(),
-            layout: vm.layout(),
-        };
-        let path = tmp.join(META_FILE);
-        let data = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-        fs::write(&path, data).map_err(io_err(&path))?;
-        slog::debug!(log, "template saved"; "kernel" => &meta.kernel_release);
-        Ok(meta)
-    }
-
     /// The template, if it exists and matches the configuration now: same
     /// QEMU, kernel, initramfs (and so agent), VM size and devices. It comes
     /// with a shared lock on it.
@@ -604,116 +404,9 @@ impl Factory {
         Ok(existed)
     }
 }
-
-/// Start the warm pool's VMs for a template just made.
-fn fill_pool(config: &Config, log: &Logger) {
-    if let Err(e) = Pool::new(config).fill() {
-        warn!(log, "cannot start the warm pool"; "error" => %e);
-    }
-}
-
-/// Start this binary with `args` on its own: in a new session, no signal
-/// blocked, stdio on /dev/null and nothing else of ours open in it (a caller's pipe held open
-/// would keep conmon or containerd waiting), not waited for. When we exit
-/// it is reparented to the caller's subreaper or init, which reap it.
-fn spawn_detached(args: &[&std::ffi::OsStr]) -> io::Result<()> {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe calls (setsid,
-    // close_range, fcntl, sigprocmask) on the child's own state.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            close_on_exec_from(3);
-            // No signal blocked: the shim and the foreground `run` block
-            // the ones they forward, and a pool VM's member stops on
-            // SIGTERM.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-    Ok(())
-}
-
-/// Mark every descriptor from `first` up close-on-exec. Async-signal-safe:
-/// for a child between fork and exec.
-fn close_on_exec_from(first: u32) {
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: plain syscalls on this process's own descriptor table.
-    unsafe {
-        if libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) == 0 {
-            return;
-        }
-        // Kernels before 5.11: one by one, up to the limit.
-        let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(0, 65536) as i32;
-        for fd in first as i32..max {
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-    }
-}
-
-/// How many times the agent has reported the end of a session so far.
-fn session_ends(console: &Path) -> usize {
-    let text = fs::read(console).unwrap_or_default();
-    // Not whole lines: the firmware's last words have no newline.
-    String::from_utf8_lossy(&text)
-        .matches(runvm_protocol::SESSION_ENDED)
-        .count()
-}
-
-/// Wait until the console log shows more session ends than `before`.
-async fn wait_session_end(
-    console: &Path,
-    before: usize,
-    timeout: Duration,
-) -> Result<(), FactoryError> {
-    let deadline = Instant::now() + timeout;
-    while session_ends(console) <= before {
-        if Instant::now() >= deadline {
-            return Err(FactoryError::NoHangup {
-                timeout,
-                marker: runvm_protocol::SESSION_ENDED,
-                console: console.to_path_buf(),
-            });
-        }
-        tokio::time::sleep(CONSOLE_POLL).await;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_ends_are_counted_after_firmware_output() {
-        let tmp = tempfile::tempdir().unwrap();
-        let console = tmp.path().join("console.log");
-        assert_eq!(session_ends(&console), 0);
-        let marker = runvm_protocol::SESSION_ENDED;
-        fs::write(&console, format!("Booting from ROM..{marker}\n")).unwrap();
-        assert_eq!(session_ends(&console), 1);
-        fs::write(
-            &console,
-            format!("Booting from ROM..{marker}\nx\n{marker}\n"),
-        )
-        .unwrap();
-        assert_eq!(session_ends(&console), 2);
-    }
 
     fn config_at(template: &Path) -> Config {
         let mut config = Config::default();

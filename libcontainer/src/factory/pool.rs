@@ -24,7 +24,8 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 
-use super::{files, io_err, session_ends, wait_session_end, Factory, FactoryError, FilesError};
+use super::build::{session_ends, spawn_detached, wait_session_end};
+use super::{files, io_err, Factory, FactoryError, FilesError};
 use crate::agent::AgentClient;
 use crate::child::Supervised;
 use crate::config::Config;
@@ -150,7 +151,7 @@ impl Pool {
         let free = self.free_slots();
         for &slot in &free {
             let log = self.slot_log(slot);
-            super::spawn_detached(&[
+            spawn_detached(&[
                 "--debug".as_ref(),
                 "--log".as_ref(),
                 log.as_os_str(),

@@ -57,6 +57,8 @@ pub enum HypervisorError {
         #[source]
         source: io::Error,
     },
+    #[error("create the tap {name}")]
+    Tap { name: String, source: io::Error },
     #[error("{backend} does not support {what}")]
     Unsupported {
         backend: &'static str,

@@ -182,12 +182,7 @@ impl Shim {
         let t0 = Instant::now();
         let name = format!("runvm-{}", self.id);
         let mut template = self.template(configured, nics.len());
-        // A pool VM's QEMU runs in the host's network namespace, where the
-        // container's taps are not: those containers restore their own.
-        let taps = nics
-            .iter()
-            .any(|n| matches!(n.backend, hypervisor::NetBackend::Tap { .. }));
-        if let (Some(t), false) = (&template, taps) {
+        if let Some(t) = &template {
             if let Some(claimed) = Pool::new(configured).claim(t.meta.created, &self.log) {
                 let t = template.take().expect("checked");
                 match self.adopt_pooled(claimed, t, share.clone(), nics) {

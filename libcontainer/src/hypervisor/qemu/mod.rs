@@ -4,8 +4,10 @@
 
 mod cmdline;
 mod qmp;
+mod tap;
 
 use std::fs::{self, File};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +16,9 @@ use tokio::sync::watch;
 
 use self::cmdline::{command_line, memory_path, root_ports, Options, AGENT_SOCKET, QMP_SOCKET};
 use self::qmp::{
-    ChardevAdd, ChardevBackend, Cont, DeviceAdd, Migrate, MigrateIncoming, MigrateSetCapabilities,
-    MigrationCapability, NetdevAdd, Qmp, QmpError, QueryMigrate, Quit, SocketAddress, Stop,
+    ChardevAdd, ChardevBackend, Cont, DeviceAdd, GetFd, Migrate, MigrateIncoming,
+    MigrateSetCapabilities, MigrationCapability, NetdevAdd, Qmp, QmpError, QueryMigrate, Quit,
+    SocketAddress, Stop,
 };
 use super::{
     resolve_accel, Accelerator, AgentEndpoint, Capabilities, Device, ExitWatch, Hypervisor,
@@ -59,6 +62,8 @@ pub struct Qemu {
     /// Virtio-fs shares and NICs so far, for the ids of hotplugged ones.
     shares: usize,
     nics: usize,
+    /// Launched by another process (see [`Hypervisor::adopt`]).
+    adopted: bool,
 }
 
 impl Qemu {
@@ -78,6 +83,7 @@ impl Qemu {
             ports_used: shares + nics,
             shares,
             nics,
+            adopted: false,
             spec,
             child: None,
             qmp: None,
@@ -273,6 +279,7 @@ impl Hypervisor for Qemu {
         let qmp_path = sockets.path(QMP_SOCKET);
         self.sockets = Some(sockets);
         self.child = Some(Supervised::adopt(pid).map_err(dir_err)?);
+        self.adopted = true;
         self.connect_qmp(&qmp_path)
     }
 
@@ -338,11 +345,37 @@ impl Hypervisor for Qemu {
             Device::Net(nic) => {
                 let bus = self.take_port()?;
                 let id = format!("net{}", self.nics);
+                let adopted = self.adopted;
                 let qmp = self.qmp()?;
-                qmp.execute(&match &nic.backend {
-                    NetBackend::Tap { name } => NetdevAdd::tap(id.clone(), name.clone()),
-                    NetBackend::User => NetdevAdd::User { id: id.clone() },
-                })?;
+                match &nic.backend {
+                    // An adopted QEMU runs in another network namespace
+                    // (the pool's): the tap is made here, in ours, and
+                    // handed over.
+                    NetBackend::Tap { name } if adopted => {
+                        let tap = tap::open(name).map_err(|source| HypervisorError::Tap {
+                            name: name.clone(),
+                            source,
+                        })?;
+                        let fdname = format!("tapfd-{id}");
+                        qmp.execute_with_fd(
+                            &GetFd {
+                                fdname: fdname.clone(),
+                            },
+                            tap.as_fd(),
+                        )?;
+                        qmp.execute(&NetdevAdd::TapFd {
+                            id: id.clone(),
+                            fd: fdname,
+                            vhost: false,
+                        })?;
+                    }
+                    NetBackend::Tap { name } => {
+                        qmp.execute(&NetdevAdd::tap(id.clone(), name.clone()))?;
+                    }
+                    NetBackend::User => {
+                        qmp.execute(&NetdevAdd::User { id: id.clone() })?;
+                    }
+                }
                 qmp.execute(&DeviceAdd::VirtioNet {
                     id: format!("{id}-dev"),
                     netdev: id,

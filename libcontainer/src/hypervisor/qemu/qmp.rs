@@ -6,6 +6,7 @@
 //! of its own for those are less than the generated crate's build.
 
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -167,9 +168,27 @@ pub enum NetdevAdd {
         downscript: &'static str,
         vhost: bool,
     },
+    /// A tap opened by runvm, passed with `getfd` under the name `fd`.
+    #[serde(rename = "tap")]
+    TapFd {
+        id: String,
+        fd: String,
+        vhost: bool,
+    },
     User {
         id: String,
     },
+}
+
+/// Hand QEMU the descriptor sent with the command, under `fdname`.
+#[derive(Serialize, Debug)]
+pub struct GetFd {
+    pub fdname: String,
+}
+
+impl Command for GetFd {
+    const NAME: &'static str = "getfd";
+    type Returns = Empty;
 }
 
 impl NetdevAdd {
@@ -274,13 +293,49 @@ impl Qmp {
 
     /// Run one command and return what it returns; events are skipped.
     pub fn execute<C: Command>(&mut self, command: &C) -> Result<C::Returns, QmpError> {
+        self.execute_passing(command, None)
+    }
+
+    /// Run one command with `fd` sent along (SCM_RIGHTS), as `getfd`
+    /// takes it.
+    pub fn execute_with_fd<C: Command>(
+        &mut self,
+        command: &C,
+        fd: BorrowedFd<'_>,
+    ) -> Result<C::Returns, QmpError> {
+        self.execute_passing(command, Some(fd))
+    }
+
+    fn execute_passing<C: Command>(
+        &mut self,
+        command: &C,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<C::Returns, QmpError> {
         let mut line = serde_json::to_string(&Message {
             execute: C::NAME,
             arguments: command,
         })
         .map_err(|e| QmpError::Protocol(e.to_string()))?;
         line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
+        match fd {
+            None => self.writer.write_all(line.as_bytes())?,
+            Some(fd) => {
+                use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+                let fds = [fd.as_raw_fd()];
+                let iov = [io::IoSlice::new(line.as_bytes())];
+                let sent = sendmsg::<()>(
+                    self.writer.as_raw_fd(),
+                    &iov,
+                    &[ControlMessage::ScmRights(&fds)],
+                    MsgFlags::empty(),
+                    None,
+                )
+                .map_err(io::Error::from)?;
+                // The descriptor went with the first bytes; the rest, if
+                // any, as usual.
+                self.writer.write_all(&line.as_bytes()[sent..])?;
+            }
+        }
         loop {
             let (reply, text) = self.read_message()?;
             if let Some(ret) = reply.ret {
@@ -415,6 +470,21 @@ mod tests {
             encode(&NetdevAdd::tap("net0".into(), "tap0".into())),
             json!({"execute": "netdev_add", "arguments": {"type": "tap", "id": "net0",
                 "ifname": "tap0", "script": "no", "downscript": "no", "vhost": false}})
+        );
+        assert_eq!(
+            encode(&NetdevAdd::TapFd {
+                id: "net0".into(),
+                fd: "tapfd-net0".into(),
+                vhost: false
+            }),
+            json!({"execute": "netdev_add", "arguments": {"type": "tap", "id": "net0",
+                "fd": "tapfd-net0", "vhost": false}})
+        );
+        assert_eq!(
+            encode(&GetFd {
+                fdname: "tapfd-net0".into()
+            }),
+            json!({"execute": "getfd", "arguments": {"fdname": "tapfd-net0"}})
         );
         assert_eq!(
             encode(&NetdevAdd::User { id: "net1".into() }),
