@@ -386,6 +386,54 @@ mod tests {
     }
 
     #[test]
+    fn a_descriptor_goes_with_its_command() {
+        use std::os::fd::AsFd;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut w = stream.try_clone().unwrap();
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            w.write_all(b"{\"return\": {}}\n").unwrap();
+            // The command with the descriptor, in one message.
+            let mut buf = [0u8; 256];
+            let (n, fds) = crate::sockdir::recv_with_fds(stream.as_fd(), &mut buf).unwrap();
+            w.write_all(b"{\"return\": {}}\n").unwrap();
+            let v: Value = serde_json::from_slice(buf[..n].trim_ascii_end()).unwrap();
+            (v, fds)
+        });
+        let mut qmp = Qmp::connect(&path, Duration::from_secs(5), || true).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        qmp.execute_with_fd(
+            &GetFd {
+                fdname: "tapfd-net0".into(),
+            },
+            file.as_fd(),
+        )
+        .unwrap();
+        let (v, fds) = server.join().unwrap();
+        assert_eq!(
+            v,
+            json!({"execute": "getfd", "arguments": {"fdname": "tapfd-net0"}})
+        );
+        assert_eq!(fds.len(), 1);
+        // The same open file: what is written through one is seen in the other.
+        let mut sent = std::fs::File::from(fds.into_iter().next().unwrap());
+        sent.write_all(b"via the copy").unwrap();
+        let mut back = String::new();
+        use std::io::{Read, Seek};
+        let mut file = file;
+        file.seek(io::SeekFrom::Start(0)).unwrap();
+        file.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "via the copy");
+    }
+
+    #[test]
     fn negotiates_skips_events_and_reports_errors() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("qmp.sock");
