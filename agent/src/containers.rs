@@ -13,8 +13,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 use runvm_protocol::{
-    AgentError, AgentErrorKind, CgroupStats, CreateContainer, Created, ExecProcess, ExitStatus,
-    GuestProcess, ProcessRef, Warmup, SHARE_ROOTFS, SHARE_SOURCE_PREFIX, SHARE_TAG,
+    AgentError, AgentErrorKind, CgroupStats, CreateContainer, Created, ExecProcess, GuestProcess,
+    ProcessRef, SHARE_ROOTFS, SHARE_SOURCE_PREFIX, SHARE_TAG,
 };
 use serde_json::Value;
 
@@ -29,9 +29,6 @@ use youki::container::{Container as YoukiContainer, ContainerStatus, State as Yo
 
 const BUNDLES_DIR: &str = "/run/runvm/bundles";
 const SHARE_DIR: &str = "/run/runvm/share";
-/// The throwaway container of a warm-up, and where its root is bound.
-const WARMUP_ID: &str = "runvm-warmup";
-const WARMUP_DIR: &str = "/run/runvm/warmup";
 const EXEC_DIR: &str = "/run/runvm/exec";
 /// Every container's cgroup lives under this guest cgroup.
 const CGROUP_PARENT: &str = "/runvm";
@@ -40,8 +37,8 @@ const SHARE_WAIT: Duration = Duration::from_secs(20);
 
 static NEXT_EXEC_FILE: AtomicUsize = AtomicUsize::new(0);
 
-struct Container {
-    init: Arc<Proc>,
+pub(crate) struct Container {
+    pub(crate) init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     cgroup: Cgroup,
     /// Serializes start and exec, which both look at youki's state.
@@ -143,7 +140,7 @@ impl Agent {
         }
     }
 
-    fn container(&self, id: &str) -> AgentResult<Arc<Container>> {
+    pub(crate) fn container(&self, id: &str) -> AgentResult<Arc<Container>> {
         let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
         containers
             .get(id)
@@ -189,7 +186,12 @@ impl Agent {
 
     /// Create container `id` from `spec`, whose root and bind sources are
     /// in `share`; `share` is unmounted if that fails.
-    async fn create_from(&self, id: String, spec: Value, share: &Path) -> AgentResult<Created> {
+    pub(crate) async fn create_from(
+        &self,
+        id: String,
+        spec: Value,
+        share: &Path,
+    ) -> AgentResult<Created> {
         let bundle = Path::new(BUNDLES_DIR).join(&id);
         fs::create_dir_all(&bundle).map_err(|e| fail("create the bundle", e))?;
         let cgroup_path = format!("{CGROUP_PARENT}/{id}");
@@ -224,45 +226,9 @@ impl Agent {
         Ok(Created { pid })
     }
 
-    /// [`Warmup`]: a container whose root is the guest's own (a bind of
-    /// it, without what is mounted on it) and whose process is this agent
-    /// exiting at once, created, started, waited for and removed.
-    pub async fn warmup(&self, req: Warmup) -> AgentResult<()> {
-        let dir = Path::new(WARMUP_DIR);
-        let rootfs = dir.join(SHARE_ROOTFS);
-        fs::create_dir_all(&rootfs).map_err(|e| fail("create the warm-up root", e))?;
-        mount(
-            Some("/"),
-            &rootfs,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| fail("bind the guest's root for the warm-up", e))?;
-        let mut spec = req.spec;
-        spec["process"]["args"] = serde_json::json!(["/init", crate::WARMUP_ARG]);
-        spec["process"]["terminal"] = false.into();
-        spec["root"]["readonly"] = true.into();
-        let result = async {
-            self.create_from(WARMUP_ID.to_string(), spec, dir).await?;
-            self.start_container(WARMUP_ID).await?;
-            match self.container(WARMUP_ID)?.init.wait().await {
-                Some(ExitStatus::Exited(0)) => Ok(()),
-                other => Err(AgentError::new(
-                    AgentErrorKind::System,
-                    format!("the warm-up container ended as {other:?}"),
-                )),
-            }
-        }
-        .await;
-        self.forget(WARMUP_ID);
-        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-        result
-    }
-
     /// Remove what is left of a container whose processes have exited: its
     /// cgroup, youki's state and the bundle.
-    fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         let removed = self
             .containers
             .lock()

@@ -22,6 +22,7 @@ mod ps;
 mod reaper;
 mod server;
 mod tty;
+mod warmup;
 mod youki_helper;
 mod zygote;
 

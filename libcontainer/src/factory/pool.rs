@@ -37,6 +37,8 @@ const CLAIM_SOCKET: &str = "claim.sock";
 const MEMBER_FILE: &str = "member.json";
 /// How long a claimant waits for a member's answer.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiting member checks that its directory is still there.
+const DIR_CHECK: Duration = Duration::from_secs(2);
 /// How long `factory destroy` waits for the members it stops.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -405,7 +407,7 @@ fn member(
     let listener = UnixListener::bind(sockets.path(CLAIM_SOCKET)).map_err(io_err(dir))?;
     info!(log, "pool VM ready"; "dir" => %dir.display(), "ms" => t0.elapsed().as_millis() as u64);
     let claimant = rt.block_on(wait_claim(
-        &listener, &mut vm, made, &mut exit, &mut term, log,
+        dir, &listener, &mut vm, made, &mut exit, &mut term, log,
     ))?;
     drop(listener);
     let _ = fs::remove_file(dir.join(CLAIM_SOCKET));
@@ -446,6 +448,7 @@ fn answer(mut stream: UnixStream, reply: &ClaimReply) {
 /// Wait for a claim that this VM answers, SIGTERM, or the VM's end. The
 /// claimant (watched) and its connection, or `None` to go.
 async fn wait_claim(
+    dir: &Path,
     listener: &UnixListener,
     vm: &mut Box<dyn Hypervisor>,
     made: DateTime<Utc>,
@@ -462,6 +465,9 @@ async fn wait_claim(
             .map_err(io_err(Path::new(CLAIM_SOCKET)))?,
     )
     .map_err(io_err(Path::new(CLAIM_SOCKET)))?;
+    // A member whose directory was removed by hand is found by nothing:
+    // it goes too.
+    let mut check = tokio::time::interval(DIR_CHECK);
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -471,6 +477,13 @@ async fn wait_claim(
             _ = term.recv() => {
                 info!(log, "stopping the pool VM (SIGTERM)");
                 return Ok(None);
+            }
+            _ = check.tick() => {
+                if !dir.join(MEMBER_FILE).exists() {
+                    warn!(log, "the pool VM's directory is gone: stopping the VM"; "dir" => %dir.display());
+                    return Ok(None);
+                }
+                continue;
             }
             r = exit.wait_for(Option::is_some) => {
                 let why = r.ok().and_then(|s| s.clone()).unwrap_or_default();
