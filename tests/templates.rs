@@ -482,6 +482,11 @@ fn a_create_takes_a_warm_pool_vm_and_the_pool_is_refilled() {
     let rv = runvm_with(&template, "");
     let ready = template.wait_pool(1, T * 2);
     let pooled = vmm_of(&ready[0]);
+    let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
+    assert_eq!(
+        status["pool"],
+        serde_json::json!({"size": 1, "ready": 1, "starting": 0, "claimed": 0})
+    );
     let b = Bundle::busybox(&["sh", "-c", "echo ran; uname -r"]);
     let (state, out) = run_with_state(&rv, &b, "pooled");
     assert_eq!(state["boot"], "pool");

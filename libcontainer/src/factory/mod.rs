@@ -230,6 +230,7 @@ pub struct Status {
     pub template: Option<TemplateMeta>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_file_bytes: Option<u64>,
+    pub pool: pool::PoolStatus,
 }
 
 impl Factory {
@@ -367,6 +368,7 @@ impl Factory {
             reason: usable.err().map(|e| crate::error_chain(&e)),
             template: meta,
             memory_file_bytes,
+            pool: Pool::new(config).status(),
         }
     }
 

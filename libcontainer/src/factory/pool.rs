@@ -82,6 +82,19 @@ pub struct Pool {
     size: u32,
 }
 
+/// What `factory status` shows of the pool.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    pub size: u32,
+    /// VMs waiting for a claim.
+    pub ready: usize,
+    /// VMs being restored and warmed up.
+    pub starting: usize,
+    /// Claimed VMs whose containers still run.
+    pub claimed: usize,
+}
+
 impl Pool {
     pub fn new(config: &Config) -> Self {
         Pool {
@@ -216,6 +229,25 @@ impl Pool {
             }
         }
         all
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let mut st = PoolStatus {
+            size: self.size,
+            ready: 0,
+            starting: 0,
+            claimed: 0,
+        };
+        for dir in self.vm_dirs() {
+            match read_member(&dir) {
+                Some(m) if !m.member.is_alive() => {}
+                Some(m) if m.claimed => st.claimed += 1,
+                Some(_) if dir.join(CLAIM_SOCKET).exists() => st.ready += 1,
+                Some(_) => st.starting += 1,
+                None => {}
+            }
+        }
+        st
     }
 
     /// Remove the pool's directory if nothing but slot files are left in

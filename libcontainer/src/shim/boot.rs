@@ -242,16 +242,7 @@ impl Shim {
             // template from here on.
             drop(template);
             vm.resume()?;
-            // The share goes into the slot the template left free, at once:
-            // the guest enumerates it while the agent reconnects.
-            vm.supports(Operation::HotplugFs)?;
-            vm.hotplug(&hypervisor::Device::Fs(share))?;
-            // And the NICs into the slots left (`template` checked there
-            // are enough).
-            for nic in nics {
-                vm.supports(Operation::HotplugNet)?;
-                vm.hotplug(&hypervisor::Device::Net(nic.clone()))?;
-            }
+            hotplug_devices(vm.as_mut(), share, nics)?;
             slog::debug!(self.log, "restored, share and NICs hotplugged"; "nics" => nics.len(), "ms" => t0.elapsed().as_millis() as u64);
         }
         Ok(cloned)
@@ -305,12 +296,7 @@ impl Shim {
         let vm = self.vm.insert(vm);
         adopted?;
         vm.resume()?;
-        vm.supports(Operation::HotplugFs)?;
-        vm.hotplug(&hypervisor::Device::Fs(share))?;
-        for nic in nics {
-            vm.supports(Operation::HotplugNet)?;
-            vm.hotplug(&hypervisor::Device::Net(nic.clone()))?;
-        }
+        hotplug_devices(vm.as_mut(), share, nics)?;
         Ok(())
     }
 
@@ -451,6 +437,23 @@ impl Shim {
         }
         Some(template)
     }
+}
+
+/// A clone's share goes into the slot the template left free, at once (the
+/// guest enumerates it while the agent reconnects), and its NICs into the
+/// slots left (`template` checked there are enough).
+fn hotplug_devices(
+    vm: &mut dyn hypervisor::Hypervisor,
+    share: FsDevice,
+    nics: &[NetDevice],
+) -> Result<(), hypervisor::HypervisorError> {
+    vm.supports(Operation::HotplugFs)?;
+    vm.hotplug(&hypervisor::Device::Fs(share))?;
+    for nic in nics {
+        vm.supports(Operation::HotplugNet)?;
+        vm.hotplug(&hypervisor::Device::Net(nic.clone()))?;
+    }
+    Ok(())
 }
 
 fn vcpus(n: u32) -> String {
