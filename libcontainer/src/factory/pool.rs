@@ -459,14 +459,21 @@ fn member(
     );
     info!(log, "pool VM claimed"; "by" => claimant.pid());
     let mut gone = claimant.exit_watch();
-    rt.block_on(async {
+    let claimant_died = rt.block_on(async {
         tokio::select! {
-            _ = gone.wait_for(Option::is_some) => {
-                warn!(log, "the pool VM's claimant is gone: stopping the VM");
-            }
-            _ = exit.wait_for(Option::is_some) => {}
+            _ = gone.wait_for(Option::is_some) => true,
+            _ = exit.wait_for(Option::is_some) => false,
         }
     });
+    if claimant_died {
+        warn!(log, "the pool VM's claimant is gone: stopping the VM");
+    } else {
+        // The claimant stopped it: the directory (with the logs the shim
+        // copies) stays until the shim is gone too.
+        rt.block_on(async {
+            let _ = gone.wait_for(Option::is_some).await;
+        });
+    }
     vm.stop(Duration::ZERO)?;
     Ok(())
 }

@@ -27,6 +27,25 @@ impl Shim {
         }
     }
 
+    /// A pool VM's logs are links into its member's directory, which the
+    /// member removes once this shim is gone: keep copies in the state
+    /// directory, where `runvm` and the user look for them.
+    fn keep_pool_logs(&self) {
+        for name in [crate::hypervisor::CONSOLE_LOG, crate::hypervisor::VMM_LOG] {
+            let path = self.dir.join(name);
+            let linked = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+            if !linked {
+                continue;
+            }
+            let copy = self.dir.join(format!("{name}.copy"));
+            if fs::copy(&path, &copy).is_ok() {
+                let _ = fs::rename(&copy, &path);
+            } else {
+                let _ = fs::remove_file(&copy);
+            }
+        }
+    }
+
     /// Stop whatever was started: the VM, then virtiofsd; remove the sockets
     /// the shim made (the hypervisor removes its own).
     pub(super) async fn teardown(&mut self) {
@@ -39,6 +58,7 @@ impl Shim {
             }
             slog::debug!(self.log, "VM stopped"; "ms" => t.elapsed().as_millis() as u64);
         }
+        self.keep_pool_logs();
         // The taps went with the VM; the redirects on the caller's
         // interfaces go now (their namespace may outlive the container).
         if let Some(network) = self.network.take() {
