@@ -10,12 +10,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn run_idle<'a>(rv: &'a Runvm, name: &str, b: &Bundle) -> (String, Container<'a>) {
-    let id = unique_id(name);
-    let c = rv.run_detached(&id, b);
-    (id, c)
-}
-
 #[test]
 fn exec_tty_through_a_console_socket_and_resizes() {
     let rv = Runvm::new();

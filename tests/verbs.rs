@@ -10,12 +10,6 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
-fn run_idle<'a>(rv: &'a Runvm, name: &str, b: &Bundle) -> (String, Container<'a>) {
-    let id = unique_id(name);
-    let c = rv.run_detached(&id, b);
-    (id, c)
-}
-
 #[test]
 fn exec_in_the_foreground_relays_output_and_exit_codes() {
     let rv = Runvm::new();

@@ -468,6 +468,14 @@ pub fn leaks(root: &Path, id: &str, bundle: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `run -d` a container under a unique id made from `name`; the id and its
+/// guard.
+pub fn run_idle<'a>(rv: &'a Runvm, name: &str, b: &Bundle) -> (String, Container<'a>) {
+    let id = unique_id(name);
+    let c = rv.run_detached(&id, b);
+    (id, c)
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
