@@ -66,7 +66,7 @@ struct Claim {
 enum ClaimReply {
     /// Yours: the VM is paused, its monitor free.
     Taken { vmm_pid: i32 },
-    /// Restored from another template: the member is going.
+    /// Restored from another template (the member goes if it is the older).
     Stale,
 }
 
@@ -209,7 +209,10 @@ impl Pool {
         let mut stopping = Vec::new();
         for dir in self.vm_dirs() {
             let Some(m) = read_member(&dir) else { continue };
-            if !m.claimed && m.member.signal(Signal::SIGTERM) {
+            if !m.member.is_alive() {
+                // What a member killed outright left (its VM died with it).
+                let _ = files::remove(&dir);
+            } else if !m.claimed && m.member.signal(Signal::SIGTERM) {
                 stopping.push((dir, m));
             }
         }
@@ -543,8 +546,13 @@ async fn wait_claim(
         };
         if claim.template != made {
             answer(stream, &ClaimReply::Stale);
-            info!(log, "claimed for another template: going");
-            return Ok(None);
+            // A claimant that read the template before it was rebuilt is
+            // the one behind: this VM waits for the next.
+            if claim.template > made {
+                info!(log, "claimed for a newer template: going");
+                return Ok(None);
+            }
+            continue;
         }
         let vmm = vm.pid().and_then(ProcessIdentity::of);
         if exit.borrow().is_some() || !vmm.is_some_and(|v| v.is_alive()) {
