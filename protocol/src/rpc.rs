@@ -254,6 +254,13 @@ mod tests {
         let rpc = |r: Request| enc(&StreamKind::Rpc(Box::new(r)));
         assert_eq!(rpc(Ping.into()), json!({"Rpc": {"Ping": null}}));
         assert_eq!(
+            rpc(Warmup {
+                spec: json!({"ociVersion": "1.0.2"})
+            }
+            .into()),
+            json!({"Rpc": {"Warmup": {"spec": {"ociVersion": "1.0.2"}}}})
+        );
+        assert_eq!(
             rpc(StartContainer {
                 container_id: "c1".into()
             }

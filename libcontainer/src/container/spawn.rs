@@ -165,7 +165,8 @@ impl Runtime {
 
     /// A container that booted cold for want of a usable template gets
     /// one built in the background, so that the creates after it are
-    /// clones (docs/templating.md). Never fails the create.
+    /// clones; one that was cloned or took a pool VM gets the warm pool
+    /// refilled behind it (docs/templating.md). Never fails the create.
     fn build_template_behind(&self, id: &str) {
         let boot = self.store.load(id).ok().and_then(|s| s.boot);
         if matches!(boot.as_deref(), Some("template" | "pool")) {
