@@ -47,7 +47,7 @@ test: deps guest
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 	RUNVM_TEST_TEMPLATE=1 $(CARGO) test --no-fail-fast --test cli --test lifecycle \
-		--test verbs --test terminals --test faults --test network --test hooks \
+		--test verbs --test terminals --test faults --test network --test hooks --test creating \
 		--test clients --test network_clients -- --test-threads=2
 
 bench: deps build guest

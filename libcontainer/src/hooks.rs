@@ -209,7 +209,7 @@ fn run_one(hook: &Hook, input: &[u8], place: &Place) -> Result<(), Failure> {
         .namespaces
         .map(|n| (n.mnt.as_raw_fd(), n.net.as_raw_fd()));
     // SAFETY: between fork and exec the closure calls only async-signal-safe
-    // functions (sigemptyset, sigprocmask, setns, chdir) on memory it owns
+    // functions (sigemptyset, sigprocmask, prctl, setns, chdir) on memory it owns
     // (the copied descriptors and path).
     unsafe {
         cmd.pre_exec(move || {
@@ -218,6 +218,11 @@ fn run_one(hook: &Hook, input: &[u8], place: &Place) -> Result<(), Failure> {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // A runtime killed while a hook runs (a create ended by kill or
+            // delete) takes the hook with it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
             if let Some((mnt, net)) = namespaces {

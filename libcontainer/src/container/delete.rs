@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use slog::warn;
 
+use super::creating::Ender;
 use super::{ContainerError, Runtime};
 use crate::control::Kill;
 use crate::hooks::Kind;
@@ -45,26 +46,25 @@ impl Runtime {
             });
         }
         let stop = self.config.timeouts.stop() + Duration::from_secs(5);
+        let ended_create = status == ContainerStatus::Creating;
+        if ended_create && !self.end_create(id, Ender::Delete)? {
+            // Create finished first: delete what it made.
+            return self.delete(id, force);
+        }
         if let Some(shim) = state.shim.filter(|s| s.is_alive()) {
-            match status {
-                // Still booting: nothing to ask it yet.
-                ContainerStatus::Creating => {
-                    shim.kill_and_wait(stop);
+            if status != ContainerStatus::Creating {
+                if status != ContainerStatus::Stopped {
+                    // The shim kills the container, stops its VM and exits.
+                    let kill = Kill {
+                        signal: libc::SIGKILL,
+                        all: false,
+                    };
+                    let _ = self.ask(id, kill, self.shim_timeout(), Refusal::NotRunning);
                 }
-                _ => {
-                    if status != ContainerStatus::Stopped {
-                        // The shim kills the container, stops its VM and exits.
-                        let kill = Kill {
-                            signal: libc::SIGKILL,
-                            all: false,
-                        };
-                        let _ = self.ask(id, kill, self.shim_timeout(), Refusal::NotRunning);
-                    }
-                    // A stopped container's shim may still be stopping its
-                    // VM: let it finish, and kill it only if it does not.
-                    if !shim.wait_gone(stop) {
-                        shim.kill_and_wait(stop);
-                    }
+                // A stopped container's shim may still be stopping its VM:
+                // let it finish, and kill it only if it does not.
+                if !shim.wait_gone(stop) {
+                    shim.kill_and_wait(stop);
                 }
             }
             if shim.is_alive() {
@@ -74,7 +74,11 @@ impl Runtime {
                 });
             }
         }
-        let _lock = self.store.lock(id)?;
+        let _lock = match self.store.lock(id) {
+            // The create we ended removed what it made first.
+            Err(StateError::NotExist { .. }) if ended_create => return Ok(()),
+            lock => lock?,
+        };
         // The shim stops its VM and virtiofsd; if it was killed, they got
         // their parent-death signal. Make sure either way.
         let state = self.store.load(id).unwrap_or(state);

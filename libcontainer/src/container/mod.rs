@@ -5,6 +5,7 @@
 //! that ask a shim, `delete` removes a container, `run` is `run` in the
 //! foreground and detached.
 
+mod creating;
 mod delete;
 mod run;
 mod spawn;
@@ -70,6 +71,14 @@ pub enum ContainerError {
     /// The shim's account of why creation failed.
     #[error(transparent)]
     CreateFailed(#[from] CreateFailure),
+    #[error("container {id} was not created: its create failed")]
+    CreateFailedMeanwhile { id: String },
+    #[error("container {id} is still being created after {timeout:?}")]
+    StillCreating { id: String, timeout: Duration },
+    #[error("container {id} was killed while it was being created")]
+    KilledWhileCreating { id: String },
+    #[error("container {id} was deleted while it was being created")]
+    DeletedWhileCreating { id: String },
     #[error("the shim exited before the container was created (see {log})")]
     ShimVanished { log: PathBuf },
     #[error("read the shim's report")]

@@ -87,8 +87,7 @@ impl Runtime {
             shim_args.push(console.clone().into_os_string());
         }
         let (shim_pid, ready) = self.spawn_shim(&opts.id, &shim_args, detach)?;
-        let timeout = self.config.timeouts.boot() + self.config.timeouts.request() * 2;
-        match read_ready(ready, timeout)? {
+        match read_ready(ready, self.create_timeout())? {
             Some(Ready::Created { shim_pid: reported }) => {
                 self.build_template_behind(&opts.id);
                 if let Some(pid_file) = &opts.pid_file {
@@ -101,9 +100,7 @@ impl Runtime {
                 Ok(shim_pid.unwrap_or(Pid::from_raw(reported)))
             }
             Some(Ready::Failed(failure)) => Err(failure.into()),
-            None => Err(ContainerError::ShimVanished {
-                log: dir.join("shim.log"),
-            }),
+            None => Err(super::creating::vanished(&opts.id, dir)),
         }
     }
 

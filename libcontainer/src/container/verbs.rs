@@ -6,6 +6,7 @@ use std::time::Duration;
 use oci_spec::runtime::{LinuxResources, Spec};
 use runvm_protocol::{CgroupStats, GuestProcess};
 
+use super::creating::Ender;
 use super::{check_pid_file_dir, ContainerError, Runtime};
 use crate::control::{Kill, Pause, Processes, Ps, Resume, Start, Stats, Update};
 use crate::exec::ExecOptions;
@@ -15,7 +16,10 @@ use crate::status::{ContainerStatus, Refusal};
 
 impl Runtime {
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
-        let state = self.load(id)?;
+        let mut state = self.load(id)?;
+        if state.refreshed_status() == ContainerStatus::Creating {
+            state = self.wait_created(id)?;
+        }
         state.refreshed_status().check_start()?;
         // Starting may wait on a busy guest: it gets the boot timeout.
         let timeout = self.config.timeouts.boot() + Duration::from_secs(5);
@@ -30,6 +34,15 @@ impl Runtime {
         let status = state.refreshed_status();
         if all && status == ContainerStatus::Stopped {
             return Ok(());
+        }
+        if status == ContainerStatus::Creating {
+            // Signal 0 asks whether it is there; any other ends the create,
+            // as killing runc's init ends runc's.
+            if signal == 0 || self.end_create(id, Ender::Kill)? {
+                return Ok(());
+            }
+            // Create finished first: the signal is for what it made.
+            return self.kill(id, signal, all);
         }
         status.check_kill()?;
         let req = Kill { signal, all };
