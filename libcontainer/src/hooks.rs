@@ -128,22 +128,28 @@ pub enum Failure {
     Wait(#[source] io::Error),
 }
 
-/// The namespaces hooks run in when the caller has left them (the shim is
-/// in the container's network namespace and a mount namespace of its own):
-/// opened before it leaves.
+/// The namespaces hooks run in when the caller has left them (the shim is in
+/// the container's network, uts, ipc and cgroup namespaces and a mount
+/// namespace of its own): opened before it leaves.
 #[derive(Debug)]
 pub struct Namespaces {
-    mnt: OwnedFd,
-    net: OwnedFd,
+    /// Each with its setns type; the mount namespace first (after it, the
+    /// others are still found by descriptor).
+    fds: [(OwnedFd, libc::c_int); 5],
 }
 
 impl Namespaces {
-    /// This process's mount and network namespaces.
+    /// This process's mount, network, uts, ipc and cgroup namespaces.
     pub fn of_this_process() -> io::Result<Self> {
         let open = |ns: &str| File::open(format!("/proc/self/ns/{ns}")).map(OwnedFd::from);
         Ok(Namespaces {
-            mnt: open("mnt")?,
-            net: open("net")?,
+            fds: [
+                (open("mnt")?, libc::CLONE_NEWNS),
+                (open("net")?, libc::CLONE_NEWNET),
+                (open("uts")?, libc::CLONE_NEWUTS),
+                (open("ipc")?, libc::CLONE_NEWIPC),
+                (open("cgroup")?, libc::CLONE_NEWCGROUP),
+            ],
         })
     }
 }
@@ -207,7 +213,7 @@ fn run_one(hook: &Hook, input: &[u8], place: &Place) -> Result<(), Failure> {
     })?;
     let namespaces = place
         .namespaces
-        .map(|n| (n.mnt.as_raw_fd(), n.net.as_raw_fd()));
+        .map(|n| n.fds.each_ref().map(|(fd, typ)| (fd.as_raw_fd(), *typ)));
     // SAFETY: between fork and exec the closure calls only async-signal-safe
     // functions (sigemptyset, sigprocmask, prctl, setns, chdir) on memory it owns
     // (the copied descriptors and path).
@@ -225,10 +231,8 @@ fn run_one(hook: &Hook, input: &[u8], place: &Place) -> Result<(), Failure> {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some((mnt, net)) = namespaces {
-                if libc::setns(mnt, libc::CLONE_NEWNS) != 0
-                    || libc::setns(net, libc::CLONE_NEWNET) != 0
-                {
+            for (fd, typ) in namespaces.iter().flatten() {
+                if libc::setns(*fd, *typ) != 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

@@ -19,6 +19,7 @@ pub mod hypervisor;
 pub mod id;
 pub mod locate;
 pub mod lock;
+pub mod namespaces;
 pub mod network;
 pub mod procinfo;
 pub mod resources;

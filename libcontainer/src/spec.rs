@@ -141,6 +141,19 @@ fn check(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
 /// at `rootfs`, new namespaces, the usual mounts, masked and read-only /proc
 /// paths. Unlike runc's, `process.terminal` is false, so the spec works with
 /// `runvm run` from scripts and pipes without a console socket.
+/// The spec saved in a container's directory, before the shim has a
+/// runtime to load the bundle with.
+pub fn read_spec_file(path: &Path) -> Result<Spec, SpecError> {
+    let data = std::fs::read(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&data).map_err(|source| SpecError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 pub fn default_spec() -> Spec {
     let mut spec = Spec::default();
     spec.set_hostname(Some("runvm".to_string()));

@@ -122,22 +122,13 @@ impl Mode {
                     source,
                 };
                 let file = File::open(&path).map_err(|e| join(nix::Error::from_raw(errno(&e))))?;
-                if same_file(&file, Path::new("/proc/self/ns/net")) {
+                if crate::namespaces::same_file(&file, Path::new("/proc/self/ns/net")) {
                     return Ok(Mode::Host);
                 }
                 setns(file, CloneFlags::CLONE_NEWNET).map_err(join)?;
                 Ok(Mode::Join(path))
             }
         }
-    }
-}
-
-/// `file` is `path` (a namespace is known by its nsfs device and inode).
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
     }
 }
 
@@ -368,21 +359,6 @@ pub fn is_pod_sandbox(spec: &Spec) -> bool {
                 .map(String::as_str)
                 == Some("sandbox")
     })
-}
-
-/// The spec's network mode, read from the saved spec (before the shim has
-/// a runtime to load the bundle with).
-pub fn mode_of_spec_file(path: &Path) -> Result<Mode, crate::spec::SpecError> {
-    use crate::spec::SpecError;
-    let data = std::fs::read(path).map_err(|source| SpecError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let spec: Spec = serde_json::from_slice(&data).map_err(|source| SpecError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(Mode::of(&spec))
 }
 
 #[cfg(test)]

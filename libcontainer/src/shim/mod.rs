@@ -169,18 +169,22 @@ pub fn main(args: ShimArgs) -> i32 {
     }
     // And the container's network namespace, which QEMU (and its taps)
     // inherit; the shim's pid is the state's, so /proc/<pid>/ns/net is the
-    // container's network for the hooks and tools that look there.
+    // container's network for the hooks and tools that look there; and its
+    // uts, ipc and cgroup namespaces, for the same tools.
     let spec_file = StateStore::new(&args.root)
         .dir(&args.id)
         .join(crate::state::SPEC_FILE);
-    let net_mode = match network::mode_of_spec_file(&spec_file) {
-        Ok(mode) => mode,
+    let spec = match crate::spec::read_spec_file(&spec_file) {
+        Ok(spec) => spec,
         Err(e) => return fail(ready, CreateStage::Prepare, error_chain(&e)),
     };
-    let net_mode = match net_mode.enter() {
+    let net_mode = match network::Mode::of(&spec).enter() {
         Ok(mode) => mode,
         Err(e) => return fail(ready, CreateStage::Network, error_chain(&e)),
     };
+    if let Err(e) = crate::namespaces::enter(&spec, &args.log) {
+        return fail(ready, CreateStage::Prepare, error_chain(&e));
+    }
     let signals = match crate::signal::Forwarder::new(&[]) {
         Ok(f) => f,
         Err(e) => return fail(ready, CreateStage::Prepare, format!("catch signals: {e}")),
