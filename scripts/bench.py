@@ -233,6 +233,33 @@ def state_latency(cmd, env, bundle, cid, n):
         subprocess.run(cmd + ["delete", "--force", cid], capture_output=True, env=env)
 
 
+def first_output(cmd, env, bundle, cid, n):
+    """Median ms from `start` returning to the container's first output
+    reaching create's stdout (a pipe the container inherits): the time a
+    signal sent at once may arrive before the process has run anything."""
+    import select
+    times = []
+    for i in range(n):
+        r, w = os.pipe()
+        try:
+            subprocess.run(cmd + ["create", "--bundle", bundle, f"{cid}-{i}"], check=True,
+                           env=env, stdin=subprocess.DEVNULL, stdout=w)
+            os.close(w)
+            w = None
+            subprocess.run(cmd + ["start", f"{cid}-{i}"], check=True, env=env)
+            t0 = time.monotonic()
+            if not select.select([r], [], [], STOP_DEADLINE_S)[0] or not os.read(r, 1):
+                sys.exit(f"bench: {cid}-{i} printed nothing after start")
+            times.append((time.monotonic() - t0) * 1000)
+        finally:
+            if w is not None:
+                os.close(w)
+            os.close(r)
+            subprocess.run(cmd + ["delete", "--force", f"{cid}-{i}"], capture_output=True,
+                           env=env)
+    return statistics.median(times)
+
+
 def parallel(cmd, env, bundle, prefix, root, boot, k=10):
     """Wall ms for k create+start+wait+delete cycles started at once."""
     from concurrent.futures import ThreadPoolExecutor
@@ -253,6 +280,7 @@ def main():
     runvm = os.path.abspath(a.runvm)
     bundle = make_bundle(runvm, ["true"], "runvm-bench-")
     idle_bundle = make_bundle(runvm, ["sleep", "1000"], "runvm-bench-")
+    echo_bundle = make_bundle(runvm, ["echo", "go"], "runvm-bench-")
     roots = {}
     # A template of the bench's own, on tmpfs, used by "runvm-template"
     # (clones restored by each create: no pool) and "runvm-pool" (the same
@@ -326,6 +354,7 @@ def main():
                     counts[t.get("boot", "?")] = counts.get(t.get("boot", "?"), 0) + 1
         par = {}
         lat = {}
+        first = {}
         for name, (base, env) in runtimes.items():
             cmd = base + ["--root", roots[name]]
             if name != "runvm-debian":
@@ -334,6 +363,8 @@ def main():
             # the VM came up.
             if name in ("runvm", "runc", "crun"):
                 lat[name] = state_latency(cmd, env, idle_bundle, "lat", a.n)
+            if name in ("runvm", "runvm-pool", "runc", "crun"):
+                first[name] = first_output(cmd, env, echo_bundle, "first", a.n)
         pss = {}
         for name in ("runvm", "runvm-template", "runvm-pool"):
             base, env = runtimes[name]
@@ -342,7 +373,7 @@ def main():
         waiting = pool_pss(os.path.join(tpl_dir, "template.pool"))
         network = None if a.no_network else bench_net.run(runvm, runtimes["runvm"][1], a.n)
     finally:
-        for d in list(roots.values()) + [bundle, idle_bundle]:
+        for d in list(roots.values()) + [bundle, idle_bundle, echo_bundle]:
             shutil.rmtree(d, ignore_errors=True)
         for config in (pool_config, default_config):
             subprocess.run([runvm, "factory", "destroy"], capture_output=True,
@@ -396,11 +427,14 @@ def main():
     ratio_line(par, "ms")
     print(f"state of a running container, the verb alone, median of {a.n}")
     ratio_line(lat, "ms")
+    print(f"start returned -> the container's first output on create's stdout, median of {a.n}")
+    ratio_line(first, "ms")
     figures = {
         "load": os.getloadavg(),
         "cycle_median_ms": med,
         "parallel10_ms": par,
         "state_ms": lat,
+        "start_to_first_output_ms": first,
         "idle_pss_mib": {k: {"pss": v, "with_unmapped_memory_file": h} for k, (v, h) in pss.items()},
         "waiting_pool_vm_pss_mib": waiting and {"pss": waiting[1],
                                                 "with_unmapped_memory_file": waiting[2]},
