@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use nix::mount::{mount, MsFlags};
+use serde_json::Value;
 use youki::container::builder::ContainerBuilder;
 use youki::container::Container;
 use youki::syscall::syscall::SyscallType;
@@ -125,7 +127,7 @@ fn exec(id: &str, process: &str, console_socket: Option<String>) -> Result<()> {
     // youki checks the container's spec again for an exec (see create).
     let container =
         Container::load(PathBuf::from(YOUKI_ROOT).join(id)).context("load the container")?;
-    step_out_of_the_vms_network(&container.bundle().to_string_lossy())?;
+    step_out_of_the_vms_network(&read_spec(&container.bundle().to_string_lossy())?)?;
     let pid = builder(id, console_socket.as_deref())?
         .as_tenant()
         .with_process(Some(process))
@@ -137,7 +139,8 @@ fn exec(id: &str, process: &str, console_socket: Option<String>) -> Result<()> {
 }
 
 fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> {
-    step_out_of_the_vms_network(bundle)?;
+    let spec = read_spec(bundle)?;
+    step_out_of_the_vms_network(&spec)?;
     let container = builder(id, console_socket.as_deref())?
         .as_init(bundle)
         .with_systemd(false)
@@ -145,34 +148,116 @@ fn create(id: &str, bundle: &str, console_socket: Option<String>) -> Result<()> 
         .build()
         .map_err(|e| anyhow::anyhow!(e))?;
     let pid = container.pid().context("youki reported no pid")?;
+    apply_mount_propagation(&spec, pid)?;
     println!("{pid}");
     Ok(())
+}
+
+/// The propagation options of one mount, as mount(2) flags, in spec order.
+fn propagation_flags(options: &[Value]) -> Vec<MsFlags> {
+    options
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|o| {
+            Some(match o {
+                "shared" => MsFlags::MS_SHARED,
+                "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+                "slave" => MsFlags::MS_SLAVE,
+                "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                "private" => MsFlags::MS_PRIVATE,
+                "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                "unbindable" => MsFlags::MS_UNBINDABLE,
+                "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+/// Give the container's mounts the propagation their options ask for.
+///
+/// Why: youki 0.7 mounts with open_tree/move_mount and never applies a
+/// mount's propagation options (`shared`, `rslave`, ...), which runc applies
+/// right after each mount; so a `shared` bind was private in the container.
+/// This helper is single-threaded, so it may enter the created container's
+/// mount namespace: that makes the container's root its own, and each
+/// destination resolves inside the container as the spec means it. The init
+/// waits for start meanwhile, and nothing of the container has run yet.
+fn apply_mount_propagation(spec: &Value, pid: nix::unistd::Pid) -> Result<()> {
+    let wanted: Vec<(&str, Vec<MsFlags>)> = spec["mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let flags = propagation_flags(m["options"].as_array()?);
+            Some((m["destination"].as_str()?, flags))
+        })
+        .filter(|(_, flags)| !flags.is_empty())
+        .collect();
+    let own_mount_ns = spec["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|ns| ns["type"] == "mount");
+    if wanted.is_empty() || !own_mount_ns {
+        return Ok(());
+    }
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .context("open the container's mount namespace")?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("enter the container's mount namespace")?;
+    for (destination, flags) in wanted {
+        for flag in flags {
+            mount(None::<&str>, destination, None::<&str>, flag, None::<&str>)
+                .with_context(|| format!("set the propagation of mount {destination}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn read_spec(bundle: &str) -> Result<Value> {
+    let path = PathBuf::from(bundle).join("config.json");
+    serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+    )
+    .with_context(|| format!("parse {}", path.display()))
 }
 
 /// A container joins the VM's network namespace, which is its own (one VM
 /// per container). youki takes a namespace path equal to its caller's for
 /// the host's and then refuses the spec's net.* sysctls, as runc does for a
 /// host-network container; so this helper, not the container, moves out of
-/// the way into a namespace of its own, gone when it exits.
-fn step_out_of_the_vms_network(bundle: &str) -> Result<()> {
-    if joins_a_network_namespace(bundle)? {
+/// the way into a namespace of its own, gone when it exits. The spec names
+/// a network namespace to join when it does (the agent points it at the
+/// VM's).
+fn step_out_of_the_vms_network(spec: &Value) -> Result<()> {
+    let joins = spec["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|ns| ns["type"] == "network" && ns["path"].is_string());
+    if joins {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .context("leave the VM's network namespace")?;
     }
     Ok(())
 }
 
-/// The spec names a network namespace to join (the agent points it at the
-/// VM's).
-fn joins_a_network_namespace(bundle: &str) -> Result<bool> {
-    let path = PathBuf::from(bundle).join("config.json");
-    let spec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
-    )
-    .with_context(|| format!("parse {}", path.display()))?;
-    Ok(spec["linux"]["namespaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|ns| ns["type"] == "network" && ns["path"].is_string()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn propagation_options_become_flags_in_order_and_others_are_left() {
+        let options = json!(["rbind", "ro", "rslave", "shared", "nosuid", "runbindable"]);
+        assert_eq!(
+            propagation_flags(options.as_array().unwrap()),
+            vec![
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                MsFlags::MS_SHARED,
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            ]
+        );
+    }
 }
