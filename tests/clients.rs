@@ -216,7 +216,7 @@ fn containerd_runs_containers_in_vms() {
     assert!(
         stderr.lines().any(|l| l
             == "ctr: failed to create shim task: OCI runtime create failed: \
-                exec: \"/no/such/binary\": stat /no/such/binary: no such file or directory: \
+                unable to start container process: exec: \"/no/such/binary\": stat /no/such/binary: no such file or directory: \
                 unknown"),
         "{stderr}"
     );

@@ -196,7 +196,11 @@ impl Agent {
         fs::create_dir_all(&bundle).map_err(|e| fail("create the bundle", e))?;
         let cgroup_path = format!("{CGROUP_PARENT}/{id}");
         let cgroup = Cgroup::new(&cgroup_path)?;
-        let spec = guest_spec(spec, share, &cgroup_path)?;
+        let mut spec = guest_spec(spec, share, &cgroup_path)?;
+        if let Err(e) = crate::runc_defaults::apply(&mut spec, &share.join(SHARE_ROOTFS)) {
+            let _ = nix::mount::umount2(share, nix::mount::MntFlags::MNT_DETACH);
+            return Err(e);
+        }
         let stdio = NewStdio::new(is_terminal(spec.get("process")))?;
         fs::write(bundle.join("config.json"), spec.to_string())
             .map_err(|e| fail("write config.json", e))?;
@@ -208,7 +212,7 @@ impl Agent {
         let out = run_helper(&self.reaper, self.zygote.as_ref(), &args, stdio.child_fds()).await?;
         if !out.ok() {
             let _ = nix::mount::umount2(share, nix::mount::MntFlags::MNT_DETACH);
-            return Err(runtime_error(out.error(), &stdio.said()));
+            return Err(start_error(out.error(), &stdio.said()));
         }
         let pid = out.pid()?;
         let exit = self.reaper.watch(pid);
@@ -312,7 +316,7 @@ impl Agent {
         let _ = fs::remove_file(&file);
         let out = out?;
         if !out.ok() {
-            return Err(runtime_error(out.error(), &stdio.said()));
+            return Err(start_error(out.error(), &stdio.said()));
         }
         let pid = out.pid()?;
         let exit = self.reaper.watch(pid);
@@ -367,6 +371,12 @@ impl Agent {
     pub fn processes(&self, id: &str) -> AgentResult<Vec<GuestProcess>> {
         Ok(crate::ps::describe(&self.container(id)?.cgroup.pids()?))
     }
+}
+
+/// Why a container's process (create) or an exec's could not be started:
+/// youki's cause behind runc's words for it.
+fn start_error(cause: String, said: &str) -> AgentError {
+    runtime_error(format!("unable to start container process: {cause}"), said)
 }
 
 /// youki's error, with what the process said on its stderr before it died

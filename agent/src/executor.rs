@@ -38,7 +38,7 @@ impl Executor for RuncWords {
     }
 }
 
-fn errno_text(e: &std::io::Error) -> String {
+pub(crate) fn errno_text(e: &std::io::Error) -> String {
     let text = Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc();
     let mut chars = text.chars();
     match chars.next() {

@@ -20,6 +20,7 @@ mod network;
 mod process;
 mod ps;
 mod reaper;
+mod runc_defaults;
 mod server;
 mod tty;
 mod warmup;
