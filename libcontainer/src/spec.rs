@@ -43,7 +43,16 @@ pub enum SpecError {
     Write { path: PathBuf, source: io::Error },
     #[error("rootless containers are not supported")]
     Rootless,
+    #[error("sysctl {0:?} not allowed in host network namespace")]
+    NetSysctlWithoutNetns(String),
+    #[error("unable to start container process: unable to setup user: uids and gids must be in range 0-{MAX_ID}")]
+    IdOutOfRange,
+    #[error("unable to start container process: error during container init: error setting rlimits for ready process: error setting rlimit type {0}: invalid argument")]
+    SoftAboveHard(u32),
 }
+
+/// The largest uid or gid runc accepts (Go's int32).
+const MAX_ID: u32 = i32::MAX as u32;
 
 /// A bundle whose config.json parsed and passed the checks.
 #[derive(Debug, Clone)]
@@ -131,10 +140,74 @@ fn check(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
     if !meta.is_dir() {
         return Err(SpecError::RootfsNotDir { path: rootfs });
     }
+    check_sysctls(spec)?;
+    check_user(process)?;
+    check_rlimits(process)?;
     fs::canonicalize(&rootfs).map_err(|source| SpecError::Rootfs {
         path: rootfs,
         source,
     })
+}
+
+/// A net.* sysctl needs a network namespace of the container's own; these
+/// checks run on the host, so a spec runc refuses boots no VM.
+fn check_sysctls(spec: &Spec) -> Result<(), SpecError> {
+    let Some(linux) = spec.linux().as_ref() else {
+        return Ok(());
+    };
+    let own_netns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network);
+    let mut keys: Vec<&String> = linux.sysctl().iter().flat_map(|m| m.keys()).collect();
+    keys.sort();
+    match keys.into_iter().find(|k| k.starts_with("net.")) {
+        Some(key) if !own_netns => Err(SpecError::NetSysctlWithoutNetns(key.clone())),
+        _ => Ok(()),
+    }
+}
+
+fn check_user(process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
+    let user = process.user();
+    let mut ids = [user.uid(), user.gid()]
+        .into_iter()
+        .chain(user.additional_gids().iter().flatten().copied());
+    if ids.any(|id| id > MAX_ID) {
+        return Err(SpecError::IdOutOfRange);
+    }
+    Ok(())
+}
+
+/// A soft limit above its hard one, which setrlimit(2) refuses (EINVAL),
+/// named by the resource's number as runc names it.
+fn check_rlimits(process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
+    use oci_spec::runtime::PosixRlimitType::*;
+    for r in process.rlimits().iter().flatten() {
+        if r.soft() <= r.hard() {
+            continue;
+        }
+        let number = match r.typ() {
+            RlimitCpu => libc::RLIMIT_CPU,
+            RlimitFsize => libc::RLIMIT_FSIZE,
+            RlimitData => libc::RLIMIT_DATA,
+            RlimitStack => libc::RLIMIT_STACK,
+            RlimitCore => libc::RLIMIT_CORE,
+            RlimitRss => libc::RLIMIT_RSS,
+            RlimitNproc => libc::RLIMIT_NPROC,
+            RlimitNofile => libc::RLIMIT_NOFILE,
+            RlimitMemlock => libc::RLIMIT_MEMLOCK,
+            RlimitAs => libc::RLIMIT_AS,
+            RlimitLocks => libc::RLIMIT_LOCKS,
+            RlimitSigpending => libc::RLIMIT_SIGPENDING,
+            RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+            RlimitNice => libc::RLIMIT_NICE,
+            RlimitRtprio => libc::RLIMIT_RTPRIO,
+            RlimitRttime => libc::RLIMIT_RTTIME,
+        };
+        return Err(SpecError::SoftAboveHard(number));
+    }
+    Ok(())
 }
 
 /// The default config.json, modelled on runc's: `sh` in a busybox-like rootfs
@@ -236,6 +309,25 @@ mod tests {
             (
                 Box::new(|c| c["root"]["path"] = json!("nope")),
                 "invalid rootfs: stat",
+            ),
+            (
+                Box::new(|c| {
+                    c["linux"]["namespaces"] = json!([{"type": "pid"}]);
+                    c["linux"]["sysctl"] = json!({"kernel.shmmax": "1", "net.ipv4.ip_forward": "1"});
+                }),
+                "sysctl \"net.ipv4.ip_forward\" not allowed in host network namespace",
+            ),
+            (
+                Box::new(|c| c["process"]["user"]["additionalGids"] = json!([10, 2147483648u32])),
+                "unable to start container process: unable to setup user: uids and gids must be in range 0-2147483647",
+            ),
+            (
+                Box::new(|c| {
+                    c["process"]["rlimits"] =
+                        json!([{"type": "RLIMIT_NOFILE", "soft": 2048, "hard": 1024}])
+                }),
+                "unable to start container process: error during container init: \
+                 error setting rlimits for ready process: error setting rlimit type 7: invalid argument",
             ),
         ];
         for (mutate, want) in cases {
