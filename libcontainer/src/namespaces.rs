@@ -128,6 +128,22 @@ pub fn enter(spec: &Spec, log: &Logger) -> Result<(), NamespaceError> {
     Ok(())
 }
 
+/// For a spec that joins a uts namespace by path: the names of this
+/// process's uts namespace (it has joined that one), for the guest's
+/// container, which cannot join a host namespace and gets one of its own:
+/// so it sees the hostname and domainname of the namespace it names, as
+/// under runc. None when the spec makes a new one or names none.
+pub fn names_of_the_joined_uts(spec: &Spec) -> Option<(String, Option<String>)> {
+    let Step::Join(_) = step(find(spec, LinuxNamespaceType::Uts)?) else {
+        return None;
+    };
+    let names = nix::sys::utsname::uname().ok()?;
+    let hostname = names.nodename().to_string_lossy().into_owned();
+    let domainname = names.domainname().to_string_lossy().into_owned();
+    // The kernel's name for "none set".
+    Some((hostname, (domainname != "(none)").then_some(domainname)))
+}
+
 /// Join the namespace at `path`; false if it is this process's already.
 fn join(path: &Path, flag: CloneFlags, kind: &'static str) -> Result<bool, NamespaceError> {
     std::fs::symlink_metadata(path).map_err(|source| NamespaceError::Path {

@@ -121,6 +121,14 @@ impl Shim {
         let t_ready = t0.elapsed();
         let local = self.init_stdio(bundle.terminal())?;
         let mut spec = crate::share::guest_spec(&bundle.raw, &bundle.binds);
+        if let Some((hostname, domainname)) =
+            crate::namespaces::names_of_the_joined_uts(&bundle.spec)
+        {
+            spec["hostname"] = hostname.into();
+            if let Some(d) = domainname {
+                spec["domainname"] = d.into();
+            }
+        }
         let (guest_hooks, left_out) = hooks::for_the_guest(&bundle.raw, &bundle.rootfs);
         for (kind, path) in left_out {
             warn!(self.log, "a hook that is not in the container's rootfs cannot run in the VM: left out"; "hook" => kind.name(), "path" => path.display().to_string());
