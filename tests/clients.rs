@@ -116,10 +116,22 @@ fn podman_runs_containers_in_vms() {
     let (out, id) = run_rm(&["sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
     assert_no_leaks_of(&root, &id);
-    // runc's words, which podman maps to 127.
-    let (out, id) = run_rm(&["/no/such/binary"]);
-    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
-    assert_no_leaks_of(&root, &id);
+    // runc's words, which podman maps to 127 (not found) and 126 (found
+    // but not executable).
+    for (args, code) in [
+        (["/no/such/binary"], 127),
+        (["no-such-binary"], 127),
+        (["/"], 126),
+    ] {
+        let (out, id) = run_rm(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_no_leaks_of(&root, &id);
+    }
 
     let out = p.podman(&[
         "run",
