@@ -316,3 +316,31 @@ fn create_container_and_start_container_hooks_in_the_rootfs_run_in_the_guest() {
         assert!(state["bundle"].is_string(), "{state}");
     }
 }
+
+#[test]
+fn start_returns_once_the_init_has_run_the_start_container_hook_and_execd() {
+    // The hook takes a second; runc's start may return before it has run.
+    // runvm's returns once the container's process is exec'd, so the file
+    // the hook wrote (in the shared rootfs) is there when start returns.
+    let rv = Runvm::new();
+    let id = unique_id("hooks-exec");
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["hooks"] = json!({
+            "startContainer": [
+                {"path": "/bin/busybox", "args": ["sh", "-c", "sleep 1; touch /hook-ran"]}
+            ]
+        })
+    });
+    let (_guard, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "{}", b.output("err.txt"));
+    assert!(!b.rootfs().join("hook-ran").exists());
+    let out = rv.cmd().args(["start", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        b.rootfs().join("hook-ran").exists(),
+        "start returned before the hook ran"
+    );
+    assert_eq!(rv.state(&id)["status"], "running");
+}

@@ -43,7 +43,14 @@ pub(crate) struct Container {
     cgroup: Cgroup,
     /// Serializes start and exec, which both look at youki's state.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Open until the init execs the container's process (see
+    /// `start_container`).
+    until_exec: Mutex<Option<tokio::net::unix::pipe::Receiver>>,
 }
+
+/// How long `start` waits for the container's process to be exec'd; past
+/// it (a slow startContainer hook), start returns as runc's would.
+const EXEC_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub struct Agent {
@@ -215,6 +222,7 @@ impl Agent {
             return Err(start_error(out.error(), &stdio.said()));
         }
         let pid = out.pid()?;
+        let until_exec = Mutex::new(out.stderr_held);
         let exit = self.reaper.watch(pid);
         let init = Arc::new(Proc::new(pid, stdio.finish().await?, exit));
         let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
@@ -225,6 +233,7 @@ impl Agent {
                 execs: Mutex::new(HashMap::new()),
                 cgroup,
                 lifecycle: tokio::sync::Mutex::new(()),
+                until_exec,
             }),
         );
         Ok(Created { pid })
@@ -263,6 +272,20 @@ impl Agent {
         .await?;
         if !out.ok() {
             return Err(runtime_error(out.error(), ""));
+        }
+        // runc's start returns once it has let the init go; the init then
+        // still runs the startContainer hooks and execs. Under TCG that takes
+        // tens of milliseconds, in which a signal sent right after start
+        // finds a process that is not yet the container's. So start returns
+        // once the init has exec'd it (the init's copy of the create
+        // helper's stderr closes then), or has died.
+        let until_exec = c
+            .until_exec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(rx) = until_exec {
+            let _ = tokio::time::timeout(EXEC_WAIT, crate::process::until_eof(&rx)).await;
         }
         Ok(())
     }

@@ -138,6 +138,10 @@ pub struct HelperOutput {
     pub status: Option<ExitStatus>,
     pub stdout: String,
     pub stderr: String,
+    /// The helper's stderr, when a process it forked still holds it open
+    /// after the helper exited: a created container's init does until it
+    /// execs the container's process (its copy is close-on-exec).
+    pub stderr_held: Option<pipe::Receiver>,
 }
 
 impl HelperOutput {
@@ -222,12 +226,22 @@ pub async fn run_helper(
         }
     };
     drain(&out_rx, &mut out);
-    drain(&err_rx, &mut err);
+    let err_eof = err_eof || drain(&err_rx, &mut err);
     Ok(HelperOutput {
         status,
         stdout: String::from_utf8_lossy(&out).into_owned(),
         stderr: String::from_utf8_lossy(&err).into_owned(),
+        stderr_held: (!err_eof).then_some(err_rx),
     })
+}
+
+/// Wait until every writer of `rx` has closed it; what they write is
+/// dropped.
+pub async fn until_eof(rx: &pipe::Receiver) {
+    let mut sink = Vec::new();
+    while !read_some(rx, &mut sink).await {
+        sink.clear();
+    }
 }
 
 type Started = (watch::Receiver<Option<ExitStatus>>, OwnedFd, OwnedFd);
@@ -309,15 +323,16 @@ async fn read_some(rx: &pipe::Receiver, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-/// Take whatever is buffered in a pipe now, without waiting.
-fn drain(rx: &pipe::Receiver, buf: &mut Vec<u8>) {
+/// Take whatever is buffered in a pipe now, without waiting; true at EOF.
+fn drain(rx: &pipe::Receiver, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 4096];
     while let Ok(n) = rx.try_read(&mut chunk) {
         if n == 0 {
-            break;
+            return true;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+    false
 }
 
 /// Whatever is buffered in a pipe, without blocking (at most 4 KiB).
@@ -337,6 +352,7 @@ mod tests {
             status: Some(ExitStatus::Exited(1)),
             stdout: String::new(),
             stderr: stderr.into(),
+            stderr_held: None,
         }
     }
 
