@@ -191,13 +191,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn spec(namespaces: serde_json::Value) -> Spec {
-        serde_json::from_value(json!({
-            "ociVersion": "1.0.2",
-            "linux": {"namespaces": namespaces}
-        }))
-        .unwrap()
-    }
+    use crate::spec::with_namespaces as spec;
 
     #[test]
     fn a_namespace_is_new_unless_the_spec_names_a_path() {

@@ -253,6 +253,16 @@ pub fn write_default_spec(bundle: &Path, rootless: bool) -> Result<PathBuf, Spec
     Ok(path)
 }
 
+/// A spec with just these namespaces, for tests of what follows from them.
+#[cfg(test)]
+pub(crate) fn with_namespaces(namespaces: Value) -> Spec {
+    serde_json::from_value(serde_json::json!({
+        "ociVersion": "1.0.2",
+        "linux": {"namespaces": namespaces}
+    }))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

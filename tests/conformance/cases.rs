@@ -297,12 +297,6 @@ pub fn runs() -> Vec<Run> {
         run("rlimit-soft-above-hard", &[LIMITS], |c, _| {
             c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 2048, "hard": 1024}]);
         }),
-        run("rlimit-above-host", &[LIMITS], |c, _| {
-            // The host's hard limit is 20000 and root here lacks
-            // CAP_SYS_RESOURCE.
-            c["process"]["rlimits"] =
-                json!([{"type": "RLIMIT_NOFILE", "soft": 1048576, "hard": 1048576}]);
-        }),
         run("rw-root", &[("rootrw", "touch /probe && echo written")], |c, _| {
             c["root"]["readonly"] = json!(false);
         }),

@@ -46,8 +46,6 @@ fn process_rows() -> Vec<Row> {
         row("rlimits not in the spec", "Max pending signals (inherited from the runtime)", "default", Lines("limits", "Max pending signals"),
             Vm("inherited from the runtime: the guest kernel's default is sized by the VM's memory")),
         row("rlimits soft above hard", "the error of a soft limit above the hard one", "rlimit-soft-above-hard", Lines("limits", "Max open files"), Match),
-        row("rlimits above the host's hard limit", "RLIMIT_NOFILE 1048576 where the host's hard limit is 20000", "rlimit-above-host", Lines("limits", "Max open files"),
-            Vm("root here lacks CAP_SYS_RESOURCE, so runc cannot raise the limit; in the guest the agent has every capability")),
         row("noNewPrivileges true", "NoNewPrivs:", "default", Lines("status", "NoNewPrivs:"), Match),
         row("noNewPrivileges false", "NoNewPrivs:", "process", Lines("status", "NoNewPrivs:"), Match),
         row("oomScoreAdj", "/proc/self/oom_score_adj with 500", "process", Probe("oom"), Match),

@@ -366,13 +366,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn spec(namespaces: serde_json::Value) -> Spec {
-        serde_json::from_value(json!({
-            "ociVersion": "1.0.2",
-            "linux": {"namespaces": namespaces}
-        }))
-        .unwrap()
-    }
+    use crate::spec::with_namespaces as spec;
 
     #[test]
     fn mode_follows_the_network_namespace() {
