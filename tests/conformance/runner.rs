@@ -103,7 +103,8 @@ fn ns_of(pid: i64) -> BTreeMap<String, bool> {
 fn outcome(out: Output, bundle: &Bundle, id: &str) -> Outcome {
     Outcome {
         code: out.status.code(),
-        stdout: text(&out.stdout),
+        // runc's mount table names the bundle, a new temporary directory.
+        stdout: text(&out.stdout).replace(&bundle.path().display().to_string(), "<bundle>"),
         error: error_line(&text(&out.stderr), bundle.path(), id),
         ..Default::default()
     }
