@@ -471,6 +471,35 @@ pub fn runs() -> Vec<Run> {
                 c["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000});
             },
         ),
+        run(
+            "hooks",
+            &[("hooks", "cat /hooks.log")],
+            |c, _| {
+                // Each hook notes its kind and the status in the state it
+                // reads on stdin. The host's hooks write to the bundle's
+                // rootfs, found from that state; startContainer runs in the
+                // container, where the rootfs is /.
+                let on_host = |kind: &str| {
+                    let script = format!(
+                        r#"read -r s; b=${{s#*\"bundle\":\"}}; b=${{b%%\"*}}; st=${{s#*\"status\":\"}}; st=${{st%%\"*}}; echo "{kind} $st" >> "$b/rootfs/hooks.log""#
+                    );
+                    json!({"path": "/bin/busybox", "args": ["sh", "-c", script]})
+                };
+                let in_container = r#"read -r s; st=${s#*\"status\":\"}; st=${st%%\"*}; echo "startContainer $st" >> /hooks.log"#;
+                c["root"]["readonly"] = json!(false);
+                c["hooks"] = json!({
+                    "prestart": [on_host("prestart")],
+                    "createRuntime": [on_host("createRuntime")],
+                    "startContainer": [{"path": "/bin/busybox", "args": ["sh", "-c", in_container]}]
+                });
+            },
+        ),
+        run("hook-fails", &[], |c, _| {
+            args(c, &["true"]);
+            c["hooks"] = json!({"prestart": [
+                {"path": "/bin/busybox", "args": ["sh", "-c", "echo out; echo err >&2; exit 2"]}
+            ]});
+        }),
         run("personality", &[("uname", "uname -m")], |c, _| {
             c["linux"]["personality"] = json!({"domain": "LINUX32"});
         }),

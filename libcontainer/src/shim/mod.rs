@@ -69,8 +69,9 @@ pub enum ShimError {
     Dir { path: PathBuf, source: io::Error },
     #[error("start virtiofsd")]
     Virtiofsd(#[from] VirtiofsdError),
-    /// runc's words: `error running hook #0: ...`.
-    #[error(transparent)]
+    /// A prestart or createRuntime hook failed; runc's words, which put
+    /// what its init reported first.
+    #[error("unable to start container process: error during container init")]
     Hook(#[from] crate::hooks::HookError),
     #[error("network")]
     Network(#[from] NetworkError),
