@@ -290,7 +290,8 @@ fn containerd_runs_containers_in_vms() {
 
     // ctr sizes the console only once start has returned, so the process
     // may start on a 0x0 terminal (under runc as well): it waits for the
-    // size to arrive (stty fails on 0 rows; a minute at most, so that a
+    // size to arrive (busybox's stty exits 0 even on a 0x0 terminal, so
+    // the size it prints is what is looked at; a minute at most, so that a
     // size that never comes fails the test), then shows it.
     let mut cmd = c.ctr_cmd();
     cmd.args(["run", "-t", "--rm"]).args(rt).args([
@@ -298,8 +299,8 @@ fn containerd_runs_containers_in_vms() {
         &format!("{id}-t"),
         "sh",
         "-c",
-        "i=0; until stty size >/dev/null 2>&1 || [ $i -ge 60 ]; do sleep 1; i=$((i+1)); done; \
-         stty size; exit 3",
+        "i=0; while [ $i -lt 60 ]; do case \"$(stty size 2>/dev/null)\" in \
+         [1-9]*' '[1-9]*) break;; esac; sleep 1; i=$((i+1)); done; stty size; exit 3",
     ]);
     let line = format!("stty rows 30 cols 90; {}; echo rc=$?", shell_line(&cmd));
     let seen = in_terminal(&line);
