@@ -215,6 +215,16 @@ const ALLOWED: &[&str] = &[
 /// accepts and reads the start message. Found by narrowing a broad list.
 pub const YOUKI_AFTER_SECCOMP: &[&str] = &["sendmsg", "accept4", "recvfrom"];
 
+/// A filter that fails every syscall but `allowed` with ENOSYS.
+fn default_deny(c: &mut Value, allowed: &[&str]) {
+    c["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 38,
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": allowed, "action": "SCMP_ACT_ALLOW"}]
+    });
+}
+
 pub fn runs() -> Vec<Run> {
     let mut runs = vec![
         run(
@@ -424,28 +434,12 @@ pub fn runs() -> Vec<Run> {
         run(
             "seccomp-default",
             &[("mkdir", "mkdir /dev/shm/probe")],
-            |c, _| {
-                c["linux"]["seccomp"] = json!({
-                    "defaultAction": "SCMP_ACT_ERRNO",
-                    "defaultErrnoRet": 38,
-                    "architectures": ["SCMP_ARCH_X86_64"],
-                    "syscalls": [{"names": ALLOWED, "action": "SCMP_ACT_ALLOW"}]
-                });
-            },
+            |c, _| default_deny(c, ALLOWED),
         ),
         run(
             "seccomp-default-youki",
             &[("mkdir", "mkdir /dev/shm/probe")],
-            |c, _| {
-                let mut names: Vec<&str> = ALLOWED.to_vec();
-                names.extend(YOUKI_AFTER_SECCOMP);
-                c["linux"]["seccomp"] = json!({
-                    "defaultAction": "SCMP_ACT_ERRNO",
-                    "defaultErrnoRet": 38,
-                    "architectures": ["SCMP_ARCH_X86_64"],
-                    "syscalls": [{"names": names, "action": "SCMP_ACT_ALLOW"}]
-                });
-            },
+            |c, _| default_deny(c, &[ALLOWED, YOUKI_AFTER_SECCOMP].concat()),
         ),
         run(
             "resources",
