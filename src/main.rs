@@ -2,6 +2,7 @@
 //! lightweight VM. This binary is a thin front end over `libcontainer`.
 
 mod commands;
+mod help;
 mod logging;
 
 use std::ffi::OsString;
@@ -25,7 +26,6 @@ const DEFAULT_ROOT: &str = "/run/runvm";
 struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
-    /// print the version
     #[arg(short = 'v', long = "version", global = true)]
     version: bool,
     #[command(subcommand)]
@@ -38,14 +38,14 @@ enum Command {
     Standard(Box<StandardCmd>),
     #[command(flatten)]
     Common(Box<CommonCmd>),
-    /// Manage the VM template containers are cloned from
     Factory(commands::factory::FactoryCmd),
-    /// Show the QEMU, virtiofsd, guest and accelerator runvm would use
     Check(commands::check::CheckCmd),
-    /// Checkpoint a running container (not implemented)
+    Completion(commands::docs::CompletionCmd),
     Checkpoint(commands::Unsupported),
-    /// Restore a container from a checkpoint (not implemented)
     Restore(commands::Unsupported),
+    /// Write the man pages into a directory (for `make install`).
+    #[command(name = "__man", hide = true)]
+    Man(commands::docs::ManCmd),
     /// The per-container shim (started by create and run; not for users).
     #[command(name = "__shim", hide = true)]
     Shim(commands::shim::ShimCmd),
@@ -60,28 +60,23 @@ fn parse() -> Cli {
 }
 
 fn command() -> clap::Command {
-    Cli::command()
+    let cmd = Cli::command()
         // A global flag given twice takes the last value, as with runc (Go's
         // flag package): wrappers prepend their own `--log` to the caller's.
         .args_override_self(true)
         // liboci-cli spells it "checkpointt"; runvm answers to "checkpoint".
         .mut_subcommand("checkpointt", |c| c.hide(true))
-        .mut_arg("log", |a| {
-            a.help("set the log file to write runvm's logs to (default is stderr)")
-        })
         .mut_subcommand("kill", |c| {
             c.mut_arg("signal", |a| a.required(false).default_value("SIGTERM"))
         })
         // The table shows the processes as the guest sees them; there is no
         // host `ps` to pass options to.
-        .mut_subcommand("ps", |c| {
-            c.about("Display the processes inside the container (as the guest sees them; --format json: the host pids standing for it)")
-                .mut_arg("ps_options", |a| a.hide(true))
-        })
+        .mut_subcommand("ps", |c| c.mut_arg("ps_options", |a| a.hide(true)))
         // runc takes a duration ("5s", "1m"); liboci-cli a number of seconds.
         .mut_subcommand("events", |c| {
             c.mut_arg("interval", |a| a.value_parser(parse_interval))
-        })
+        });
+    help::apply(cmd)
 }
 
 /// Seconds from "5", "5s", "2m" or "1h".
@@ -148,7 +143,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(cmd) = cli.cmd else {
-        let _ = Cli::command().print_help();
+        let _ = command().print_help();
         return ExitCode::SUCCESS;
     };
     let root = cli

@@ -269,12 +269,40 @@ fn version_and_unimplemented_verbs() {
     }
 }
 
+fn check_with(config: Option<&std::path::Path>, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(RUNVM);
+    cmd.arg("check").args(args).env_remove("RUNVM_CONFIG");
+    if let Some(c) = config {
+        cmd.env("RUNVM_CONFIG", c);
+    }
+    cmd.output().unwrap()
+}
+
 #[test]
 fn check_reports_the_accelerator_and_the_guest() {
-    let out = std::process::Command::new(RUNVM)
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = check_with(None, &[]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}{}", text(&out.stderr));
+    for item in [
+        "qemu",
+        "virtiofsd",
+        "guest kernel",
+        "guest initramfs",
+        "accelerator",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(&format!("✔ {item}: "))),
+            "{item}:\n{report}"
+        );
+    }
+    assert!(
+        report.ends_with("runvm can run containers on this host\n"),
+        "{report}"
+    );
+
+    let out = check_with(None, &["--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(["kvm", "tcg"].contains(&v["accel"]["use"].as_str().unwrap()));
@@ -282,4 +310,129 @@ fn check_reports_the_accelerator_and_the_guest() {
     for part in ["qemu", "virtiofsd", "kernel", "initrd"] {
         assert_eq!(v[part]["ok"], true, "{part}: {v}");
     }
+}
+
+#[test]
+fn check_fails_and_says_why_when_the_guest_kernel_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[hypervisor]\nkernel = \"/nonexistent/runvm/vmlinux\"\n",
+    )
+    .unwrap();
+    let out = check_with(Some(&config), &[]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!("✔ configuration: {}\n", config.display())),
+        "{report}"
+    );
+    assert!(
+        report.contains("✘ guest kernel: /nonexistent/runvm/vmlinux does not exist\n  to fix: "),
+        "{report}"
+    );
+    assert!(
+        report.ends_with("runvm cannot run containers on this host\n"),
+        "{report}"
+    );
+
+    std::fs::write(&config, "[hypervisor]\nvcpu = 2\n").unwrap();
+    let out = check_with(Some(&config), &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["config"]["ok"], false, "{v}");
+    assert!(
+        v["config"]["error"].as_str().unwrap().contains("vcpu"),
+        "{v}"
+    );
+}
+
+/// The verbs `runvm --help` lists (clap's own `help` aside).
+fn listed_verbs(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|v| v != "help")
+        .collect()
+}
+
+#[test]
+fn every_verbs_help_is_runvms_own() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(RUNVM)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let top = run(&["--help"]);
+    let mut verbs: Vec<Vec<String>> = listed_verbs(&top).into_iter().map(|v| vec![v]).collect();
+    assert!(verbs.len() >= 20, "{top}");
+    let mut walked = 0;
+    while let Some(path) = verbs.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let help = run(&args);
+        for bad in [
+            "github.com",
+            "Reference:",
+            "introduced in runc",
+            "rather then",
+        ] {
+            assert!(
+                !help.contains(bad),
+                "runvm {path:?} --help has {bad:?}:\n{help}"
+            );
+        }
+        for sub in listed_verbs(&help) {
+            let mut p = path.clone();
+            p.push(sub);
+            verbs.push(p);
+        }
+        walked += 1;
+    }
+    // The verbs and factory's three actions.
+    assert!(walked >= 23, "{walked}");
+    let create = run(&["create", "--help"]);
+    assert!(
+        create.contains("Create a container in a new VM"),
+        "{create}"
+    );
+}
+
+#[test]
+fn completion_prints_each_shells_script() {
+    for (shell, marker) in [
+        ("bash", "complete -F _runvm"),
+        ("zsh", "#compdef runvm"),
+        ("fish", "complete -c runvm"),
+    ] {
+        let out = std::process::Command::new(RUNVM)
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("create"), "{shell}");
+    }
+    let out = std::process::Command::new(RUNVM)
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("invalid value 'tcsh'"),
+        "{}",
+        text(&out.stderr)
+    );
 }

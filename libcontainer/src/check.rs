@@ -1,37 +1,237 @@
-//! `runvm check`: what runvm found on this host and would use.
+//! `runvm check`: what runvm found on this host and would use, item by
+//! item, with what to install for each that is missing.
+
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::factory::Factory;
 use crate::hypervisor::resolve_accel;
 use crate::locate::{self, LocateError};
 
-/// The report, and whether everything a container needs was found.
-pub fn check(config: &Config) -> (Value, bool) {
-    let found = |r: Result<std::path::PathBuf, LocateError>| match r {
-        Ok(p) => json!({"path": p, "ok": p.exists()}),
-        Err(e) => json!({"ok": false, "error": crate::error_chain(&e)}),
+/// How one item came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Found and usable.
+    Pass,
+    /// A container cannot run without it.
+    Fail,
+    /// Worth knowing, not required (the template, the accelerator's reason).
+    Info,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub name: &'static str,
+    pub outcome: Outcome,
+    /// The path found, or why not.
+    pub detail: String,
+    /// What to do about a failure.
+    pub fix: Option<&'static str>,
+}
+
+/// The report: its items, and the JSON `runvm check --format json` prints.
+#[derive(Debug)]
+pub struct Report {
+    pub items: Vec<Item>,
+    pub json: Value,
+}
+
+impl Report {
+    /// Whether a container can run here.
+    pub fn ok(&self) -> bool {
+        self.items.iter().all(|i| i.outcome != Outcome::Fail)
+    }
+
+    /// One line per item: ✔, ✘ (with what to install) or -.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for i in &self.items {
+            let mark = match i.outcome {
+                Outcome::Pass => "✔",
+                Outcome::Fail => "✘",
+                Outcome::Info => "-",
+            };
+            out.push_str(&format!("{mark} {}: {}\n", i.name, i.detail));
+            if let (Outcome::Fail, Some(fix)) = (i.outcome, i.fix) {
+                out.push_str(&format!("  to fix: {fix}\n"));
+            }
+        }
+        out.push_str(if self.ok() {
+            "runvm can run containers on this host\n"
+        } else {
+            "runvm cannot run containers on this host\n"
+        });
+        out
+    }
+}
+
+const FIX_QEMU: &str = "install QEMU: apt-get install -t bookworm-backports qemu-system-x86 (or set [hypervisor] qemu)";
+const FIX_VIRTIOFSD: &str =
+    "install the runvm package, which has one, or cargo install virtiofsd (or set [virtiofsd] path)";
+const FIX_GUEST: &str =
+    "install the runvm package, or build the guest with `make guest` (or fix [hypervisor] kernel/initrd)";
+const FIX_CONFIG: &str = "fix or remove the file (docs/config.md lists every key)";
+
+/// Check the configuration `load` gave and, if it loaded, what it names.
+pub fn check(load: Result<Config, ConfigError>, config_path: Option<PathBuf>) -> Report {
+    let config = match load {
+        Ok(c) => c,
+        Err(e) => {
+            let error = crate::error_chain(&e);
+            return Report {
+                items: vec![Item {
+                    name: "configuration",
+                    outcome: Outcome::Fail,
+                    detail: error.clone(),
+                    fix: Some(FIX_CONFIG),
+                }],
+                json: json!({"config": {"ok": false, "error": error}}),
+            };
+        }
     };
+    let mut items = vec![Item {
+        name: "configuration",
+        outcome: Outcome::Pass,
+        detail: match &config_path {
+            Some(p) => p.display().to_string(),
+            None => "none (the defaults)".into(),
+        },
+        fix: None,
+    }];
     let hv = &config.hypervisor;
     let backend = hv.backend.as_str();
+    let mut found = |name: &'static str, fix, r: Result<PathBuf, LocateError>| {
+        let (outcome, detail, j) = match r {
+            Ok(p) if p.exists() => (
+                Outcome::Pass,
+                p.display().to_string(),
+                json!({"path": p, "ok": true}),
+            ),
+            Ok(p) => (
+                Outcome::Fail,
+                format!("{} does not exist", p.display()),
+                json!({"path": p, "ok": false}),
+            ),
+            Err(e) => {
+                let error = crate::error_chain(&e);
+                (
+                    Outcome::Fail,
+                    error.clone(),
+                    json!({"ok": false, "error": error}),
+                )
+            }
+        };
+        items.push(Item {
+            name,
+            outcome,
+            detail,
+            fix: Some(fix),
+        });
+        j
+    };
+    let hypervisor = found(backend, FIX_QEMU, crate::hypervisor::binary(&config));
+    let virtiofsd = found(
+        "virtiofsd",
+        FIX_VIRTIOFSD,
+        locate::find_binary(&config.virtiofsd.path),
+    );
+    let kernel = found("guest kernel", FIX_GUEST, locate::kernel(hv));
+    let initrd = found("guest initramfs", FIX_GUEST, locate::initrd(hv));
     let (accel, reason) = resolve_accel(hv.accel);
+    items.push(Item {
+        name: "accelerator",
+        outcome: Outcome::Pass,
+        detail: format!("{} ({reason})", accel.as_str()),
+        fix: None,
+    });
+    let status = Factory::new(&config).status(&config);
+    items.push(Item {
+        name: "template",
+        outcome: Outcome::Info,
+        detail: template_line(
+            &config,
+            status.usable,
+            status.reason.as_deref(),
+            &status.path,
+        ),
+        fix: None,
+    });
     let mut report = json!({
         "backend": backend,
-        "virtiofsd": found(locate::find_binary(&config.virtiofsd.path)),
-        "kernel": found(locate::kernel(hv)),
-        "initrd": found(locate::initrd(hv)),
+        "virtiofsd": virtiofsd,
+        "kernel": kernel,
+        "initrd": initrd,
         "accel": {"use": accel.as_str(), "configured": hv.accel, "reason": reason},
         "vm": {"vcpus": hv.vcpus, "memoryMib": hv.memory_mib},
         "template": {
             "enabled": config.factory.enable_template,
             "autoBuild": config.factory.auto_build,
-            "status": Factory::new(config).status(config),
+            "status": status,
         },
     });
-    report[backend] = found(crate::hypervisor::binary(config));
-    let ok = [backend, "virtiofsd", "kernel", "initrd"]
-        .iter()
-        .all(|k| report[k]["ok"] == true);
-    (report, ok)
+    report[backend] = hypervisor;
+    Report {
+        items,
+        json: report,
+    }
+}
+
+fn template_line(config: &Config, usable: bool, reason: Option<&str>, path: &Path) -> String {
+    let f = &config.factory;
+    match (f.enable_template, usable) {
+        (false, _) => "off ([factory] enable_template = false): every container boots cold".into(),
+        (true, true) => format!("{}: creates clone it", path.display()),
+        (true, false) => format!(
+            "none usable at {} ({}): creates boot cold{}",
+            path.display(),
+            reason.unwrap_or("missing"),
+            if f.auto_build {
+                ", and the first builds one"
+            } else {
+                " until `runvm factory init`"
+            }
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_that_does_not_load_fails_the_check_with_its_error() {
+        let err = toml::from_str::<Config>("[hypervisor]\nvcpu = 2\n").unwrap_err();
+        let r = check(
+            Err(ConfigError::Parse {
+                path: "/etc/runvm/config.toml".into(),
+                source: err,
+            }),
+            None,
+        );
+        assert!(!r.ok());
+        let text = r.text();
+        assert!(text.starts_with("✘ configuration: "), "{text}");
+        assert!(text.contains("vcpu"), "{text}");
+        assert!(
+            text.ends_with("runvm cannot run containers on this host\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_missing_kernel_is_a_failure_that_says_what_to_install() {
+        let mut config = Config::default();
+        config.hypervisor.kernel = Some("/nonexistent/vmlinux".into());
+        let r = check(Ok(config), None);
+        assert!(!r.ok());
+        let text = r.text();
+        assert!(
+            text.contains("✘ guest kernel: /nonexistent/vmlinux does not exist\n  to fix: install the runvm package"),
+            "{text}"
+        );
+        assert_eq!(r.json["kernel"]["ok"], false);
+    }
 }

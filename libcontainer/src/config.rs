@@ -185,12 +185,18 @@ pub struct Config {
 impl Config {
     /// Load from `$RUNVM_CONFIG` (must exist) or the default path (optional).
     pub fn load() -> Result<Self, ConfigError> {
-        match env::var_os(CONFIG_ENV) {
-            Some(path) => Self::from_file(Path::new(&path)),
-            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))
-            }
+        match Self::path() {
+            Some(path) => Self::from_file(&path),
             None => Ok(Config::default()),
+        }
+    }
+
+    /// The file [`Config::load`] reads: `$RUNVM_CONFIG`, else the default
+    /// path if it exists; none means the defaults.
+    pub fn path() -> Option<PathBuf> {
+        match env::var_os(CONFIG_ENV) {
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
         }
     }
 

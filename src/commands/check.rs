@@ -1,14 +1,25 @@
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use libcontainer::config::Config;
 
-/// Show what runvm would use on this host: binaries, guest, accelerator
-/// (and why), template. Exits non-zero if something is missing.
 #[derive(Args, Debug)]
-pub struct CheckCmd {}
+pub struct CheckCmd {
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
 
-pub fn check(_: CheckCmd) -> Result<u8> {
-    let (report, ok) = libcontainer::check::check(&Config::load()?);
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if ok { 0 } else { 1 })
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// Exits 1 if a container cannot run here.
+pub fn check(args: CheckCmd) -> Result<u8> {
+    let report = libcontainer::check::check(Config::load(), Config::path());
+    match args.format {
+        Format::Text => print!("{}", report.text()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report.json)?),
+    }
+    Ok(if report.ok() { 0 } else { 1 })
 }

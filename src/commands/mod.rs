@@ -4,6 +4,7 @@
 pub mod check;
 mod create;
 mod delete;
+pub mod docs;
 mod events;
 mod exec;
 pub mod factory;
@@ -70,6 +71,8 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
         Command::Restore(_) => not_implemented("restore"),
         Command::Factory(cmd) => factory::factory(cmd, ctx),
         Command::Check(cmd) => check::check(cmd),
+        Command::Completion(cmd) => docs::completion(cmd),
+        Command::Man(cmd) => docs::man_pages(cmd),
         Command::Shim(_) => unreachable!("the shim is dispatched before logging is set up"),
     }
 }
