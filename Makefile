@@ -8,7 +8,7 @@ GUEST_DIR := target/share/runvm
 AGENT     := target/release/runvm-agent
 RUNVM     := target/release/runvm
 
-.PHONY: all deps build agent guest install run test bench soak clean
+.PHONY: all deps build agent guest install deb deb-test run test bench soak clean
 
 all: build guest
 
@@ -34,6 +34,24 @@ install: build guest
 	install -D -m 0644 $(GUEST_DIR)/vmlinux-debian $(DESTDIR)$(PREFIX)/share/runvm/vmlinux-debian
 	install -D -m 0644 $(GUEST_DIR)/initramfs.img $(DESTDIR)$(PREFIX)/share/runvm/initramfs.img
 	install -D -m 0644 $(GUEST_DIR)/guest.txt $(DESTDIR)$(PREFIX)/share/runvm/guest.txt
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8
+	$(RUNVM) __man $(DESTDIR)$(PREFIX)/share/man/man8
+	gzip -9nf $(DESTDIR)$(PREFIX)/share/man/man8/runvm*.8
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/vendor-completions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	$(RUNVM) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/runvm
+	$(RUNVM) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_runvm
+	$(RUNVM) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/runvm.fish
+
+# The Debian package, target/deb/runvm_<version>-<DEB_REVISION>_amd64.deb,
+# from a tree staged by `make install` (scripts/deb.sh says why not cargo-deb).
+deb: build guest
+	scripts/deb.sh
+
+# Build the package, install it with apt-get, run containers with the
+# installed runvm, upgrade it under a running one, purge it: nothing left.
+deb-test: build guest
+	scripts/deb-test.sh
 
 # Set up and show a busybox container running under the guest kernel.
 run: deps build guest
@@ -41,7 +59,8 @@ run: deps build guest
 
 # The gates first (unformatted code or any clippy warning fails), then the
 # unit tests and the end-to-end tests (real QEMU, guest, virtiofsd, busybox),
-# then the end-to-end tests again with every container cloned from a template.
+# then the end-to-end tests again with every container cloned from a template,
+# then the Debian package: built, installed, used, upgraded and purged.
 test: deps guest
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -49,6 +68,7 @@ test: deps guest
 	RUNVM_TEST_TEMPLATE=1 $(CARGO) test --no-fail-fast --test cli --test lifecycle \
 		--test verbs --test terminals --test faults --test network --test hooks --test creating \
 		--test clients --test network_clients -- --test-threads=2
+	$(MAKE) deb-test
 
 bench: deps build guest
 	python3 scripts/bench.py --runvm $(RUNVM)

@@ -77,8 +77,16 @@ const EXTRA_BIN_DIRS: &[&str] = &[
     "/usr/lib/qemu",
 ];
 
+/// runvm's own helpers: `libexec/runvm` beside the binary's directory, where
+/// the package puts the virtiofsd it ships (`/usr/libexec/runvm` for
+/// `/usr/bin/runvm`), so the version it was built with wins over PATH's.
+fn helper_dir() -> Option<PathBuf> {
+    let exe = env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("libexec/runvm"))
+}
+
 /// Resolve a binary: a path with a slash is taken as is; a bare name is looked
-/// up in PATH, then in a few standard directories.
+/// up in runvm's helper directory, PATH, then a few standard directories.
 pub fn find_binary(name: &Path) -> Result<PathBuf, LocateError> {
     if name.components().count() > 1 || name.is_absolute() {
         return Ok(name.to_path_buf());
@@ -86,9 +94,9 @@ pub fn find_binary(name: &Path) -> Result<PathBuf, LocateError> {
     let path_dirs = env::var_os("PATH")
         .map(|p| env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
-    path_dirs
-        .iter()
-        .cloned()
+    helper_dir()
+        .into_iter()
+        .chain(path_dirs.iter().cloned())
         .chain(EXTRA_BIN_DIRS.iter().map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| is_executable(p))

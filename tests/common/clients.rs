@@ -25,6 +25,22 @@ pub fn runvm() -> &'static str {
     RUNVM
 }
 
+/// A configuration snippet the package ships (docs/examples/, installed in
+/// /usr/share/doc/runvm/examples/), with the runvm under test in place of
+/// the package's `/usr/bin/runvm`: the clients run on these very files.
+pub fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/examples")
+        .join(name);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("/usr/bin/runvm"),
+        "{} does not name /usr/bin/runvm",
+        path.display()
+    );
+    text.replace("/usr/bin/runvm", runvm())
+}
+
 /// The environment a client passes on to runvm (see [`super::client_config`]).
 fn runvm_env() -> Vec<(&'static str, PathBuf)> {
     vec![("RUNVM_CONFIG", super::client_config())]
@@ -121,16 +137,13 @@ impl Containerd {
                 None => cni.join("bin"),
             };
             let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
-            let runvm_handler = format!("{cri}.containerd.runtimes.runvm");
+            // The handlers: the package's example, as an operator adds it.
             format!(
                 "[{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n\
-                 [{cri}.cni]\n  bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n\
-                 [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
-                 [{runvm_handler}]\n  runtime_type = \"io.containerd.runc.v2\"\n\
-                 [{runvm_handler}.options]\n  BinaryName = \"{runvm}\"\n",
+                 [{cri}.cni]\n  bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n{handlers}",
                 bin = bin.display(),
                 conf = cni.join("net.d").display(),
-                runvm = runvm(),
+                handlers = example("containerd-config.toml"),
             )
         })
     }
@@ -253,6 +266,9 @@ impl Dockerd {
             .tempdir()
             .unwrap();
         let d = dir.path();
+        // runvm registered as the package's example daemon.json does it.
+        let daemon_json = d.join("daemon.json");
+        fs::write(&daemon_json, example("docker-daemon.json")).unwrap();
         let child = Command::new("dockerd")
             .envs(runvm_env())
             .args(["--iptables=false", "--ip-masq=false"])
@@ -262,7 +278,7 @@ impl Dockerd {
             .arg(format!("--pidfile={}", d.join("docker.pid").display()))
             .arg(format!("--host=unix://{}", d.join("docker.sock").display()))
             .arg(format!("--containerd={}", containerd.socket().display()))
-            .arg(format!("--add-runtime=runvm={}", runvm()))
+            .arg(format!("--config-file={}", daemon_json.display()))
             .stdin(Stdio::null())
             .stdout(fs::File::create(d.join("dockerd.log")).unwrap())
             .stderr(fs::File::create(d.join("dockerd.err")).unwrap())
@@ -333,12 +349,14 @@ impl Podman {
             .unwrap();
         fs::create_dir_all(dir.path().join("net.d")).unwrap();
         // Podman starts the runtime from conmon, whose environment is only
-        // what containers.conf lists.
+        // what containers.conf lists; runvm is a runtime by name there, as
+        // the package's example sets it.
         fs::write(
             dir.path().join("containers.conf"),
             format!(
-                "[engine]\nconmon_env_vars = [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\", \"RUNVM_CONFIG={}\"]\n",
-                super::client_config().display()
+                "[engine]\nconmon_env_vars = [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\", \"RUNVM_CONFIG={}\"]\n{}",
+                super::client_config().display(),
+                example("podman-containers.conf"),
             ),
         )
         .unwrap();
@@ -400,7 +418,7 @@ impl Podman {
                 "--events-backend=file",
                 "--storage-driver=vfs",
             ])
-            .arg(format!("--runtime={}", runvm()));
+            .arg("--runtime=runvm");
         c
     }
 
