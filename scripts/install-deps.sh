@@ -21,8 +21,10 @@ fi
 # protobuf-compiler: the CRI client of the containerd tests (crate k8s-cri)
 # generates its gRPC code with protoc when it builds. gcc to bc: what building
 # the guest kernel from source takes (guest/kernel.sh; libelf for objtool).
+# dpkg-dev (dpkg-shlibdeps), binutils (strip) and man-db: building the
+# Debian package and the test that installs it (scripts/deb.sh, deb-test.sh).
 pkgs=(busybox-static runc crun cpio zstd xz-utils libseccomp-dev libcap-ng-dev pkg-config kmod git python3
-      protobuf-compiler gcc make libc6-dev bison flex libelf-dev bc)
+      protobuf-compiler gcc make libc6-dev bison flex libelf-dev bc dpkg-dev binutils man-db)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

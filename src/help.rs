@@ -233,7 +233,7 @@ const VERBS: &[Verb] = &[
     Verb {
         name: "spec",
         about: "Write a default config.json into the bundle",
-        long: "Write runc's default config.json (a shell in a busybox-like rootfs) into the bundle directory, or the current one.",
+        long: "Write a default config.json, as runc's: sh on a terminal, the root filesystem in ./rootfs, the usual namespaces and mounts. Into --bundle, or the current directory.",
         args: &[
             ("bundle", "The bundle directory to write it to"),
             (
