@@ -33,7 +33,7 @@ strip --strip-unneeded "$stage/usr/libexec/runvm/virtiofsd" "$stage/usr/bin/runv
 
 # The configuration: the documented defaults (docs/config.md's block, which
 # a unit test compares with the code's), marked as a conffile.
-install -d "$stage/etc/runvm"
+install -d "$stage/etc/runvm/config.d"
 {
     echo "# runvm's configuration: every key with its default (docs/config.md in"
     echo "# /usr/share/doc/runvm). \$RUNVM_CONFIG names another file."

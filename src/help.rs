@@ -61,6 +61,10 @@ const GLOBAL: &[(&str, &str)] = &[
         "Accepted for runc compatibility; the container's cgroup is made in the guest, which has no systemd",
     ),
     ("version", "Print runvm's version, commit and OCI spec version"),
+    (
+        "config",
+        "Read runvm's configuration from FILE and FILE's config.d/*.toml (default: $RUNVM_CONFIG, else /etc/runvm/config.toml)",
+    ),
 ];
 
 const VERBS: &[Verb] = &[
@@ -253,6 +257,12 @@ const VERBS: &[Verb] = &[
         about: "Check that this host can run containers: QEMU, virtiofsd, guest, accelerator",
         long: "Check what runvm would use on this host: the configuration, QEMU, virtiofsd, the guest kernel and initramfs, the accelerator (KVM, or TCG and why) and the template. One line per item, with what to install for any that is missing; exits non-zero if a container cannot run.",
         args: &[("format", "text (the default) or json")],
+    },
+    Verb {
+        name: "env",
+        about: "Print the effective configuration and where each value came from",
+        long: "Print the configuration runvm would use, after the main file and its drop-ins (config.d/*.toml, in lexical order), as TOML that reads back as the same configuration, each value with the file it came from or `default`.",
+        args: &[("format", "toml (the default) or json")],
     },
     Verb {
         name: "completion",

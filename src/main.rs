@@ -28,6 +28,9 @@ struct Cli {
     global: GlobalOpts,
     #[arg(short = 'v', long = "version", global = true)]
     version: bool,
+    /// runvm's own flag, after runc's: the configuration file.
+    #[arg(long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Option<Command>,
 }
@@ -40,6 +43,7 @@ enum Command {
     Common(Box<CommonCmd>),
     Factory(commands::factory::FactoryCmd),
     Check(commands::check::CheckCmd),
+    Env(commands::env::EnvCmd),
     Completion(commands::docs::CompletionCmd),
     Checkpoint(commands::Unsupported),
     Restore(commands::Unsupported),
@@ -138,6 +142,19 @@ fn shim_args(global: &GlobalOpts) -> Vec<OsString> {
 
 fn main() -> ExitCode {
     let cli = parse();
+    if let Some(config) = &cli.config {
+        // What every process of this container reads (the shim, the warm
+        // pool's VMs, a template build) is the environment, so `--config`
+        // is `RUNVM_CONFIG` for this command and all it starts; absolute,
+        // as they do not run in the caller's directory.
+        match std::path::absolute(config) {
+            Ok(path) => std::env::set_var(libcontainer::config::CONFIG_ENV, path),
+            Err(e) => {
+                eprintln!("runvm: --config {}: {e}", config.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if cli.version {
         print!("{}", version());
         return ExitCode::SUCCESS;

@@ -436,3 +436,77 @@ fn completion_prints_each_shells_script() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn env_shows_the_effective_configuration_and_where_each_value_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("config.toml");
+    std::fs::write(&main, "[hypervisor]\nmemory_mib = 512\n").unwrap();
+    std::fs::create_dir(dir.path().join("config.d")).unwrap();
+    let dropin = dir.path().join("config.d/10-vcpus.toml");
+    std::fs::write(&dropin, "[hypervisor]\nvcpus = 2\nmemory_mib = 384\n").unwrap();
+    let env = |args: &[&str]| {
+        std::process::Command::new(RUNVM)
+            .env_remove("RUNVM_CONFIG")
+            .arg("--config")
+            .arg(&main)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = env(&["env"]);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        shown.contains(&format!(
+            "#   {}\n#   {}\n",
+            main.display(),
+            dropin.display()
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("memory_mib = 384 # {}\n", dropin.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("accel = \"auto\" # default\n"), "{shown}");
+
+    let out = env(&["env", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["config"]["hypervisor"]["vcpus"], 2, "{v}");
+    assert_eq!(
+        v["sources"]["hypervisor.memory_mib"],
+        dropin.display().to_string()
+    );
+
+    // check names both files; a drop-in that does not parse fails it.
+    let out = env(&["check"]);
+    let report = text(&out.stdout);
+    assert!(
+        report.starts_with(&format!(
+            "✔ configuration: {}, {}\n",
+            main.display(),
+            dropin.display()
+        )),
+        "{report}"
+    );
+    std::fs::write(
+        dir.path().join("config.d/20-bad.toml"),
+        "[factory]\npool = 1\n",
+    )
+    .unwrap();
+    let out = env(&["check"]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("20-bad.toml: TOML parse error at line 2"),
+        "{report}"
+    );
+    let out = env(&["env"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown field `pool`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Loaded};
 use crate::factory::Factory;
 use crate::hypervisor::resolve_accel;
 use crate::locate::{self, LocateError};
@@ -76,9 +76,9 @@ const FIX_GUEST: &str =
 const FIX_CONFIG: &str = "fix or remove the file (docs/config.md lists every key)";
 
 /// Check the configuration `load` gave and, if it loaded, what it names.
-pub fn check(load: Result<Config, ConfigError>, config_path: Option<PathBuf>) -> Report {
-    let config = match load {
-        Ok(c) => c,
+pub fn check(load: Result<Loaded, ConfigError>) -> Report {
+    let loaded = match load {
+        Ok(l) => l,
         Err(e) => {
             let error = crate::error_chain(&e);
             return Report {
@@ -92,12 +92,19 @@ pub fn check(load: Result<Config, ConfigError>, config_path: Option<PathBuf>) ->
             };
         }
     };
+    let config = loaded.config;
     let mut items = vec![Item {
         name: "configuration",
         outcome: Outcome::Pass,
-        detail: match &config_path {
-            Some(p) => p.display().to_string(),
-            None => "none (the defaults)".into(),
+        detail: if loaded.files.is_empty() {
+            "no file (the defaults)".into()
+        } else {
+            let files: Vec<String> = loaded
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            files.join(", ")
         },
         fix: None,
     }];
@@ -204,13 +211,10 @@ mod tests {
     #[test]
     fn a_config_that_does_not_load_fails_the_check_with_its_error() {
         let err = toml::from_str::<Config>("[hypervisor]\nvcpu = 2\n").unwrap_err();
-        let r = check(
-            Err(ConfigError::Parse {
-                path: "/etc/runvm/config.toml".into(),
-                source: err,
-            }),
-            None,
-        );
+        let r = check(Err(ConfigError::Parse {
+            path: "/etc/runvm/config.toml".into(),
+            source: err,
+        }));
         assert!(!r.ok());
         let text = r.text();
         assert!(text.starts_with("✘ configuration: "), "{text}");
@@ -225,7 +229,11 @@ mod tests {
     fn a_missing_kernel_is_a_failure_that_says_what_to_install() {
         let mut config = Config::default();
         config.hypervisor.kernel = Some("/nonexistent/vmlinux".into());
-        let r = check(Ok(config), None);
+        let r = check(Ok(Loaded {
+            config,
+            files: Vec::new(),
+            sources: Default::default(),
+        }));
         assert!(!r.ok());
         let text = r.text();
         assert!(

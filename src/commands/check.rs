@@ -16,7 +16,7 @@ enum Format {
 
 /// Exits 1 if a container cannot run here.
 pub fn check(args: CheckCmd) -> Result<u8> {
-    let report = libcontainer::check::check(Config::load(), Config::path());
+    let report = libcontainer::check::check(Config::load_with_sources());
     match args.format {
         Format::Text => print!("{}", report.text()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report.json)?),

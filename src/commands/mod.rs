@@ -5,6 +5,7 @@ pub mod check;
 mod create;
 mod delete;
 pub mod docs;
+pub mod env;
 mod events;
 mod exec;
 pub mod factory;
@@ -72,6 +73,7 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
         Command::Factory(cmd) => factory::factory(cmd, ctx),
         Command::Check(cmd) => check::check(cmd),
         Command::Completion(cmd) => docs::completion(cmd),
+        Command::Env(cmd) => env::env(cmd),
         Command::Man(cmd) => docs::man_pages(cmd),
         Command::Shim(_) => unreachable!("the shim is dispatched before logging is set up"),
     }

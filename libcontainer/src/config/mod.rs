@@ -1,17 +1,21 @@
 //! runvm's own configuration: which hypervisor, kernel and initramfs, how
 //! large a VM, which timeouts. Read from the TOML file named by
-//! `$RUNVM_CONFIG`, else `/etc/runvm/config.toml` if it exists; every key is
-//! optional (docs/config.md lists them with their defaults). This module only
+//! `$RUNVM_CONFIG` (`runvm --config FILE`), else `/etc/runvm/config.toml` if
+//! it exists, then the drop-ins beside it (`load`); every key is optional
+//! (docs/config.md lists them with their defaults). This module only
 //! parses: what the values mean is up to `hypervisor`, `locate` and the
 //! others that use them.
 
-use std::env;
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+mod load;
+pub mod show;
+
+pub use load::{load_files, Loaded, DROPIN_DIR};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/runvm/config.toml";
 pub const CONFIG_ENV: &str = "RUNVM_CONFIG";
@@ -24,6 +28,11 @@ pub enum ConfigError {
     Parse {
         path: PathBuf,
         source: toml::de::Error,
+    },
+    #[error("merge config files {files:?}")]
+    Merge {
+        files: Vec<PathBuf>,
+        source: Box<toml::de::Error>,
     },
 }
 
@@ -182,43 +191,14 @@ pub struct Config {
     pub factory: FactoryConfig,
 }
 
-impl Config {
-    /// Load from `$RUNVM_CONFIG` (must exist) or the default path (optional).
-    pub fn load() -> Result<Self, ConfigError> {
-        match Self::path() {
-            Some(path) => Self::from_file(&path),
-            None => Ok(Config::default()),
-        }
-    }
-
-    /// The file [`Config::load`] reads: `$RUNVM_CONFIG`, else the default
-    /// path if it exists; none means the defaults.
-    pub fn path() -> Option<PathBuf> {
-        match env::var_os(CONFIG_ENV) {
-            Some(path) => Some(PathBuf::from(path)),
-            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
-        }
-    }
-
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn the_documented_defaults_are_the_real_ones() {
-        let doc = include_str!("../../docs/config.md");
+        let doc = include_str!("../../../docs/config.md");
         let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
         let end = start + doc[start..].find("```").expect("end of the block");
         let documented: Config = toml::from_str(&doc[start..end]).unwrap();
@@ -243,7 +223,7 @@ mod tests {
 
     #[test]
     fn every_key_in_the_code_is_documented() {
-        let doc = include_str!("../../docs/config.md");
+        let doc = include_str!("../../../docs/config.md");
         let start = doc.find("```toml\n").expect("a toml block");
         let block = &doc[start..start + doc[start..][3..].find("```").unwrap() + 3];
         let mut table = String::new();

@@ -1,0 +1,256 @@
+//! Reading the configuration: the main file, then its drop-ins
+//! (`config.d/*.toml` beside it, in lexical order), each overriding the
+//! keys of the ones before, and where each value came from.
+//!
+//! Every file is checked on its own first, so an unknown key or a bad value
+//! is reported with that file, its line and the key; the merged tables then
+//! make the one [`Config`].
+
+use std::collections::BTreeMap;
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{Config, ConfigError, CONFIG_ENV, DEFAULT_CONFIG_PATH};
+
+/// The drop-in directory's name, beside the main file.
+pub const DROPIN_DIR: &str = "config.d";
+
+/// A configuration and how it was made.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The files read, in the order they were applied: the main file (if
+    /// it exists), then the drop-ins.
+    pub files: Vec<PathBuf>,
+    /// `table.key` → the file whose value it has; a key not here has its
+    /// default.
+    pub sources: BTreeMap<String, PathBuf>,
+}
+
+impl Config {
+    /// Load from `$RUNVM_CONFIG` (must exist; `runvm --config FILE` sets
+    /// it) or the default path (optional), with their drop-ins.
+    pub fn load() -> Result<Self, ConfigError> {
+        Ok(Self::load_with_sources()?.config)
+    }
+
+    /// [`Config::load`], with the files it read and where each key's value
+    /// came from.
+    pub fn load_with_sources() -> Result<Loaded, ConfigError> {
+        match env::var_os(CONFIG_ENV) {
+            Some(path) => load_files(Path::new(&path), true),
+            None => load_files(Path::new(DEFAULT_CONFIG_PATH), false),
+        }
+    }
+
+    /// One file alone, without drop-ins.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        parse(path, &text)
+    }
+}
+
+/// The main file `main` (an error if it is missing and `must_exist`) and
+/// the drop-ins beside it.
+pub fn load_files(main: &Path, must_exist: bool) -> Result<Loaded, ConfigError> {
+    let mut files = Vec::new();
+    if must_exist || main.exists() {
+        files.push(main.to_path_buf());
+    }
+    let dir = main.parent().unwrap_or(Path::new(".")).join(DROPIN_DIR);
+    files.extend(dropins(&dir)?);
+    let mut merged = toml::Table::new();
+    let mut sources = BTreeMap::new();
+    for path in &files {
+        let text = read(path)?;
+        parse(path, &text)?;
+        let table: toml::Table = text.parse().map_err(|source| ConfigError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        record_sources(&table, "", path, &mut sources);
+        merge(&mut merged, table);
+    }
+    let config = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|source| ConfigError::Merge {
+            files: files.clone(),
+            source: Box::new(source),
+        })?;
+    Ok(Loaded {
+        config,
+        files,
+        sources,
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The `*.toml` files of the drop-in directory, by name; none if it does
+/// not exist.
+fn dropins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ConfigError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+/// Override `into`'s keys with `from`'s; tables merge key by key.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(old)), toml::Value::Table(new)) => merge(old, new),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+fn record_sources(
+    table: &toml::Table,
+    prefix: &str,
+    path: &Path,
+    sources: &mut BTreeMap<String, PathBuf>,
+) {
+    for (key, value) in table {
+        let name = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(t) => record_sources(t, &format!("{name}."), path, sources),
+            _ => {
+                sources.insert(name, path.to_path_buf());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Accel;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn drop_ins_apply_in_lexical_order_over_the_main_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = write(
+            tmp.path(),
+            "config.toml",
+            "[hypervisor]\naccel = \"tcg\"\nmemory_mib = 512\n",
+        );
+        let late = write(
+            tmp.path(),
+            "config.d/20-memory.toml",
+            "[hypervisor]\nmemory_mib = 384\n",
+        );
+        let early = write(
+            tmp.path(),
+            "config.d/10-memory.toml",
+            "[hypervisor]\nmemory_mib = 320\nvcpus = 2\n",
+        );
+        write(tmp.path(), "config.d/30-notes.txt", "not toml = at all [");
+        fs::create_dir(tmp.path().join("config.d/40-dir.toml")).unwrap();
+        let loaded = load_files(&main, true).unwrap();
+        assert_eq!(
+            loaded.files,
+            vec![main.clone(), early.clone(), late.clone()]
+        );
+        let hv = &loaded.config.hypervisor;
+        assert_eq!((hv.accel, hv.memory_mib, hv.vcpus), (Accel::Tcg, 384, 2));
+        assert_eq!(loaded.sources["hypervisor.memory_mib"], late);
+        assert_eq!(loaded.sources["hypervisor.vcpus"], early);
+        assert_eq!(loaded.sources["hypervisor.accel"], main);
+        assert!(!loaded.sources.contains_key("hypervisor.qemu"));
+    }
+
+    #[test]
+    fn drop_ins_apply_without_the_optional_main_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dropin = write(
+            tmp.path(),
+            "config.d/10-pool.toml",
+            "[factory]\npool_size = 0\n",
+        );
+        let loaded = load_files(&tmp.path().join("config.toml"), false).unwrap();
+        assert_eq!(loaded.files, vec![dropin]);
+        assert_eq!(loaded.config.factory.pool_size, 0);
+        assert!(matches!(
+            load_files(&tmp.path().join("config.toml"), true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_drop_in_names_the_file_the_line_and_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = write(tmp.path(), "config.toml", "");
+        let bad = write(
+            tmp.path(),
+            "config.d/10-typo.toml",
+            "[hypervisor]\nvcpus = 2\nmemroy_mib = 512\n",
+        );
+        let err = load_files(&main, true).unwrap_err();
+        let msg = crate::error_chain(&err);
+        assert!(
+            msg.starts_with(&format!("parse config {}: ", bad.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("unknown field `memroy_mib`"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_value_names_the_file_and_the_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = write(
+            tmp.path(),
+            "config.toml",
+            "[timeouts]\nboot_secs = 5\n\n[hypervisor]\nvcpus = \"two\"\n",
+        );
+        let msg = crate::error_chain(&load_files(&main, true).unwrap_err());
+        assert!(
+            msg.starts_with(&format!("parse config {}: ", main.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("line 5"), "{msg}");
+        assert!(msg.contains("vcpus"), "{msg}");
+    }
+}

@@ -1,0 +1,96 @@
+//! runvm's configuration as an operator writes it: `--config FILE` and the
+//! drop-ins beside it, applied to the VM a container gets, and refused with
+//! the file, line and key when wrong. Cold boots only: the VM's size is the
+//! point (a template's VM has the default size).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{text, unique_id, Bundle, Runvm};
+
+/// A main file (cold boots) and drop-ins in a directory of their own.
+fn config_dir(dropins: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("runvm-config-dir-")
+        .tempdir()
+        .unwrap();
+    let main = dir.path().join("config.toml");
+    fs::write(&main, "[factory]\nenable_template = false\n").unwrap();
+    fs::create_dir(dir.path().join("config.d")).unwrap();
+    for (name, body) in dropins {
+        fs::write(dir.path().join("config.d").join(name), body).unwrap();
+    }
+    (dir, main)
+}
+
+/// `runvm --root R --config FILE ...`, without the tests' RUNVM_CONFIG.
+fn with_config(rv: &Runvm, config: &Path) -> Command {
+    let mut c = rv.cmd();
+    c.env_remove("RUNVM_CONFIG").arg("--config").arg(config);
+    c
+}
+
+#[test]
+fn the_vm_gets_the_size_the_drop_ins_set() {
+    let (_dir, main) = config_dir(&[
+        (
+            "10-size.toml",
+            "[hypervisor]\nmemory_mib = 320\nvcpus = 2\n",
+        ),
+        ("20-memory.toml", "[hypervisor]\nmemory_mib = 448\n"),
+    ]);
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "nproc; grep MemTotal /proc/meminfo"]);
+    let id = unique_id("cfg-size");
+    let _guard = rv.guard(&id, &b);
+    let out = with_config(&rv, &main)
+        .args(["run", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("2"), "{stdout}");
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {stdout:?}"));
+    // The guest kernel keeps some of it; more than 320 MiB shows the later
+    // drop-in won, and at most 448 MiB that it is the VM's size.
+    assert!(kib > 320 * 1024 && kib <= 448 * 1024, "MemTotal {kib} kB");
+}
+
+#[test]
+fn a_bad_drop_in_fails_create_with_its_file_line_and_key_and_leaves_nothing() {
+    let (dir, main) = config_dir(&[
+        ("10-size.toml", "[hypervisor]\nvcpus = 2\n"),
+        ("20-typo.toml", "[hypervisor]\nmemroy_mib = 512\n"),
+    ]);
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["true"]);
+    let id = unique_id("cfg-bad");
+    let out = with_config(&rv, &main)
+        .args(["create", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let typo = dir.path().join("config.d/20-typo.toml");
+    assert!(
+        err.contains(&format!("parse config {}", typo.display())),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("unknown field `memroy_mib`"), "{err}");
+    common::assert_no_leaks(rv.root(), &id, b.path());
+}
