@@ -302,7 +302,7 @@ def main():
     debian_config = os.path.join(tpl_dir, "debian.toml")
     kernel = os.path.join(os.path.dirname(os.path.dirname(runvm)), "share/runvm/vmlinux-debian")
     with open(debian_config, "w") as f:
-        f.write(f'[hypervisor]\nkernel = "{kernel}"\n'
+        f.write(f'[hypervisor.qemu]\nkernel = "{kernel}"\n'
                 f'initrd = "{os.path.join(os.path.dirname(kernel), "initramfs.img")}"\n'
                 "[factory]\nenable_template = false\n")
     # What a user gets with nothing configured, but with a template of the

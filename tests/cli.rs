@@ -318,7 +318,7 @@ fn check_fails_and_says_why_when_the_guest_kernel_is_missing() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[hypervisor]\nkernel = \"/nonexistent/runvm/vmlinux\"\n",
+        "[hypervisor.qemu]\nkernel = \"/nonexistent/runvm/vmlinux\"\n",
     )
     .unwrap();
     let out = check_with(Some(&config), &[]);
@@ -337,7 +337,7 @@ fn check_fails_and_says_why_when_the_guest_kernel_is_missing() {
         "{report}"
     );
 
-    std::fs::write(&config, "[hypervisor]\nvcpu = 2\n").unwrap();
+    std::fs::write(&config, "[hypervisor.qemu]\nvcpu = 2\n").unwrap();
     let out = check_with(Some(&config), &["--format", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -441,10 +441,14 @@ fn completion_prints_each_shells_script() {
 fn env_shows_the_effective_configuration_and_where_each_value_came_from() {
     let dir = tempfile::tempdir().unwrap();
     let main = dir.path().join("config.toml");
-    std::fs::write(&main, "[hypervisor]\nmemory_mib = 512\n").unwrap();
+    std::fs::write(&main, "[hypervisor.qemu]\ndefault_memory = 512\n").unwrap();
     std::fs::create_dir(dir.path().join("config.d")).unwrap();
     let dropin = dir.path().join("config.d/10-vcpus.toml");
-    std::fs::write(&dropin, "[hypervisor]\nvcpus = 2\nmemory_mib = 384\n").unwrap();
+    std::fs::write(
+        &dropin,
+        "[hypervisor.qemu]\ndefault_vcpus = 2\ndefault_memory = 384\n",
+    )
+    .unwrap();
     let env = |args: &[&str]| {
         std::process::Command::new(RUNVM)
             .env_remove("RUNVM_CONFIG")
@@ -466,16 +470,16 @@ fn env_shows_the_effective_configuration_and_where_each_value_came_from() {
         "{shown}"
     );
     assert!(
-        shown.contains(&format!("memory_mib = 384 # {}\n", dropin.display())),
+        shown.contains(&format!("default_memory = 384 # {}\n", dropin.display())),
         "{shown}"
     );
     assert!(shown.contains("accel = \"auto\" # default\n"), "{shown}");
 
     let out = env(&["env", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["config"]["hypervisor"]["vcpus"], 2, "{v}");
+    assert_eq!(v["config"]["hypervisor"]["qemu"]["default_vcpus"], 2, "{v}");
     assert_eq!(
-        v["sources"]["hypervisor.memory_mib"],
+        v["sources"]["hypervisor.qemu.default_memory"],
         dropin.display().to_string()
     );
 
@@ -506,6 +510,49 @@ fn env_shows_the_effective_configuration_and_where_each_value_came_from() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("unknown field `pool`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_file_of_the_old_layout_still_works_and_warns_with_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[hypervisor]\nmemory_mib = 320\n").unwrap();
+    let warning = format!(
+        "config {}: [hypervisor] memory_mib is the old name of [hypervisor.qemu] default_memory: read as that (rename it)",
+        config.display()
+    );
+    let out = check_with(Some(&config), &[]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains(&format!("- configuration: warning: {warning}\n")),
+        "{report}"
+    );
+    let out = std::process::Command::new(RUNVM)
+        .env("RUNVM_CONFIG", &config)
+        .args(["env"])
+        .output()
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!("default_memory = 320 # {}\n", config.display())),
+        "{shown}"
+    );
+    // A verb says it too, in its log.
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(RUNVM)
+        .env("RUNVM_CONFIG", &config)
+        .arg("--root")
+        .arg(root.path())
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains(&warning),
         "{}",
         text(&out.stderr)
     );

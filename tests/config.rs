@@ -38,9 +38,12 @@ fn the_vm_gets_the_size_the_drop_ins_set() {
     let (_dir, main) = config_dir(&[
         (
             "10-size.toml",
-            "[hypervisor]\nmemory_mib = 320\nvcpus = 2\n",
+            "[hypervisor.qemu]\ndefault_memory = 320\ndefault_vcpus = 2\n",
         ),
-        ("20-memory.toml", "[hypervisor]\nmemory_mib = 448\n"),
+        (
+            "20-memory.toml",
+            "[hypervisor.qemu]\ndefault_memory = 448\n",
+        ),
     ]);
     let rv = Runvm::new();
     let b = Bundle::busybox(&["sh", "-c", "nproc; grep MemTotal /proc/meminfo"]);
@@ -70,8 +73,8 @@ fn the_vm_gets_the_size_the_drop_ins_set() {
 #[test]
 fn a_bad_drop_in_fails_create_with_its_file_line_and_key_and_leaves_nothing() {
     let (dir, main) = config_dir(&[
-        ("10-size.toml", "[hypervisor]\nvcpus = 2\n"),
-        ("20-typo.toml", "[hypervisor]\nmemroy_mib = 512\n"),
+        ("10-size.toml", "[hypervisor.qemu]\ndefault_vcpus = 2\n"),
+        ("20-typo.toml", "[hypervisor.qemu]\nmemroy_mib = 512\n"),
     ]);
     let rv = Runvm::new();
     let b = Bundle::busybox(&["true"]);
@@ -93,4 +96,30 @@ fn a_bad_drop_in_fails_create_with_its_file_line_and_key_and_leaves_nothing() {
     assert!(err.contains("line 2"), "{err}");
     assert!(err.contains("unknown field `memroy_mib`"), "{err}");
     common::assert_no_leaks(rv.root(), &id, b.path());
+}
+
+#[test]
+fn virtiofsd_gets_the_extra_arguments() {
+    let rv = Runvm::with_config(
+        "[hypervisor.qemu]\nvirtio_fs_extra_args = [\"--announce-submounts\"]\n",
+    );
+    let b = Bundle::busybox(&["true"]);
+    let id = unique_id("cfg-vfs-args");
+    let (_c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "{}", b.output("err.txt"));
+    // It serves the container's share in its state directory.
+    let share = rv.root().join(&id).join("share").display().to_string();
+    let virtiofsd: Vec<String> = common::processes_matching(&share)
+        .into_iter()
+        .map(|(_, cmdline)| cmdline)
+        .filter(|c| c.contains("virtiofsd"))
+        .collect();
+    // One process, or two with the namespace sandbox (it forks).
+    assert!(!virtiofsd.is_empty(), "no virtiofsd serves {share}");
+    for cmdline in &virtiofsd {
+        assert!(
+            cmdline.trim_end().ends_with("--announce-submounts"),
+            "{cmdline}"
+        );
+    }
 }

@@ -55,7 +55,7 @@ fn a_killed_shim_takes_its_vm_along() {
 
 #[test]
 fn an_unresponsive_guest_gives_timeouts_not_hangs() {
-    let rv = Runvm::with_config("[timeouts]\nrequest_secs = 3\nstop_secs = 3\n");
+    let rv = Runvm::with_config("[runtime]\nrequest_secs = 3\nstop_secs = 3\n");
     let b = Bundle::busybox(&["sleep", "1000"]);
     let id = unique_id("frozen");
     let mut c = rv.run_detached(&id, &b);

@@ -135,7 +135,7 @@ fn debians_kernel_as_the_configured_kernel_runs_a_container_with_its_nic() {
     }
     let net = VethPair::new(1500);
     let rv = Runvm::with_config(&format!(
-        "[hypervisor]\nkernel = \"{}\"\n",
+        "[hypervisor.qemu]\nkernel = \"{}\"\n",
         debian_kernel().display()
     ));
     let b = Bundle::busybox(&[

@@ -110,7 +110,7 @@ fn unix_now() -> i64 {
 fn a_stale_template_is_not_used() {
     let template = TestTemplate::build("stale");
     // The VM size changed since the template was made.
-    let rv = runvm_with(&template, "[hypervisor]\nmemory_mib = 320\n");
+    let rv = runvm_with(&template, "[hypervisor.qemu]\ndefault_memory = 320\n");
     let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
     assert_eq!(status["usable"], false);
     assert!(
@@ -136,7 +136,7 @@ fn a_rebuilt_initramfs_makes_the_template_stale() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initramfs.img");
     std::fs::copy(guest.join("initramfs.img"), &initrd).unwrap();
-    let hv = format!("[hypervisor]\ninitrd = \"{}\"\n", initrd.display());
+    let hv = format!("[hypervisor.qemu]\ninitrd = \"{}\"\n", initrd.display());
     let template = TestTemplate::build_with("initrd", &hv);
     let rv = runvm_with(&template, &hv);
     let status: Value = serde_json::from_slice(&factory(&rv, "status").stdout).unwrap();
@@ -339,7 +339,7 @@ fn with_nothing_configured_the_first_create_builds_a_template_and_the_next_clone
     let shipped = debian_kernel().with_file_name("vmlinux");
     std::fs::copy(&shipped, &kernel).unwrap();
     let rv = Runvm::with_config(&format!(
-        "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\n[factory]\ntemplate_path = \"{}\"\n",
+        "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n[factory]\ntemplate_path = \"{}\"\n",
         kernel.display(),
         shipped.with_file_name("initramfs.img").display(),
         template.path.display()
@@ -412,7 +412,7 @@ fn a_failed_background_build_is_a_warning_and_is_not_retried_at_once() {
     .unwrap();
     std::fs::set_permissions(&qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let rv = Runvm::with_config(&format!(
-        "[hypervisor]\nqemu = \"{}\"\n[factory]\ntemplate_path = \"{}\"\n",
+        "[hypervisor.qemu]\npath = \"{}\"\n[factory]\ntemplate_path = \"{}\"\n",
         qemu.display(),
         template.path.display()
     ));

@@ -68,11 +68,11 @@ impl Report {
     }
 }
 
-const FIX_QEMU: &str = "install QEMU: apt-get install -t bookworm-backports qemu-system-x86 (or set [hypervisor] qemu)";
+const FIX_QEMU: &str = "install QEMU: apt-get install -t bookworm-backports qemu-system-x86 (or set [hypervisor.qemu] path)";
 const FIX_VIRTIOFSD: &str =
-    "install the runvm package, which has one, or cargo install virtiofsd (or set [virtiofsd] path)";
+    "install the runvm package, which has one, or cargo install virtiofsd (or set [hypervisor.qemu] virtio_fs_daemon)";
 const FIX_GUEST: &str =
-    "install the runvm package, or build the guest with `make guest` (or fix [hypervisor] kernel/initrd)";
+    "install the runvm package, or build the guest with `make guest` (or fix [hypervisor.qemu] kernel/initrd)";
 const FIX_CONFIG: &str = "fix or remove the file (docs/config.md lists every key)";
 
 /// Check the configuration `load` gave and, if it loaded, what it names.
@@ -108,8 +108,16 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
         },
         fix: None,
     }];
-    let hv = &config.hypervisor;
-    let backend = hv.backend.as_str();
+    for w in loaded.warnings {
+        items.push(Item {
+            name: "configuration",
+            outcome: Outcome::Info,
+            detail: format!("warning: {w}"),
+            fix: None,
+        });
+    }
+    let hv = config.vmm();
+    let backend = config.runtime.hypervisor.as_str();
     let mut found = |name: &'static str, fix, r: Result<PathBuf, LocateError>| {
         let (outcome, detail, j) = match r {
             Ok(p) if p.exists() => (
@@ -143,7 +151,7 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
     let virtiofsd = found(
         "virtiofsd",
         FIX_VIRTIOFSD,
-        locate::find_binary(&config.virtiofsd.path),
+        locate::find_binary(&hv.virtio_fs_daemon),
     );
     let kernel = found("guest kernel", FIX_GUEST, locate::kernel(hv));
     let initrd = found("guest initramfs", FIX_GUEST, locate::initrd(hv));
@@ -172,7 +180,7 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
         "kernel": kernel,
         "initrd": initrd,
         "accel": {"use": accel.as_str(), "configured": hv.accel, "reason": reason},
-        "vm": {"vcpus": hv.vcpus, "memoryMib": hv.memory_mib},
+        "vm": {"vcpus": hv.default_vcpus, "memoryMib": hv.default_memory},
         "template": {
             "enabled": config.factory.enable_template,
             "autoBuild": config.factory.auto_build,
@@ -228,11 +236,12 @@ mod tests {
     #[test]
     fn a_missing_kernel_is_a_failure_that_says_what_to_install() {
         let mut config = Config::default();
-        config.hypervisor.kernel = Some("/nonexistent/vmlinux".into());
+        config.hypervisor.qemu.kernel = Some("/nonexistent/vmlinux".into());
         let r = check(Ok(Loaded {
             config,
             files: Vec::new(),
             sources: Default::default(),
+            warnings: Vec::new(),
         }));
         assert!(!r.ok());
         let text = r.text();

@@ -109,7 +109,7 @@ fn strings(list: &[&str]) -> Vec<String> {
 /// What runvm supports. The container's namespaces, cgroups and seccomp are
 /// the guest's (youki's in a cgroup v2 guest).
 pub fn describe(config: &Config) -> Features {
-    let (accel, _) = resolve_accel(config.hypervisor.accel);
+    let (accel, _) = resolve_accel(config.vmm().accel);
     use LinuxNamespaceType::*;
     use LinuxSeccompAction::*;
     let seccomp = SeccompBuilder::default()
@@ -170,7 +170,7 @@ pub fn describe(config: &Config) -> Features {
         ("io.github.runvm.version", env!("CARGO_PKG_VERSION")),
         (
             "io.github.runvm.hypervisor",
-            config.hypervisor.backend.as_str(),
+            config.runtime.hypervisor.as_str(),
         ),
         ("io.github.runvm.accel", accel.as_str()),
         ("io.github.runvm.guest.cgroup", "v2"),

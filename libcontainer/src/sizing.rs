@@ -73,7 +73,7 @@ pub fn fit(
             host: host_cpus,
         });
     }
-    sized.hypervisor.vcpus = sized.hypervisor.vcpus.max(cpus);
+    sized.vmm_mut().default_vcpus = sized.vmm().default_vcpus.max(cpus);
     let mib = memory_needed_mib(spec);
     if mib > host_mib {
         return Err(SizingError::TooMuchMemory {
@@ -83,7 +83,7 @@ pub fn fit(
     }
     // Whole 2 MiB pages, as QEMU likes them.
     let mib = mib.div_ceil(2) * 2;
-    sized.hypervisor.memory_mib = sized.hypervisor.memory_mib.max(mib as u32);
+    sized.vmm_mut().default_memory = sized.vmm().default_memory.max(mib as u32);
     Ok(sized)
 }
 
@@ -127,14 +127,14 @@ mod tests {
             json!({"memory": {"limit": 512u64 << 20}, "cpu": {"quota": 150000, "period": 100000}}),
         );
         let sized = fit(&Config::default(), &s, 4, 4096).unwrap();
-        assert_eq!(sized.hypervisor.memory_mib, 512 + 64);
-        assert_eq!(sized.hypervisor.vcpus, 2);
+        assert_eq!(sized.vmm().default_memory, 512 + 64);
+        assert_eq!(sized.vmm().default_vcpus, 2);
         let s = spec(json!({"cpu": {"cpus": "0,2-3"}}));
         assert_eq!(
             fit(&Config::default(), &s, 4, 4096)
                 .unwrap()
-                .hypervisor
-                .vcpus,
+                .vmm()
+                .default_vcpus,
             4
         );
     }

@@ -58,8 +58,8 @@ impl Virtiofsd {
         cmd.arg(format!("--fd={fd}"))
             .arg("--shared-dir")
             .arg(share.shared_dir)
-            .arg(format!("--sandbox={}", config.sandbox))
-            .arg(format!("--cache={}", config.cache))
+            .arg(format!("--sandbox={}", config.sandbox.as_str()))
+            .arg(format!("--cache={}", config.cache.as_str()))
             .arg("--log-level=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(log_err)?)
@@ -67,6 +67,7 @@ impl Virtiofsd {
         if share.readonly {
             cmd.arg("--readonly");
         }
+        cmd.args(&config.extra_args);
         // The listening socket is handed over: it stays open across exec.
         let child = Supervised::spawn(cmd, &[fd])
             .map_err(|source| VirtiofsdError::Spawn { binary, source })?;

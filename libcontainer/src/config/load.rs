@@ -11,7 +11,9 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{Config, ConfigError, CONFIG_ENV, DEFAULT_CONFIG_PATH};
+use serde::Deserialize;
+
+use super::{legacy, Config, ConfigError, CONFIG_ENV, DEFAULT_CONFIG_PATH};
 
 /// The drop-in directory's name, beside the main file.
 pub const DROPIN_DIR: &str = "config.d";
@@ -26,6 +28,8 @@ pub struct Loaded {
     /// `table.key` → the file whose value it has; a key not here has its
     /// default.
     pub sources: BTreeMap<String, PathBuf>,
+    /// Old keys read as their new names (`legacy`), with the file.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -44,10 +48,12 @@ impl Config {
         }
     }
 
-    /// One file alone, without drop-ins.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = read(path)?;
-        parse(path, &text)
+    /// Parse a configuration's text, old keys included, as a file would be
+    /// read: for tests, and for the documented defaults' check.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        let mut table: toml::Table = text.parse()?;
+        legacy::migrate(&mut table);
+        Config::deserialize(toml::Value::Table(table))
     }
 }
 
@@ -62,13 +68,26 @@ pub fn load_files(main: &Path, must_exist: bool) -> Result<Loaded, ConfigError> 
     files.extend(dropins(&dir)?);
     let mut merged = toml::Table::new();
     let mut sources = BTreeMap::new();
+    let mut warnings = Vec::new();
     for path in &files {
         let text = read(path)?;
-        parse(path, &text)?;
-        let table: toml::Table = text.parse().map_err(|source| ConfigError::Parse {
+        let parse_err = |source| ConfigError::Parse {
             path: path.clone(),
             source,
-        })?;
+        };
+        let mut table: toml::Table = text.parse().map_err(parse_err)?;
+        if legacy::has_old_keys(&table) {
+            // Checked after the move, so without line numbers.
+            let moved = legacy::migrate(&mut table);
+            warnings.extend(
+                moved
+                    .into_iter()
+                    .map(|w| format!("config {}: {w}", path.display())),
+            );
+            Config::deserialize(toml::Value::Table(table.clone())).map_err(parse_err)?;
+        } else {
+            parse(path, &text)?;
+        }
         record_sources(&table, "", path, &mut sources);
         merge(&mut merged, table);
     }
@@ -82,6 +101,7 @@ pub fn load_files(main: &Path, must_exist: bool) -> Result<Loaded, ConfigError> 
         config,
         files,
         sources,
+        warnings,
     })
 }
 
@@ -174,17 +194,17 @@ mod tests {
         let main = write(
             tmp.path(),
             "config.toml",
-            "[hypervisor]\naccel = \"tcg\"\nmemory_mib = 512\n",
+            "[hypervisor.qemu]\naccel = \"tcg\"\ndefault_memory = 512\n",
         );
         let late = write(
             tmp.path(),
             "config.d/20-memory.toml",
-            "[hypervisor]\nmemory_mib = 384\n",
+            "[hypervisor.qemu]\ndefault_memory = 384\n",
         );
         let early = write(
             tmp.path(),
             "config.d/10-memory.toml",
-            "[hypervisor]\nmemory_mib = 320\nvcpus = 2\n",
+            "[hypervisor.qemu]\ndefault_memory = 320\ndefault_vcpus = 2\n",
         );
         write(tmp.path(), "config.d/30-notes.txt", "not toml = at all [");
         fs::create_dir(tmp.path().join("config.d/40-dir.toml")).unwrap();
@@ -193,12 +213,16 @@ mod tests {
             loaded.files,
             vec![main.clone(), early.clone(), late.clone()]
         );
-        let hv = &loaded.config.hypervisor;
-        assert_eq!((hv.accel, hv.memory_mib, hv.vcpus), (Accel::Tcg, 384, 2));
-        assert_eq!(loaded.sources["hypervisor.memory_mib"], late);
-        assert_eq!(loaded.sources["hypervisor.vcpus"], early);
-        assert_eq!(loaded.sources["hypervisor.accel"], main);
-        assert!(!loaded.sources.contains_key("hypervisor.qemu"));
+        let hv = &loaded.config.hypervisor.qemu;
+        assert_eq!(
+            (hv.accel, hv.default_memory, hv.default_vcpus),
+            (Accel::Tcg, 384, 2)
+        );
+        assert_eq!(loaded.sources["hypervisor.qemu.default_memory"], late);
+        assert_eq!(loaded.sources["hypervisor.qemu.default_vcpus"], early);
+        assert_eq!(loaded.sources["hypervisor.qemu.accel"], main);
+        assert!(!loaded.sources.contains_key("hypervisor.qemu.path"));
+        assert!(loaded.warnings.is_empty());
     }
 
     #[test]
@@ -225,7 +249,7 @@ mod tests {
         let bad = write(
             tmp.path(),
             "config.d/10-typo.toml",
-            "[hypervisor]\nvcpus = 2\nmemroy_mib = 512\n",
+            "[hypervisor.qemu]\ndefault_vcpus = 2\nmemroy_mib = 512\n",
         );
         let err = load_files(&main, true).unwrap_err();
         let msg = crate::error_chain(&err);
@@ -243,7 +267,7 @@ mod tests {
         let main = write(
             tmp.path(),
             "config.toml",
-            "[timeouts]\nboot_secs = 5\n\n[hypervisor]\nvcpus = \"two\"\n",
+            "[runtime]\nboot_secs = 5\n\n[hypervisor.qemu]\ndefault_vcpus = \"two\"\n",
         );
         let msg = crate::error_chain(&load_files(&main, true).unwrap_err());
         assert!(
@@ -251,6 +275,83 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("line 5"), "{msg}");
-        assert!(msg.contains("vcpus"), "{msg}");
+        assert!(msg.contains("default_vcpus"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_bounds_sizes_and_unbuilt_hypervisors_are_refused_with_the_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        for (text, line, says) in [
+            (
+                "[hypervisor.qemu]\ndefault_vcpus = 0\n",
+                "line 2",
+                "at least 1 vCPU",
+            ),
+            (
+                "\n[hypervisor.qemu]\ndefault_memory = 64\n",
+                "line 3",
+                "minimum VM of 128 MiB",
+            ),
+            (
+                "[hypervisor.firecracker]\ndefault_memory = 32\n",
+                "line 2",
+                "minimum VM of 128 MiB",
+            ),
+            (
+                "[hypervisor.acrn]\nvcpus = 2\n",
+                "line 2",
+                "unknown field `vcpus`",
+            ),
+            (
+                "[runtime]\nhypervisor = \"firecracker\"\n",
+                "line 2",
+                "hypervisor \"firecracker\" is not built into this runvm",
+            ),
+            (
+                "[runtime]\nhypervisor = \"xen\"\n",
+                "line 2",
+                "unknown hypervisor \"xen\"",
+            ),
+        ] {
+            fs::write(&main, text).unwrap();
+            let msg = crate::error_chain(&load_files(&main, true).unwrap_err());
+            assert!(msg.contains(line) && msg.contains(says), "{text:?}: {msg}");
+        }
+        // A section for a hypervisor that is not selected is only checked.
+        fs::write(
+            &main,
+            "[hypervisor.firecracker]\npath = \"/usr/bin/firecracker\"\ndefault_vcpus = 2\n",
+        )
+        .unwrap();
+        let loaded = load_files(&main, true).unwrap();
+        assert_eq!(
+            loaded.config.hypervisor.firecracker.unwrap().default_vcpus,
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_file_with_the_old_keys_still_works_and_warns_with_the_new_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = write(
+            tmp.path(),
+            "config.toml",
+            "[hypervisor]\nmemory_mib = 320\n",
+        );
+        let loaded = load_files(&main, true).unwrap();
+        assert_eq!(loaded.config.hypervisor.qemu.default_memory, 320);
+        assert_eq!(loaded.sources["hypervisor.qemu.default_memory"], main);
+        assert_eq!(
+            loaded.warnings,
+            vec![format!(
+                "config {}: [hypervisor] memory_mib is the old name of [hypervisor.qemu] default_memory: read as that (rename it)",
+                main.display()
+            )]
+        );
+        // Still checked: an unknown key next to the old ones is an error.
+        fs::write(&main, "[hypervisor]\nmemory_mib = 320\nmemroy = 1\n").unwrap();
+        let msg = crate::error_chain(&load_files(&main, true).unwrap_err());
+        assert!(msg.contains("unknown field `memroy`"), "{msg}");
     }
 }

@@ -12,9 +12,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod hypervisor;
+mod legacy;
 mod load;
 pub mod show;
 
+pub use hypervisor::{
+    Accel, Backend, FsCache, FsSandbox, HypervisorConfig, Hypervisors, OtherHypervisor,
+    VirtiofsdConfig, MIN_MEMORY_MIB,
+};
 pub use load::{load_files, Loaded, DROPIN_DIR};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/runvm/config.toml";
@@ -36,92 +42,11 @@ pub enum ConfigError {
     },
 }
 
-/// Which hypervisor runs the VMs. Only QEMU is built; another name is a
-/// parse error that lists the ones there are.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backend {
-    #[default]
-    Qemu,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Qemu => "qemu",
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// KVM when /dev/kvm can run a normal guest kernel, else TCG.
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
+/// `[runtime]`: which hypervisor, and how long to wait for it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct HypervisorConfig {
-    pub backend: Backend,
-    /// QEMU binary; a bare name is looked up in PATH.
-    pub qemu: PathBuf,
-    /// Guest kernel; default: `vmlinux` in the first guest directory that has it.
-    pub kernel: Option<PathBuf>,
-    /// Guest initramfs; default: `initramfs.img` beside the kernel.
-    pub initrd: Option<PathBuf>,
-    pub accel: Accel,
-    pub vcpus: u32,
-    pub memory_mib: u32,
-    /// Appended to the guest kernel command line.
-    pub kernel_params: String,
-    /// Run QEMU with `-sandbox on` (seccomp) where the build supports it.
-    pub seccomp_sandbox: bool,
-}
-
-impl Default for HypervisorConfig {
-    fn default() -> Self {
-        HypervisorConfig {
-            backend: Backend::Qemu,
-            qemu: PathBuf::from("qemu-system-x86_64"),
-            kernel: None,
-            initrd: None,
-            accel: Accel::Auto,
-            vcpus: 1,
-            memory_mib: 256,
-            kernel_params: String::new(),
-            seccomp_sandbox: true,
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct VirtiofsdConfig {
-    /// virtiofsd binary; a bare name is looked up in PATH.
-    pub path: PathBuf,
-    /// virtiofsd's --cache: auto, always, never or metadata.
-    pub cache: String,
-    /// virtiofsd's --sandbox: namespace, chroot or none.
-    pub sandbox: String,
-}
-
-impl Default for VirtiofsdConfig {
-    fn default() -> Self {
-        VirtiofsdConfig {
-            path: PathBuf::from("virtiofsd"),
-            cache: "auto".into(),
-            sandbox: "namespace".into(),
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Timeouts {
+pub struct RuntimeConfig {
+    pub hypervisor: Backend,
     /// From QEMU's launch until the agent answers.
     pub boot_secs: u64,
     /// For one request to the agent or the shim.
@@ -130,9 +55,10 @@ pub struct Timeouts {
     pub stop_secs: u64,
 }
 
-impl Default for Timeouts {
+impl Default for RuntimeConfig {
     fn default() -> Self {
-        Timeouts {
+        RuntimeConfig {
+            hypervisor: Backend::Qemu,
             boot_secs: 120,
             request_secs: 60,
             stop_secs: 10,
@@ -140,7 +66,7 @@ impl Default for Timeouts {
     }
 }
 
-impl Timeouts {
+impl RuntimeConfig {
     pub fn boot(&self) -> Duration {
         Duration::from_secs(self.boot_secs)
     }
@@ -185,16 +111,29 @@ impl Default for FactoryConfig {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    pub hypervisor: HypervisorConfig,
-    pub virtiofsd: VirtiofsdConfig,
-    pub timeouts: Timeouts,
+    pub runtime: RuntimeConfig,
+    pub hypervisor: Hypervisors,
     pub factory: FactoryConfig,
+}
+
+impl Config {
+    /// The section of the hypervisor `[runtime] hypervisor` selects.
+    pub fn vmm(&self) -> &HypervisorConfig {
+        match self.runtime.hypervisor {
+            Backend::Qemu => &self.hypervisor.qemu,
+        }
+    }
+
+    pub fn vmm_mut(&mut self) -> &mut HypervisorConfig {
+        match self.runtime.hypervisor {
+            Backend::Qemu => &mut self.hypervisor.qemu,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
 
     #[test]
     fn the_documented_defaults_are_the_real_ones() {
@@ -202,22 +141,37 @@ mod tests {
         let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
         let end = start + doc[start..].find("```").expect("end of the block");
         let documented: Config = toml::from_str(&doc[start..end]).unwrap();
+        assert!(!legacy::has_old_keys(&doc[start..end].parse().unwrap()));
         assert_eq!(documented, Config::default());
     }
 
-    /// Every key the code knows (with every optional one set), as
+    /// Every key the code knows (with every optional one set, and the
+    /// sections of the hypervisors without a backend as firecracker's), as
     /// `table.key`.
     fn keys_in_code() -> Vec<String> {
         let mut all = Config::default();
-        all.hypervisor.kernel = Some("/k".into());
-        all.hypervisor.initrd = Some("/i".into());
-        let value = toml::Value::try_from(&all).unwrap();
-        let mut keys = Vec::new();
-        for (table, entries) in value.as_table().unwrap() {
-            for key in entries.as_table().unwrap().keys() {
-                keys.push(format!("{table}.{key}"));
+        all.hypervisor.qemu.kernel = Some("/k".into());
+        all.hypervisor.qemu.initrd = Some("/i".into());
+        all.hypervisor.firecracker = Some(OtherHypervisor {
+            path: Some("/p".into()),
+            kernel: Some("/k".into()),
+            initrd: Some("/i".into()),
+            image: Some("/img".into()),
+            default_vcpus: Some(1),
+            default_memory: Some(256),
+            kernel_params: Some(String::new()),
+            virtio_fs_daemon: Some("/v".into()),
+        });
+        fn walk(prefix: &str, t: &toml::Table, keys: &mut Vec<String>) {
+            for (k, v) in t {
+                match v.as_table() {
+                    Some(sub) => walk(&format!("{prefix}{k}."), sub, keys),
+                    None => keys.push(format!("{prefix}{k}")),
+                }
             }
         }
+        let mut keys = Vec::new();
+        walk("", &toml::Table::try_from(&all).unwrap(), &mut keys);
         keys
     }
 
@@ -248,25 +202,17 @@ mod tests {
 
     #[test]
     fn empty_file_gives_the_defaults() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("config.toml");
-        fs::write(&path, "").unwrap();
-        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
     }
 
     #[test]
     fn keys_override_and_unknown_keys_are_errors() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("config.toml");
-        fs::write(&path, "[hypervisor]\naccel = \"tcg\"\nmemory_mib = 512\n").unwrap();
-        let c = Config::from_file(&path).unwrap();
-        assert_eq!(c.hypervisor.accel, Accel::Tcg);
-        assert_eq!(c.hypervisor.memory_mib, 512);
-        assert_eq!(c.hypervisor.vcpus, 1);
-        fs::write(&path, "[hypervisor]\nmemroy_mib = 512\n").unwrap();
-        assert!(matches!(
-            Config::from_file(&path),
-            Err(ConfigError::Parse { .. })
-        ));
+        let c = Config::from_toml("[hypervisor.qemu]\naccel = \"tcg\"\ndefault_memory = 512\n")
+            .unwrap();
+        assert_eq!(c.vmm().accel, Accel::Tcg);
+        assert_eq!(c.vmm().default_memory, 512);
+        assert_eq!(c.vmm().default_vcpus, 1);
+        assert!(Config::from_toml("[hypervisor.qemu]\nmemroy = 512\n").is_err());
+        assert!(Config::from_toml("[hypervisor]\nmemroy_mib = 512\n").is_err());
     }
 }

@@ -7,41 +7,65 @@ use super::Loaded;
 
 /// A key the serialized configuration leaves out because it is unset.
 const UNSET: &[(&str, &str, &str)] = &[
-    ("hypervisor", "kernel", "vmlinux from the guest directories"),
-    ("hypervisor", "initrd", "initramfs.img beside the kernel"),
+    (
+        "hypervisor.qemu",
+        "kernel",
+        "vmlinux from the guest directories",
+    ),
+    (
+        "hypervisor.qemu",
+        "initrd",
+        "initramfs.img beside the kernel",
+    ),
 ];
 
 /// The configuration as TOML that runvm would read back as the same one,
 /// with a comment on each line saying where its value came from.
 pub fn toml(loaded: &Loaded) -> String {
-    let mut out = String::from("# runvm's effective configuration: the defaults, then\n");
-    if loaded.files.is_empty() {
-        out.push_str("# no file.\n");
-    }
+    let mut out = String::from(if loaded.files.is_empty() {
+        "# runvm's effective configuration: the defaults (no configuration file)\n"
+    } else {
+        "# runvm's effective configuration: the defaults, then\n"
+    });
     for f in &loaded.files {
         out.push_str(&format!("#   {}\n", f.display()));
     }
+    for w in &loaded.warnings {
+        out.push_str(&format!("# warning: {w}\n"));
+    }
     let value = toml::Table::try_from(&loaded.config).expect("the configuration serializes");
-    for (table, entries) in &value {
-        out.push_str(&format!("\n[{table}]\n"));
-        let Some(entries) = entries.as_table() else {
-            continue;
-        };
-        for (key, v) in entries {
-            let source = loaded
-                .sources
-                .get(&format!("{table}.{key}"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "default".into());
-            out.push_str(&format!("{key} = {v} # {source}\n"));
-        }
-        for (t, key, meaning) in UNSET {
-            if t == table && !entries.contains_key(*key) {
-                out.push_str(&format!("# {key} is unset: {meaning} # default\n"));
-            }
+    for (name, entries) in &value {
+        if let Some(t) = entries.as_table() {
+            section(loaded, name, t, &mut out);
         }
     }
     out
+}
+
+/// `[name]` with its values, then its sub-tables as sections of their own.
+fn section(loaded: &Loaded, name: &str, table: &toml::Table, out: &mut String) {
+    // A table of sections only (`[hypervisor]`) needs no header of its own.
+    if table.is_empty() || table.values().any(|v| !v.is_table()) {
+        out.push_str(&format!("\n[{name}]\n"));
+    }
+    for (key, v) in table.iter().filter(|(_, v)| !v.is_table()) {
+        let source = loaded
+            .sources
+            .get(&format!("{name}.{key}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "default".into());
+        out.push_str(&format!("{key} = {v} # {source}\n"));
+    }
+    for (t, key, meaning) in UNSET {
+        if *t == name && !table.contains_key(*key) {
+            out.push_str(&format!("# {key} is unset: {meaning} # default\n"));
+        }
+    }
+    for (key, v) in table {
+        if let Some(sub) = v.as_table() {
+            section(loaded, &format!("{name}.{key}"), sub, out);
+        }
+    }
 }
 
 /// The same as JSON: `files`, `config` and `sources` (`table.key` → file,
@@ -64,18 +88,18 @@ mod tests {
     fn the_effective_toml_reads_back_as_the_same_configuration() {
         let tmp = tempfile::tempdir().unwrap();
         let main = tmp.path().join("config.toml");
-        fs::write(&main, "[hypervisor]\nmemory_mib = 512\n").unwrap();
+        fs::write(&main, "[hypervisor.qemu]\ndefault_memory = 512\n").unwrap();
         fs::create_dir(tmp.path().join("config.d")).unwrap();
         let dropin = tmp.path().join("config.d/10-vcpus.toml");
-        fs::write(&dropin, "[hypervisor]\nvcpus = 2\n").unwrap();
+        fs::write(&dropin, "[hypervisor.qemu]\ndefault_vcpus = 2\n").unwrap();
         let loaded = load_files(&main, true).unwrap();
         let text = toml(&loaded);
         assert!(
-            text.contains(&format!("memory_mib = 512 # {}\n", main.display())),
+            text.contains(&format!("default_memory = 512 # {}\n", main.display())),
             "{text}"
         );
         assert!(
-            text.contains(&format!("vcpus = 2 # {}\n", dropin.display())),
+            text.contains(&format!("default_vcpus = 2 # {}\n", dropin.display())),
             "{text}"
         );
         assert!(text.contains("accel = \"auto\" # default\n"), "{text}");
@@ -83,9 +107,9 @@ mod tests {
         let back: Config = ::toml::from_str(&text).unwrap();
         assert_eq!(back, loaded.config);
         let j = json(&loaded);
-        assert_eq!(j["config"]["hypervisor"]["vcpus"], 2);
+        assert_eq!(j["config"]["hypervisor"]["qemu"]["default_vcpus"], 2);
         assert_eq!(
-            j["sources"]["hypervisor.vcpus"],
+            j["sources"]["hypervisor.qemu.default_vcpus"],
             dropin.display().to_string()
         );
     }

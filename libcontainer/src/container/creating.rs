@@ -42,7 +42,7 @@ const POLL: Duration = Duration::from_millis(50);
 impl Runtime {
     /// How long `create` waits for its shim, and a verb for `create`.
     pub(super) fn create_timeout(&self) -> Duration {
-        self.config.timeouts.boot() + self.config.timeouts.request() * 2
+        self.config.runtime.boot() + self.config.runtime.request() * 2
     }
 
     /// The state of a container once `create` has finished with it (the
@@ -102,7 +102,7 @@ impl Runtime {
             }
             if let Some(shim) = state.shim.filter(|s| s.is_alive()) {
                 info!(self.log, "ending a create that is under way"; "id" => id, "shim" => shim.pid);
-                let stop = self.config.timeouts.stop() + Duration::from_secs(5);
+                let stop = self.config.runtime.stop() + Duration::from_secs(5);
                 shim.kill_and_wait(stop);
                 if shim.is_alive() {
                     return Err(ContainerError::ShimStuck {

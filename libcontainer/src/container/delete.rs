@@ -45,7 +45,7 @@ impl Runtime {
                 status,
             });
         }
-        let stop = self.config.timeouts.stop() + Duration::from_secs(5);
+        let stop = self.config.runtime.stop() + Duration::from_secs(5);
         let ended_create = status == ContainerStatus::Creating;
         if ended_create && !self.end_create(id, Ender::Delete)? {
             // Create finished first: delete what it made.
@@ -113,7 +113,7 @@ impl Runtime {
     /// identifies them without the file.
     fn delete_unreadable(&self, id: &str) -> Result<(), ContainerError> {
         let dir = self.store.dir(id);
-        let stop = self.config.timeouts.stop() + Duration::from_secs(5);
+        let stop = self.config.runtime.stop() + Duration::from_secs(5);
         for p in ProcessIdentity::working_in(&dir) {
             warn!(self.log, "killing a process of a container with unreadable state"; "pid" => p.pid);
             p.kill_and_wait(stop);

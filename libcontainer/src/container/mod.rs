@@ -148,9 +148,15 @@ fn owner_name(uid: u32) -> String {
 }
 
 impl Runtime {
-    /// The runtime with the configuration from its file.
+    /// The runtime with the configuration from its files; a warning for
+    /// each old key read as its new name (the verb's log: the shim and the
+    /// rest it starts read the same files quietly).
     pub fn new(root: &Path, log: Logger) -> Result<Self, ContainerError> {
-        Ok(Self::with_config(root, Config::load()?, log))
+        let loaded = Config::load_with_sources()?;
+        for w in &loaded.warnings {
+            slog::warn!(log, "{}", w);
+        }
+        Ok(Self::with_config(root, loaded.config, log))
     }
 
     pub fn with_config(root: &Path, config: Config, log: Logger) -> Self {
@@ -195,7 +201,7 @@ impl Runtime {
     /// How long a verb waits for the shim: longer than the shim waits for the
     /// agent, so the agent's timeout is the error the user sees.
     fn shim_timeout(&self) -> Duration {
-        self.config.timeouts.request() + Duration::from_secs(5)
+        self.config.runtime.request() + Duration::from_secs(5)
     }
 
     /// Ask a container's shim; a shim that is gone means the container is

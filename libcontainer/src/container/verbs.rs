@@ -22,7 +22,7 @@ impl Runtime {
         }
         state.refreshed_status().check_start()?;
         // Starting may wait on a busy guest: it gets the boot timeout.
-        let timeout = self.config.timeouts.boot() + Duration::from_secs(5);
+        let timeout = self.config.runtime.boot() + Duration::from_secs(5);
         self.ask(id, Start, timeout, Refusal::StartStopped)?;
         let pid = state.shim.map(|s| s.pid);
         self.run_hooks(&state, Kind::Poststart, ContainerStatus::Running, pid);

@@ -176,10 +176,10 @@ impl Factory {
             .map_err(io_err(tmp))?;
         let mut exit = vm.exit_watch();
         let endpoint = vm.agent_endpoint();
-        let boot_timeout = config.timeouts.boot();
+        let boot_timeout = config.runtime.boot();
         let info = rt.block_on(async {
             let died = |why: Option<String>| FactoryError::Died(why.unwrap_or_default());
-            let agent = AgentClient::connect(&endpoint, config.timeouts.request()).await?;
+            let agent = AgentClient::connect(&endpoint, config.runtime.request()).await?;
             // The whole reply, up to the stream's close: after it the agent
             // has nothing more to send to this host.
             let info = tokio::select! {
@@ -199,7 +199,7 @@ impl Factory {
         })?;
         vm.pause()?;
         vm.snapshot(&tmp.join(STATE_FILE))?;
-        vm.stop(config.timeouts.stop())?;
+        vm.stop(config.runtime.stop())?;
         let meta = TemplateMeta {
             created: Utc::now(),
             runvm_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -208,10 +208,10 @@ impl Factory {
             backend: vm.backend().to_string(),
             vmm: FileStamp::of(vm.binary())?,
             vmm_info,
-            kernel: FileStamp::of(&locate::kernel(&config.hypervisor)?)?,
-            initrd: FileStamp::of(&locate::initrd(&config.hypervisor)?)?,
-            memory_mib: config.hypervisor.memory_mib,
-            vcpus: config.hypervisor.vcpus,
+            kernel: FileStamp::of(&locate::kernel(config.vmm())?)?,
+            initrd: FileStamp::of(&locate::initrd(config.vmm())?)?,
+            memory_mib: config.vmm().default_memory,
+            vcpus: config.vmm().default_vcpus,
             accel: vm.accel().name.to_string(),
             layout: vm.layout(),
         };

@@ -315,14 +315,10 @@ impl Factory {
             Ok(())
         };
         stamp("hypervisor binary", vm.binary(), &meta.vmm)?;
-        stamp(
-            "guest kernel",
-            &locate::kernel(&config.hypervisor)?,
-            &meta.kernel,
-        )?;
+        stamp("guest kernel", &locate::kernel(config.vmm())?, &meta.kernel)?;
         stamp(
             "guest initramfs",
-            &locate::initrd(&config.hypervisor)?,
+            &locate::initrd(config.vmm())?,
             &meta.initrd,
         )?;
         if meta.agent_protocol != runvm_protocol::PROTOCOL_VERSION {

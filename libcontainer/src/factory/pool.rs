@@ -396,13 +396,13 @@ fn member(
     drop(template);
     vm.resume()?;
     let console = dir.join(CONSOLE_LOG);
-    let boot = config.timeouts.boot();
+    let boot = config.runtime.boot();
     let mut exit = vm.exit_watch();
     let endpoint = vm.agent_endpoint();
     let warmed = rt.block_on(async {
         let died = |why: Option<String>| FactoryError::Died(why.unwrap_or_default());
         let warm = async {
-            let agent = AgentClient::connect(&endpoint, config.timeouts.request()).await?;
+            let agent = AgentClient::connect(&endpoint, config.runtime.request()).await?;
             agent.wait_ready(boot).await?;
             agent
                 .call_within(

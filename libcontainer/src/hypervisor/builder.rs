@@ -13,17 +13,17 @@ use crate::locate::{self, LocateError};
 pub const SPARE_SLOTS: usize = 1;
 
 fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError> {
-    let hv = &config.hypervisor;
+    let hv = config.vmm();
     Ok(VmSpec {
         name,
         dir: dir.to_path_buf(),
         kernel: locate::kernel(hv)?,
         initrd: locate::initrd(hv)?,
         kernel_params: hv.kernel_params.clone(),
-        vcpus: hv.vcpus,
-        max_vcpus: hv.vcpus,
-        memory_mib: hv.memory_mib,
-        max_memory_mib: hv.memory_mib,
+        vcpus: hv.default_vcpus,
+        max_vcpus: hv.default_vcpus,
+        memory_mib: hv.default_memory,
+        max_memory_mib: hv.default_memory,
         hotplug_slots: SPARE_SLOTS,
         devices: vec![Device::AgentPort {
             name: runvm_protocol::AGENT_PORT_NAME.to_string(),

@@ -222,15 +222,15 @@ pub struct Accelerator {
 
 /// The configured backend's binary.
 pub fn binary(config: &Config) -> Result<PathBuf, LocateError> {
-    match config.hypervisor.backend {
-        Backend::Qemu => crate::locate::find_binary(&config.hypervisor.qemu),
+    match config.runtime.hypervisor {
+        Backend::Qemu => crate::locate::find_binary(&config.hypervisor.qemu.path),
     }
 }
 
 /// Whether the configured backend can do `op`, before any VM exists; the
 /// same answer as [`Hypervisor::supports`].
 pub fn supports(config: &Config, op: Operation) -> Result<(), HypervisorError> {
-    let (backend, caps) = match config.hypervisor.backend {
+    let (backend, caps) = match config.runtime.hypervisor {
         Backend::Qemu => ("qemu", qemu::CAPABILITIES),
     };
     if caps.has(op) {
@@ -301,7 +301,7 @@ pub trait Hypervisor: Send {
 
 /// The hypervisor the configuration names, for `spec` (not launched yet).
 pub fn new(config: &Config, spec: VmSpec) -> Result<Box<dyn Hypervisor>, HypervisorError> {
-    match config.hypervisor.backend {
-        Backend::Qemu => Ok(Box::new(qemu::Qemu::new(&config.hypervisor, spec)?)),
+    match config.runtime.hypervisor {
+        Backend::Qemu => Ok(Box::new(qemu::Qemu::new(&config.hypervisor.qemu, spec)?)),
     }
 }

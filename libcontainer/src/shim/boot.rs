@@ -114,7 +114,7 @@ impl Shim {
         if let Some(config) = guest_network {
             let agent = self.agent.clone().expect("the agent is connected");
             agent
-                .call_within(config, self.config.timeouts.boot())
+                .call_within(config, self.config.runtime.boot())
                 .await
                 .map_err(ShimError::GuestNetwork)?;
         }
@@ -163,7 +163,7 @@ impl Shim {
     fn share(&mut self, bundle: &Bundle) -> Result<(), ShimError> {
         let share = crate::share::assemble(&self.dir, &bundle.rootfs, &bundle.binds)?;
         let virtiofsd = Virtiofsd::spawn(
-            &self.config.virtiofsd,
+            &self.config.vmm().virtiofsd(),
             &Share {
                 shared_dir: &share,
                 socket: &self.sockets.path(SHARE_SOCKET),
@@ -313,13 +313,13 @@ impl Shim {
     pub(super) async fn connect_agent(&mut self, cloned: bool) -> Result<AgentInfo, ShimError> {
         let vm = self.vm.as_ref().expect("the VM was launched");
         let mut vm_exit = vm.exit_watch();
-        let agent = AgentClient::connect(&vm.agent_endpoint(), self.config.timeouts.request())
+        let agent = AgentClient::connect(&vm.agent_endpoint(), self.config.runtime.request())
             .await
             .map_err(ShimError::Agent)?;
         let agent = Arc::new(agent);
         self.agent = Some(agent.clone());
         let info = tokio::select! {
-            r = agent.wait_ready(self.config.timeouts.boot()) => r.map_err(ShimError::Agent)?,
+            r = agent.wait_ready(self.config.runtime.boot()) => r.map_err(ShimError::Agent)?,
             r = vm_exit.wait_for(Option::is_some) => {
                 let reason = r.ok().and_then(|s| s.clone()).unwrap_or_default();
                 return Err(ShimError::Boot {
@@ -370,7 +370,7 @@ impl Shim {
                     container_id: self.id.clone(),
                     spec,
                 },
-                self.config.timeouts.boot(),
+                self.config.runtime.boot(),
             )
             .await
             .map_err(ShimError::Create)?;
@@ -429,15 +429,15 @@ impl Shim {
             warn!(self.log, "booting cold: the container has {nics} network interfaces, a clone has room for {}", hypervisor::SPARE_SLOTS);
             return None;
         }
-        let (needs, has) = (&self.config.hypervisor, &template.meta);
-        if needs.vcpus > has.vcpus || needs.memory_mib > has.memory_mib {
+        let (needs, has) = (self.config.vmm(), &template.meta);
+        if needs.default_vcpus > has.vcpus || needs.default_memory > has.memory_mib {
             // Growing a clone needs CPU hotplug, which the guest kernel does
             // not offer on q35 (docs/templating.md).
             warn!(
                 self.log,
                 "booting cold: the container needs {} / {} MiB, the template has {} / {} MiB",
-                vcpus(needs.vcpus),
-                needs.memory_mib,
+                vcpus(needs.default_vcpus),
+                needs.default_memory,
                 vcpus(has.vcpus),
                 has.memory_mib
             );

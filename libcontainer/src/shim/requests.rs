@@ -127,7 +127,7 @@ impl Shim {
             container_id: self.id.clone(),
         };
         self.agent()?
-            .call_within(req, self.config.timeouts.boot())
+            .call_within(req, self.config.runtime.boot())
             .await
             .map_err(|e| agent_failure(e, Refusal::StartStopped))?;
         self.set_status(ContainerStatus::Running)

@@ -37,7 +37,7 @@ impl Shim {
         // Without virtiofsd (a VM whose files come otherwise) nothing ends.
         let mut vfs_exit = self.virtiofsd.as_ref().map(|v| v.exit_watch());
         let (queue, mut requests) = mpsc::unbounded_channel();
-        let read_timeout = self.config.timeouts.request();
+        let read_timeout = self.config.runtime.request();
         let end = loop {
             tokio::select! {
                 conn = listener.accept() => {

@@ -50,7 +50,7 @@ impl Shim {
     /// the shim made (the hypervisor removes its own).
     pub(super) async fn teardown(&mut self) {
         self.agent = None;
-        let stop = self.config.timeouts.stop();
+        let stop = self.config.runtime.stop();
         if let Some(mut vm) = self.vm.take() {
             let t = Instant::now();
             if let Err(e) = vm.stop(stop) {

@@ -50,11 +50,11 @@ fn null() -> std::os::fd::OwnedFd {
 fn config(request_secs: u64) -> Config {
     let mut c = Config::default();
     // Any existing file will do: the fake does not boot it.
-    c.hypervisor.kernel = Some("/dev/null".into());
-    c.hypervisor.initrd = Some("/dev/null".into());
-    c.timeouts.request_secs = request_secs;
-    c.timeouts.boot_secs = 10;
-    c.timeouts.stop_secs = 2;
+    c.hypervisor.qemu.kernel = Some("/dev/null".into());
+    c.hypervisor.qemu.initrd = Some("/dev/null".into());
+    c.runtime.request_secs = request_secs;
+    c.runtime.boot_secs = 10;
+    c.runtime.stop_secs = 2;
     c
 }
 

@@ -68,7 +68,7 @@ pub struct Qemu {
 
 impl Qemu {
     pub fn new(config: &HypervisorConfig, spec: VmSpec) -> Result<Self, HypervisorError> {
-        let binary = crate::locate::find_binary(&config.qemu)?;
+        let binary = crate::locate::find_binary(&config.path)?;
         let (accel, accel_reason) = resolve_accel(config.accel);
         let count = |f: fn(&Device) -> bool| spec.devices.iter().filter(|d| f(d)).count();
         let shares = count(|d| matches!(d, Device::Fs(_)));

@@ -1,0 +1,239 @@
+//! The `[hypervisor.*]` sections, one per hypervisor as in Kata's
+//! configuration.toml: `[hypervisor.qemu]`, the backend runvm has, and the
+//! sections of the ones it has none for yet, which are parsed and checked
+//! so that a file written for them is not silently wrong.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The smallest VM runvm makes, MiB (the guest boots in it with ~110 MiB
+/// free for the container).
+pub const MIN_MEMORY_MIB: u32 = 128;
+
+/// The hypervisors runvm has a backend for. `[runtime] hypervisor` names
+/// one; a hypervisor with a section but no backend is refused when the
+/// file is read, with what is missing.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    #[default]
+    Qemu,
+}
+
+/// Hypervisors with a configuration section whose backend is not built.
+const NOT_BUILT: &[&str] = &["cloud-hypervisor", "firecracker", "acrn", "dragonball"];
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Qemu => "qemu",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "qemu" => Ok(Backend::Qemu),
+            n if NOT_BUILT.contains(&n) => Err(serde::de::Error::custom(format!(
+                "hypervisor {n:?} is not built into this runvm: it has a configuration \
+                 section, but no backend yet (built: qemu; {n} also needs a usable /dev/kvm)"
+            ))),
+            n => Err(serde::de::Error::custom(format!(
+                "unknown hypervisor {n:?}: expected qemu (built), or one of {} (not built yet)",
+                NOT_BUILT.join(", ")
+            ))),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when /dev/kvm can run a normal guest kernel, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// virtiofsd's `--cache` values.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    Auto,
+    Always,
+    Never,
+    Metadata,
+}
+
+/// virtiofsd's `--sandbox` values.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsSandbox {
+    Namespace,
+    Chroot,
+    None,
+}
+
+impl FsCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsCache::Auto => "auto",
+            FsCache::Always => "always",
+            FsCache::Never => "never",
+            FsCache::Metadata => "metadata",
+        }
+    }
+}
+
+impl FsSandbox {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsSandbox::Namespace => "namespace",
+            FsSandbox::Chroot => "chroot",
+            FsSandbox::None => "none",
+        }
+    }
+}
+
+/// `[hypervisor.*]`: QEMU's section, and the others'.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hypervisors {
+    pub qemu: HypervisorConfig,
+    #[serde(rename = "cloud-hypervisor", skip_serializing_if = "Option::is_none")]
+    pub cloud_hypervisor: Option<OtherHypervisor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firecracker: Option<OtherHypervisor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acrn: Option<OtherHypervisor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dragonball: Option<OtherHypervisor>,
+}
+
+/// `[hypervisor.qemu]`: the VM and the daemon that serves it the rootfs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HypervisorConfig {
+    /// QEMU binary; a bare name is looked up (`locate::find_binary`).
+    pub path: PathBuf,
+    /// Guest kernel; default: `vmlinux` in the first guest directory that has it.
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs; default: `initramfs.img` beside the kernel.
+    pub initrd: Option<PathBuf>,
+    pub accel: Accel,
+    #[serde(deserialize_with = "vcpus")]
+    pub default_vcpus: u32,
+    /// MiB.
+    #[serde(deserialize_with = "memory")]
+    pub default_memory: u32,
+    /// Appended to the guest kernel command line.
+    pub kernel_params: String,
+    /// Run QEMU with `-sandbox on` (seccomp) where the build supports it.
+    pub seccomp_sandbox: bool,
+    /// virtiofsd binary; a bare name is looked up like `path`.
+    pub virtio_fs_daemon: PathBuf,
+    /// virtiofsd's --cache.
+    pub virtio_fs_cache: FsCache,
+    /// virtiofsd's --sandbox.
+    pub virtio_fs_sandbox: FsSandbox,
+    /// More arguments for virtiofsd, after runvm's.
+    pub virtio_fs_extra_args: Vec<String>,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        HypervisorConfig {
+            path: PathBuf::from("qemu-system-x86_64"),
+            kernel: None,
+            initrd: None,
+            accel: Accel::Auto,
+            default_vcpus: 1,
+            default_memory: 256,
+            kernel_params: String::new(),
+            seccomp_sandbox: true,
+            virtio_fs_daemon: PathBuf::from("virtiofsd"),
+            virtio_fs_cache: FsCache::Auto,
+            virtio_fs_sandbox: FsSandbox::Namespace,
+            virtio_fs_extra_args: Vec::new(),
+        }
+    }
+}
+
+/// The section of a hypervisor runvm has no backend for: the keys such a
+/// backend would read, checked, never used.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtherHypervisor {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_vcpus"
+    )]
+    pub default_vcpus: Option<u32>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_memory"
+    )]
+    pub default_memory: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_params: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtio_fs_daemon: Option<PathBuf>,
+}
+
+fn vcpus<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom("a VM needs at least 1 vCPU"));
+    }
+    Ok(n)
+}
+
+fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n < MIN_MEMORY_MIB {
+        return Err(serde::de::Error::custom(format!(
+            "{n} MiB is less than runvm's minimum VM of {MIN_MEMORY_MIB} MiB"
+        )));
+    }
+    Ok(n)
+}
+
+fn some_vcpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    vcpus(d).map(Some)
+}
+
+fn some_memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    memory(d).map(Some)
+}
+
+/// What starting virtiofsd takes, from `[hypervisor.qemu]`'s `virtio_fs_*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtiofsdConfig {
+    pub path: PathBuf,
+    pub cache: FsCache,
+    pub sandbox: FsSandbox,
+    pub extra_args: Vec<String>,
+}
+
+impl HypervisorConfig {
+    pub fn virtiofsd(&self) -> VirtiofsdConfig {
+        VirtiofsdConfig {
+            path: self.virtio_fs_daemon.clone(),
+            cache: self.virtio_fs_cache,
+            sandbox: self.virtio_fs_sandbox,
+            extra_args: self.virtio_fs_extra_args.clone(),
+        }
+    }
+}
