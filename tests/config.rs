@@ -123,3 +123,111 @@ fn virtiofsd_gets_the_extra_arguments() {
         );
     }
 }
+
+/// runvm whose operator allows the size and kernel-parameter overrides.
+fn allowing(patterns: &str) -> Runvm {
+    Runvm::with_config(&format!(
+        "[hypervisor.qemu]\nenable_annotations = {patterns}\n"
+    ))
+}
+
+fn annotate(b: &Bundle, pairs: &[(&str, &str)]) {
+    b.edit(|c| {
+        for (k, v) in pairs {
+            c["annotations"][*k] = (*v).into();
+        }
+    });
+}
+
+#[test]
+fn allowed_annotations_size_the_vm_and_extend_its_kernel_command_line() {
+    let rv = allowing("[\"default_(vcpus|memory)\", \"kernel_params\"]");
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "nproc; grep MemTotal /proc/meminfo; cat /proc/cmdline",
+    ]);
+    let pairs = [
+        ("org.runvm.config.hypervisor.default_vcpus", "2"),
+        ("org.runvm.config.hypervisor.default_memory", "448"),
+        (
+            "org.runvm.config.hypervisor.kernel_params",
+            "runvm.test=override-1",
+        ),
+        ("example.com/owner", "the-caller"),
+    ];
+    annotate(&b, &pairs);
+    let id = unique_id("ann-size");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "{}", b.output("err.txt"));
+    let raw = rv.raw_state(&id);
+    assert_eq!(
+        raw["overrides"],
+        serde_json::json!({
+            "org.runvm.config.hypervisor.default_memory": "448",
+            "org.runvm.config.hypervisor.default_vcpus": "2",
+            "org.runvm.config.hypervisor.kernel_params": "runvm.test=override-1",
+        })
+    );
+    // `state` shows the caller's annotations, all of them.
+    let state = rv.state(&id);
+    for (k, v) in pairs {
+        assert_eq!(state["annotations"][k], v, "{state}");
+    }
+    let started = rv.run(&["start", &id]);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    assert_eq!(c.wait_shim(std::time::Duration::from_secs(120)), 0);
+    let shown = b.output("out.txt");
+    let mut lines = shown.lines();
+    assert_eq!(lines.next(), Some("2"), "{shown}");
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {shown:?}"));
+    assert!(kib > 320 * 1024 && kib <= 448 * 1024, "MemTotal {kib} kB");
+    let cmdline = lines.next().unwrap_or_default();
+    assert!(
+        cmdline
+            .split_whitespace()
+            .any(|p| p == "runvm.test=override-1"),
+        "{cmdline}"
+    );
+}
+
+#[test]
+fn refused_annotations_fail_create_and_leave_nothing() {
+    let rv = allowing("[\"default_vcpus\", \"kernel\"]");
+    for (annotation, value, says) in [
+        (
+            "org.runvm.config.hypervisor.default_memory",
+            "512",
+            "annotation org.runvm.config.hypervisor.default_memory is not enabled: the operator allows it with a pattern matching \"default_memory\" in [hypervisor.qemu] enable_annotations",
+        ),
+        (
+            "org.runvm.config.hypervisor.default_vcpus",
+            "lots",
+            "annotation org.runvm.config.hypervisor.default_vcpus: \"lots\" is not a number of vCPUs from 1 to",
+        ),
+        (
+            "org.runvm.config.hypervisor.kernel",
+            "/tmp/vmlinux",
+            "annotation org.runvm.config.hypervisor.kernel: /tmp/vmlinux is not allowed: it matches none of [hypervisor.qemu] valid_kernel_paths ([])",
+        ),
+        (
+            "org.runvm.config.runtime.boot_secs",
+            "1",
+            "annotation org.runvm.config.runtime.boot_secs is not a setting runvm lets a container override",
+        ),
+    ] {
+        let b = Bundle::busybox(&["true"]);
+        annotate(&b, &[(annotation, value)]);
+        let id = unique_id("ann-refused");
+        let (_c, out) = rv.create(&id, &b);
+        // The log line quotes the message (logfmt).
+        let err = b.output("err.txt").replace("\\\"", "\"");
+        assert_eq!(out.status.code(), Some(1), "{annotation}: {err}");
+        assert!(err.contains(says), "{annotation}: {err}");
+        common::assert_no_leaks(rv.root(), &id, b.path());
+    }
+}

@@ -21,6 +21,7 @@ pub mod locate;
 pub mod lock;
 pub mod namespaces;
 pub mod network;
+pub mod overrides;
 pub mod procinfo;
 pub mod resources;
 pub mod share;

@@ -87,6 +87,12 @@ pub fn fit(
     Ok(sized)
 }
 
+/// The host's size, for the bounds of a VM.
+pub fn host() -> crate::overrides::Host {
+    let (cpus, mib) = host_capacity();
+    crate::overrides::Host { cpus, mib }
+}
+
 /// The host's CPUs and memory (MiB).
 pub fn host_capacity() -> (u32, u64) {
     let cpus = std::thread::available_parallelism()

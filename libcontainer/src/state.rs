@@ -86,6 +86,10 @@ pub struct State {
     /// stand for).
     #[serde(default)]
     pub network: Option<crate::network::Record>,
+    /// The `org.runvm.config.*` annotations applied to this container's VM
+    /// (`overrides`); `annotations` stays the caller's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub overrides: std::collections::BTreeMap<String, String>,
 }
 
 impl State {
@@ -110,6 +114,7 @@ impl State {
             exit_code: None,
             terminal: false,
             network: None,
+            overrides: Default::default(),
         }
     }
 

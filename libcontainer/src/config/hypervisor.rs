@@ -142,6 +142,21 @@ pub struct HypervisorConfig {
     pub virtio_fs_sandbox: FsSandbox,
     /// More arguments for virtiofsd, after runvm's.
     pub virtio_fs_extra_args: Vec<String>,
+    /// The most vCPUs an annotation may ask for; 0: the host's CPUs.
+    pub default_maxvcpus: u32,
+    /// Which `org.runvm.config.hypervisor.NAME` annotations a container may
+    /// use: regular expressions, each matched against the whole NAME.
+    #[serde(deserialize_with = "regexes")]
+    pub enable_annotations: Vec<String>,
+    /// Globs a path an annotation gives must match (none: no override).
+    #[serde(deserialize_with = "globs")]
+    pub valid_hypervisor_paths: Vec<String>,
+    #[serde(deserialize_with = "globs")]
+    pub valid_virtio_fs_daemon_paths: Vec<String>,
+    #[serde(deserialize_with = "globs")]
+    pub valid_kernel_paths: Vec<String>,
+    #[serde(deserialize_with = "globs")]
+    pub valid_initrd_paths: Vec<String>,
 }
 
 impl Default for HypervisorConfig {
@@ -159,6 +174,12 @@ impl Default for HypervisorConfig {
             virtio_fs_cache: FsCache::Auto,
             virtio_fs_sandbox: FsSandbox::Namespace,
             virtio_fs_extra_args: Vec::new(),
+            default_maxvcpus: 0,
+            enable_annotations: Vec::new(),
+            valid_hypervisor_paths: Vec::new(),
+            valid_virtio_fs_daemon_paths: Vec::new(),
+            valid_kernel_paths: Vec::new(),
+            valid_initrd_paths: Vec::new(),
         }
     }
 }
@@ -208,6 +229,30 @@ fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         )));
     }
     Ok(n)
+}
+
+/// An annotation allowlist: each entry a regular expression, anchored.
+pub fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+}
+
+fn regexes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    for p in &list {
+        anchored(p).map_err(|e| {
+            serde::de::Error::custom(format!("{p:?} is not a regular expression: {e}"))
+        })?;
+    }
+    Ok(list)
+}
+
+fn globs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    for p in &list {
+        glob::Pattern::new(p)
+            .map_err(|e| serde::de::Error::custom(format!("{p:?} is not a glob: {e}")))?;
+    }
+    Ok(list)
 }
 
 fn some_vcpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {

@@ -18,7 +18,7 @@ mod load;
 pub mod show;
 
 pub use hypervisor::{
-    Accel, Backend, FsCache, FsSandbox, HypervisorConfig, Hypervisors, OtherHypervisor,
+    anchored, Accel, Backend, FsCache, FsSandbox, HypervisorConfig, Hypervisors, OtherHypervisor,
     VirtiofsdConfig, MIN_MEMORY_MIB,
 };
 pub use load::{load_files, Loaded, DROPIN_DIR};

@@ -39,6 +39,8 @@ pub enum ContainerError {
     Spec(#[from] crate::spec::SpecError),
     #[error("runtime configuration")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Override(#[from] crate::overrides::OverrideError),
     /// runc's words for what the container's status does not allow.
     #[error(transparent)]
     Refused(#[from] Refusal),

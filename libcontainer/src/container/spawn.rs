@@ -39,6 +39,12 @@ impl Runtime {
     ) -> Result<Pid, ContainerError> {
         validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
+        // Refused overrides fail here, before anything exists.
+        let (_, overrides) = crate::overrides::apply(
+            &self.config,
+            &bundle.spec.annotations().clone().unwrap_or_default(),
+            crate::sizing::host(),
+        )?;
         if bundle.terminal() && opts.console_socket.is_none() && detach {
             return Err(ContainerError::TerminalWithoutConsole);
         }
@@ -52,7 +58,7 @@ impl Runtime {
             check_pid_file_dir(pid_file)?;
         }
         let dir = self.store.create_dir(&opts.id)?;
-        match self.create_in(&dir, &bundle, opts, detach) {
+        match self.create_in(&dir, &bundle, opts, overrides, detach) {
             Ok(pid) => Ok(pid),
             Err(e) => {
                 self.discard(&opts.id);
@@ -66,6 +72,7 @@ impl Runtime {
         dir: &Path,
         bundle: &Bundle,
         opts: &CreateOptions,
+        overrides: crate::overrides::Applied,
         detach: bool,
     ) -> Result<Pid, ContainerError> {
         {
@@ -77,6 +84,7 @@ impl Runtime {
             let state = State {
                 annotations: bundle.spec.annotations().clone().unwrap_or_default(),
                 terminal: bundle.terminal(),
+                overrides,
                 ..State::creating(&opts.id, bundle.dir.clone(), bundle.rootfs.clone())
             };
             self.store.save(&state)?;

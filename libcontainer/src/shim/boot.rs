@@ -82,9 +82,14 @@ impl Shim {
             hooks::run(Kind::Prestart, hooks, &hook_state, &place)?;
             hooks::run(Kind::CreateRuntime, hooks, &hook_state, &place)?;
         }
-        // The VM grows to the container's limits; a template of another size
-        // then does not match, and the container boots cold.
-        let (host_cpus, host_mib) = crate::sizing::host_capacity();
+        // The operator's settings with the container's allowed overrides
+        // (create checked them), then grown to the container's limits; a
+        // template of another size or kernel command line then does not
+        // match, and the container boots cold.
+        let host = crate::sizing::host();
+        let annotations = bundle.spec.annotations().clone().unwrap_or_default();
+        self.config = crate::overrides::apply(&self.config, &annotations, host)?.0;
+        let (host_cpus, host_mib) = (host.cpus, host.mib);
         let configured = self.config.clone();
         self.config = crate::sizing::fit(&self.config, &bundle.spec, host_cpus, host_mib)?;
         self.share(&bundle)?;

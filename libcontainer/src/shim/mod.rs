@@ -94,6 +94,8 @@ pub enum ShimError {
     Share(#[from] crate::share::ShareError),
     #[error(transparent)]
     Sizing(#[from] crate::sizing::SizingError),
+    #[error(transparent)]
+    Override(#[from] crate::overrides::OverrideError),
     #[error("set up stdio")]
     Stdio(#[source] io::Error),
     #[error("the guest's agent speaks protocol {guest}, runvm speaks {host}: rebuild the guest (make guest)")]
@@ -110,6 +112,7 @@ impl ShimError {
             | ShimError::ReadSpec { .. }
             | ShimError::Dir { .. }
             | ShimError::Sizing(_)
+            | ShimError::Override(_)
             | ShimError::Control(_) => CreateStage::Prepare,
             ShimError::Virtiofsd(_) | ShimError::Share(_) => CreateStage::Share,
             ShimError::Hook(_) => CreateStage::Hooks,
