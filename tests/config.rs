@@ -231,3 +231,80 @@ fn refused_annotations_fail_create_and_leave_nothing() {
         common::assert_no_leaks(rv.root(), &id, b.path());
     }
 }
+
+/// Send `request` lines to a unix socket and read until `until` shows.
+fn converse(socket: &Path, requests: &[&str], until: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let mut read_some = |s: &mut std::os::unix::net::UnixStream, seen: &mut String| {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the monitor closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    };
+    // The greeting first (QMP's banner, or HMP's prompt).
+    read_some(&mut s, &mut seen);
+    for r in requests {
+        s.write_all(format!("{r}\n").as_bytes()).unwrap();
+    }
+    while !seen.contains(until) {
+        read_some(&mut s, &mut seen);
+    }
+    seen
+}
+
+#[test]
+fn a_debug_monitor_answers_on_its_socket_only_with_enable_debug() {
+    use std::os::unix::fs::PermissionsExt;
+    for (kind, requests, answer) in [
+        (
+            "qmp",
+            &[
+                r#"{"execute": "qmp_capabilities"}"#,
+                r#"{"execute": "query-status"}"#,
+            ][..],
+            r#""status": "running""#,
+        ),
+        ("hmp", &["info status"][..], "VM status: running"),
+    ] {
+        let rv = Runvm::with_config(&format!(
+            "[hypervisor.qemu]\nenable_debug = true\nextra_monitor_socket = \"{kind}\"\n"
+        ));
+        let b = Bundle::busybox(&["sleep", "1000"]);
+        let id = unique_id("cfg-debugmon");
+        let (_c, out) = rv.create(&id, &b);
+        assert!(out.status.success(), "{}", b.output("err.txt"));
+        let socket = rv.root().join(&id).join("extra-monitor.sock");
+        let mode = fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{kind}: {mode:o}");
+        assert_eq!(
+            rv.raw_state(&id)["debugMonitor"],
+            socket.display().to_string()
+        );
+        let seen = converse(&socket, requests, answer);
+        assert!(seen.contains(answer), "{kind}: {seen}");
+        // The shim says so in its log (and in --log's).
+        let shim_log = fs::read_to_string(rv.root().join(&id).join("shim.log")).unwrap();
+        assert!(
+            shim_log.contains("the VM has a debug monitor"),
+            "{shim_log}"
+        );
+    }
+
+    // Without enable_debug: no socket, and a warning.
+    let rv = Runvm::with_config("[hypervisor.qemu]\nextra_monitor_socket = \"qmp\"\n");
+    let b = Bundle::busybox(&["sleep", "1000"]);
+    let id = unique_id("cfg-nomon");
+    let (_c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "{}", b.output("err.txt"));
+    assert!(!rv.root().join(&id).join("extra-monitor.sock").exists());
+    assert!(
+        b.output("err.txt")
+            .contains("extra_monitor_socket is ignored: it needs enable_debug = true"),
+        "{}",
+        b.output("err.txt")
+    );
+}

@@ -90,6 +90,9 @@ pub struct State {
     /// (`overrides`); `annotations` stays the caller's.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub overrides: std::collections::BTreeMap<String, String>,
+    /// The VM's debug monitor socket, when the operator turned it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_monitor: Option<PathBuf>,
 }
 
 impl State {
@@ -115,6 +118,7 @@ impl State {
             terminal: false,
             network: None,
             overrides: Default::default(),
+            debug_monitor: None,
         }
     }
 

@@ -59,6 +59,16 @@ pub enum Accel {
     Tcg,
 }
 
+/// What the debug monitor speaks: QEMU's human monitor, or QMP (JSON,
+/// `qmp-pretty`: indented).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorKind {
+    Hmp,
+    Qmp,
+    QmpPretty,
+}
+
 /// virtiofsd's `--cache` values.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -144,6 +154,12 @@ pub struct HypervisorConfig {
     pub virtio_fs_extra_args: Vec<String>,
     /// The most vCPUs an annotation may ask for; 0: the host's CPUs.
     pub default_maxvcpus: u32,
+    /// Debugging aids that make the VM untrusted; off in production.
+    pub enable_debug: bool,
+    /// With `enable_debug`: a second monitor on a unix socket in the
+    /// container's state directory, for a person debugging the VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_monitor_socket: Option<MonitorKind>,
     /// Which `org.runvm.config.hypervisor.NAME` annotations a container may
     /// use: regular expressions, each matched against the whole NAME.
     #[serde(deserialize_with = "regexes")]
@@ -175,6 +191,8 @@ impl Default for HypervisorConfig {
             virtio_fs_sandbox: FsSandbox::Namespace,
             virtio_fs_extra_args: Vec::new(),
             default_maxvcpus: 0,
+            enable_debug: false,
+            extra_monitor_socket: None,
             enable_annotations: Vec::new(),
             valid_hypervisor_paths: Vec::new(),
             valid_virtio_fs_daemon_paths: Vec::new(),
@@ -273,6 +291,11 @@ pub struct VirtiofsdConfig {
 }
 
 impl HypervisorConfig {
+    /// The debug monitor, if asked for and allowed (`enable_debug`).
+    pub fn debug_monitor(&self) -> Option<MonitorKind> {
+        self.extra_monitor_socket.filter(|_| self.enable_debug)
+    }
+
     pub fn virtiofsd(&self) -> VirtiofsdConfig {
         VirtiofsdConfig {
             path: self.virtio_fs_daemon.clone(),

@@ -91,12 +91,19 @@ pub fn load_files(main: &Path, must_exist: bool) -> Result<Loaded, ConfigError> 
         record_sources(&table, "", path, &mut sources);
         merge(&mut merged, table);
     }
-    let config = toml::Value::Table(merged)
-        .try_into()
-        .map_err(|source| ConfigError::Merge {
-            files: files.clone(),
-            source: Box::new(source),
-        })?;
+    let config: Config =
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|source| ConfigError::Merge {
+                files: files.clone(),
+                source: Box::new(source),
+            })?;
+    if config.vmm().extra_monitor_socket.is_some() && !config.vmm().enable_debug {
+        warnings.push(
+            "[hypervisor.qemu] extra_monitor_socket is ignored: it needs enable_debug = true"
+                .into(),
+        );
+    }
     Ok(Loaded {
         config,
         files,

@@ -18,8 +18,8 @@ mod load;
 pub mod show;
 
 pub use hypervisor::{
-    anchored, Accel, Backend, FsCache, FsSandbox, HypervisorConfig, Hypervisors, OtherHypervisor,
-    VirtiofsdConfig, MIN_MEMORY_MIB,
+    anchored, Accel, Backend, FsCache, FsSandbox, HypervisorConfig, Hypervisors, MonitorKind,
+    OtherHypervisor, VirtiofsdConfig, MIN_MEMORY_MIB,
 };
 pub use load::{load_files, Loaded, DROPIN_DIR};
 
@@ -152,6 +152,7 @@ mod tests {
         let mut all = Config::default();
         all.hypervisor.qemu.kernel = Some("/k".into());
         all.hypervisor.qemu.initrd = Some("/i".into());
+        all.hypervisor.qemu.extra_monitor_socket = Some(MonitorKind::Qmp);
         all.hypervisor.firecracker = Some(OtherHypervisor {
             path: Some("/p".into()),
             kernel: Some("/k".into()),

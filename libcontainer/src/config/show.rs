@@ -33,6 +33,12 @@ pub fn toml(loaded: &Loaded) -> String {
     for w in &loaded.warnings {
         out.push_str(&format!("# warning: {w}\n"));
     }
+    if loaded.config.vmm().debug_monitor().is_some() {
+        out.push_str(&format!(
+            "# debug monitor: on, at <root>/<id>/{} of each VM (untrusted VMs)\n",
+            crate::hypervisor::DEBUG_MONITOR_SOCKET
+        ));
+    }
     let value = toml::Table::try_from(&loaded.config).expect("the configuration serializes");
     for (name, entries) in &value {
         if let Some(t) = entries.as_table() {

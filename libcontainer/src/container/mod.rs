@@ -184,6 +184,9 @@ impl Runtime {
 
     pub fn state(&self, id: &str) -> Result<OciState, ContainerError> {
         let state = self.load(id)?;
+        if let Some(socket) = &state.debug_monitor {
+            debug!(self.log, "the VM has a debug monitor"; "socket" => %socket.display());
+        }
         Ok(oci_state(&state))
     }
 

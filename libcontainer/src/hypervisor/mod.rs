@@ -71,6 +71,9 @@ pub enum HypervisorError {
 /// they fit in `sun_path` however long the directory's path is.
 pub const CONSOLE_LOG: &str = "console.log";
 pub const VMM_LOG: &str = "vmm.log";
+/// The debug monitor's socket in the VM's directory (`[hypervisor.qemu]
+/// enable_debug` and `extra_monitor_socket`), mode 0600.
+pub const DEBUG_MONITOR_SOCKET: &str = "extra-monitor.sock";
 
 /// A device of the VM, at boot or hotplugged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -111,6 +111,17 @@ impl Shim {
         self.record(|s| s.network = Some(record))?;
         self.network = Some(network);
         let cloned = self.launch_vm(&configured, share, &nics).await?;
+        if self.config.vmm().debug_monitor().is_some() {
+            let socket = self.dir.join(hypervisor::DEBUG_MONITOR_SOCKET);
+            if socket.exists() {
+                warn!(self.log, "the VM has a debug monitor: whoever can open its socket controls the VM, so treat this VM and its container as untrusted from now on";
+                    "socket" => %socket.display());
+                self.record(|s| s.debug_monitor = Some(socket))?;
+            } else {
+                // A warm pool VM made its sockets in its own directory.
+                warn!(self.log, "the debug monitor is on, but this VM came from the warm pool: its monitor socket is not in the container's directory");
+            }
+        }
         let network = self.network.as_mut().expect("set above");
         network.connect().await?;
         let guest_network = network.guest_config();

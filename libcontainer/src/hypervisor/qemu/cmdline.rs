@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::hypervisor::{Device, NetBackend, ResolvedAccel, VmSpec, CONSOLE_LOG};
+use crate::config::MonitorKind;
+use crate::hypervisor::{
+    Device, NetBackend, ResolvedAccel, VmSpec, CONSOLE_LOG, DEBUG_MONITOR_SOCKET,
+};
 
 pub const AGENT_SOCKET: &str = "agent.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
@@ -21,6 +24,8 @@ pub struct Options {
     pub accel: ResolvedAccel,
     /// `-sandbox on` (seccomp) with the dangerous groups denied.
     pub seccomp_sandbox: bool,
+    /// A second monitor for debugging, on [`DEBUG_MONITOR_SOCKET`].
+    pub debug_monitor: Option<MonitorKind>,
 }
 
 /// PCIe root ports: one per boot device that needs one, plus the free ones.
@@ -100,6 +105,18 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
         &format!("file:{}", spec.dir.join(CONSOLE_LOG).display()),
     ]);
     push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+    if let Some(kind) = opts.debug_monitor {
+        push(&[
+            "-chardev",
+            &format!("socket,id=debugmon,path={DEBUG_MONITOR_SOCKET},server=on,wait=off"),
+        ]);
+        let mode = match kind {
+            MonitorKind::Hmp => "readline",
+            MonitorKind::Qmp => "control",
+            MonitorKind::QmpPretty => "control,pretty=on",
+        };
+        push(&["-mon", &format!("chardev=debugmon,mode={mode}")]);
+    }
     // A new generation id on every start tells the guest kernel to reseed its
     // RNG: clones of one template must not share random numbers.
     push(&["-device", "vmgenid,guid=auto"]);
@@ -226,6 +243,36 @@ mod tests {
         Options {
             accel,
             seccomp_sandbox: true,
+            debug_monitor: None,
+        }
+    }
+
+    #[test]
+    fn a_debug_monitor_is_a_second_monitor_on_its_socket_only_when_asked() {
+        let none = command_line(&spec(), &opts(ResolvedAccel::Tcg));
+        assert!(!none.iter().any(|a| a.contains("debugmon")), "{none:?}");
+        let chardev = format!("socket,id=debugmon,path={DEBUG_MONITOR_SOCKET},server=on,wait=off");
+        for (kind, mode) in [
+            (MonitorKind::Hmp, "chardev=debugmon,mode=readline"),
+            (MonitorKind::Qmp, "chardev=debugmon,mode=control"),
+            (
+                MonitorKind::QmpPretty,
+                "chardev=debugmon,mode=control,pretty=on",
+            ),
+        ] {
+            let o = Options {
+                debug_monitor: Some(kind),
+                ..opts(ResolvedAccel::Tcg)
+            };
+            let a = command_line(&spec(), &o);
+            assert!(has_pair(&a, "-chardev", &chardev), "{a:?}");
+            assert!(has_pair(&a, "-mon", mode), "{a:?}");
+            // The template's layout differs: a debugged VM is never a clone
+            // of an undebugged template.
+            assert_ne!(
+                layout(&spec(), &o),
+                layout(&spec(), &opts(ResolvedAccel::Tcg))
+            );
         }
     }
 

@@ -78,6 +78,7 @@ impl Qemu {
             opts: Options {
                 accel,
                 seccomp_sandbox: config.seccomp_sandbox,
+                debug_monitor: config.debug_monitor(),
             },
             accel_reason,
             ports_used: shares + nics,
@@ -123,6 +124,18 @@ impl Qemu {
         }
         self.ports_used += 1;
         Ok(format!("rp{}", self.ports_used - 1))
+    }
+
+    /// The debug monitor's socket: its owner's only (the state directory
+    /// is already 0700).
+    fn restrict_debug_monitor(&self) -> Result<(), HypervisorError> {
+        if self.opts.debug_monitor.is_none() {
+            return Ok(());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.spec.dir.join(crate::hypervisor::DEBUG_MONITOR_SOCKET);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|source| HypervisorError::Dir { path, source })
     }
 
     fn connect_qmp(&mut self, path: &Path) -> Result<(), HypervisorError> {
@@ -240,7 +253,9 @@ impl Hypervisor for Qemu {
         let connected = match spawned {
             Ok(child) => {
                 self.child = Some(child);
+                // QEMU has made its sockets once QMP answers.
                 self.connect_qmp(&qmp_path)
+                    .and_then(|()| self.restrict_debug_monitor())
             }
             Err(source) => Err(HypervisorError::Spawn {
                 binary: self.binary.clone(),
