@@ -58,15 +58,19 @@ fn the_vm_gets_the_size_the_drop_ins_set() {
         .unwrap();
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    let mut lines = stdout.lines();
-    assert_eq!(lines.next(), Some("2"), "{stdout}");
+    // The later drop-in's memory won.
+    assert_two_vcpus_and_448_mib(&mut stdout.lines(), &stdout);
+}
+
+/// `nproc` then MemTotal: 2 vCPUs and a 448 MiB VM (the guest kernel keeps
+/// some of it: more than 320 MiB, at most 448).
+fn assert_two_vcpus_and_448_mib<'a>(lines: &mut impl Iterator<Item = &'a str>, all: &str) {
+    assert_eq!(lines.next(), Some("2"), "{all}");
     let kib: u64 = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no MemTotal in {stdout:?}"));
-    // The guest kernel keeps some of it; more than 320 MiB shows the later
-    // drop-in won, and at most 448 MiB that it is the VM's size.
+        .unwrap_or_else(|| panic!("no MemTotal in {all:?}"));
     assert!(kib > 320 * 1024 && kib <= 448 * 1024, "MemTotal {kib} kB");
 }
 
@@ -179,13 +183,7 @@ fn allowed_annotations_size_the_vm_and_extend_its_kernel_command_line() {
     assert_eq!(c.wait_shim(std::time::Duration::from_secs(120)), 0);
     let shown = b.output("out.txt");
     let mut lines = shown.lines();
-    assert_eq!(lines.next(), Some("2"), "{shown}");
-    let kib: u64 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no MemTotal in {shown:?}"));
-    assert!(kib > 320 * 1024 && kib <= 448 * 1024, "MemTotal {kib} kB");
+    assert_two_vcpus_and_448_mib(&mut lines, &shown);
     let cmdline = lines.next().unwrap_or_default();
     assert!(
         cmdline
