@@ -45,7 +45,7 @@ fn the_vm_gets_the_size_the_drop_ins_set() {
             "[hypervisor.qemu]\ndefault_memory = 448\n",
         ),
     ]);
-    let rv = Runvm::new();
+    let rv = Runvm::cold("");
     let b = Bundle::busybox(&["sh", "-c", "nproc; grep MemTotal /proc/meminfo"]);
     let id = unique_id("cfg-size");
     let _guard = rv.guard(&id, &b);
@@ -80,7 +80,7 @@ fn a_bad_drop_in_fails_create_with_its_file_line_and_key_and_leaves_nothing() {
         ("10-size.toml", "[hypervisor.qemu]\ndefault_vcpus = 2\n"),
         ("20-typo.toml", "[hypervisor.qemu]\nmemroy_mib = 512\n"),
     ]);
-    let rv = Runvm::new();
+    let rv = Runvm::cold("");
     let b = Bundle::busybox(&["true"]);
     let id = unique_id("cfg-bad");
     let out = with_config(&rv, &main)
@@ -104,9 +104,7 @@ fn a_bad_drop_in_fails_create_with_its_file_line_and_key_and_leaves_nothing() {
 
 #[test]
 fn virtiofsd_gets_the_extra_arguments() {
-    let rv = Runvm::with_config(
-        "[hypervisor.qemu]\nvirtio_fs_extra_args = [\"--announce-submounts\"]\n",
-    );
+    let rv = Runvm::cold("[hypervisor.qemu]\nvirtio_fs_extra_args = [\"--announce-submounts\"]\n");
     let b = Bundle::busybox(&["true"]);
     let id = unique_id("cfg-vfs-args");
     let (_c, out) = rv.create(&id, &b);
@@ -130,7 +128,7 @@ fn virtiofsd_gets_the_extra_arguments() {
 
 /// runvm whose operator allows the size and kernel-parameter overrides.
 fn allowing(patterns: &str) -> Runvm {
-    Runvm::with_config(&format!(
+    Runvm::cold(&format!(
         "[hypervisor.qemu]\nenable_annotations = {patterns}\n"
     ))
 }
@@ -268,7 +266,7 @@ fn a_debug_monitor_answers_on_its_socket_only_with_enable_debug() {
         ),
         ("hmp", &["info status"][..], "VM status: running"),
     ] {
-        let rv = Runvm::with_config(&format!(
+        let rv = Runvm::cold(&format!(
             "[hypervisor.qemu]\nenable_debug = true\nextra_monitor_socket = \"{kind}\"\n"
         ));
         let b = Bundle::busybox(&["sleep", "1000"]);
@@ -293,7 +291,7 @@ fn a_debug_monitor_answers_on_its_socket_only_with_enable_debug() {
     }
 
     // Without enable_debug: no socket, and a warning.
-    let rv = Runvm::with_config("[hypervisor.qemu]\nextra_monitor_socket = \"qmp\"\n");
+    let rv = Runvm::cold("[hypervisor.qemu]\nextra_monitor_socket = \"qmp\"\n");
     let b = Bundle::busybox(&["sleep", "1000"]);
     let id = unique_id("cfg-nomon");
     let (_c, out) = rv.create(&id, &b);

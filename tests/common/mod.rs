@@ -141,6 +141,8 @@ pub struct Runvm {
     root: tempfile::TempDir,
     /// A runvm config file given through $RUNVM_CONFIG (outside the root).
     config: Option<tempfile::NamedTempFile>,
+    /// Its containers must be clones of the shared template (template mode).
+    clones: bool,
     /// In template mode, the `--log` file of every command: a shim that boots
     /// cold says why there, as a warning, and the drop checks that none did.
     boot_log: Option<tempfile::NamedTempFile>,
@@ -161,6 +163,17 @@ impl Runvm {
 
     /// runvm with this configuration (TOML), e.g. short timeouts.
     pub fn with_config(toml: &str) -> Runvm {
+        Self::configured(toml, template_mode())
+    }
+
+    /// runvm that boots every container cold whatever RUNVM_TEST_TEMPLATE
+    /// says: for tests of a VM's own settings, which a clone of the shared
+    /// template could not have.
+    pub fn cold(toml: &str) -> Runvm {
+        Self::configured(toml, false)
+    }
+
+    fn configured(toml: &str, clones: bool) -> Runvm {
         become_subreaper();
         let mut rv = Runvm {
             root: tempfile::Builder::new()
@@ -168,7 +181,8 @@ impl Runvm {
                 .tempdir()
                 .unwrap(),
             config: None,
-            boot_log: template_mode().then(|| {
+            clones,
+            boot_log: clones.then(|| {
                 tempfile::Builder::new()
                     .prefix("runvm-log-")
                     .tempfile()
@@ -176,7 +190,7 @@ impl Runvm {
             }),
         };
         let mut toml = toml.to_string();
-        if template_mode() {
+        if clones {
             toml.push_str(&shared_template().config_section());
         } else if !toml.contains("[factory]") {
             toml.push_str(templates::COLD_SECTION);
@@ -228,7 +242,7 @@ impl Runvm {
     /// In template mode every container must be a clone: a broken template
     /// must not let the suite pass on cold boots.
     fn check_boot(&self, id: &str) {
-        if template_mode() {
+        if self.clones {
             let boot = self.raw_state(id)["boot"].clone();
             assert!(boot == "template" || boot == "pool", "{id} booted cold");
         }
