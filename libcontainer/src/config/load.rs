@@ -126,6 +126,38 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// A drop-in (or its directory) that someone else could have written is
+/// refused: a main file in a shared directory (`RUNVM_CONFIG=/tmp/x.toml`)
+/// must not let another user's `/tmp/config.d` choose the binaries runvm
+/// runs as root.
+fn check_trusted(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    // Group write counts unless the group is root's own.
+    let writable = if meta.gid() == 0 { 0o002 } else { 0o022 };
+    let why = if meta.uid() != me {
+        Some(format!("it is owned by uid {}, not {me}", meta.uid()))
+    } else if meta.mode() & writable != 0 {
+        Some(format!(
+            "its mode {:o} lets others write it",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(ConfigError::Untrusted {
+            path: path.to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The `*.toml` files of the drop-in directory, by name; none if it does
 /// not exist.
 fn dropins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
@@ -139,6 +171,7 @@ fn dropins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             })
         }
     };
+    check_trusted(dir)?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| ConfigError::Read {
@@ -147,6 +180,7 @@ fn dropins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         })?;
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+            check_trusted(&path)?;
             files.push(path);
         }
     }
@@ -266,6 +300,39 @@ mod tests {
         );
         assert!(msg.contains("line 3"), "{msg}");
         assert!(msg.contains("unknown field `memroy_mib`"), "{msg}");
+    }
+
+    #[test]
+    fn drop_ins_others_could_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let main = write(tmp.path(), "config.toml", "");
+        let dropin = write(
+            tmp.path(),
+            "config.d/10-a.toml",
+            "[factory]\npool_size = 0\n",
+        );
+        let dir = tmp.path().join("config.d");
+        for (path, mode) in [(&dir, 0o777), (&dropin, 0o666)] {
+            let before = fs::metadata(path).unwrap().permissions().mode();
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+            let msg = crate::error_chain(&load_files(&main, true).unwrap_err());
+            assert_eq!(
+                msg,
+                format!(
+                    "config drop-in {} is refused: its mode {mode:o} lets others write it (it must be runvm's user's, and writable by no one else)",
+                    path.display()
+                )
+            );
+            fs::set_permissions(path, fs::Permissions::from_mode(before)).unwrap();
+        }
+        std::os::unix::fs::chown(&dropin, Some(65534), None).unwrap();
+        let msg = crate::error_chain(&load_files(&main, true).unwrap_err());
+        let me = nix::unistd::geteuid();
+        assert!(
+            msg.contains(&format!("it is owned by uid 65534, not {me}")),
+            "{msg}"
+        );
     }
 
     #[test]

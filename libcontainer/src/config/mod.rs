@@ -35,6 +35,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("config drop-in {path} is refused: {why} (it must be runvm's user's, and writable by no one else)")]
+    Untrusted { path: PathBuf, why: String },
     #[error("merge config files {files:?}")]
     Merge {
         files: Vec<PathBuf>,
