@@ -261,7 +261,7 @@ const VERBS: &[Verb] = &[
     Verb {
         name: "env",
         about: "Print the effective configuration and where each value came from",
-        long: "Print the configuration runvm would use, after the main file and its drop-ins (config.d/*.toml, in lexical order), as TOML that reads back as the same configuration, each value with the file it came from or `default`.",
+        long: "Print the configuration runvm would use, after the main file and its drop-ins (config.d/*.toml, in lexical order), as TOML that reads back as the same configuration, each value with the file it came from or `default`; then, as comments, what it resolves to on this host (runvm check's lines: the binaries and guest files found, the accelerator).",
         args: &[("format", "toml (the default) or json")],
     },
     Verb {

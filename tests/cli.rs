@@ -474,10 +474,17 @@ fn env_shows_the_effective_configuration_and_where_each_value_came_from() {
         "{shown}"
     );
     assert!(shown.contains("accel = \"auto\" # default\n"), "{shown}");
+    // What it resolves to here, as check says.
+    assert!(
+        shown.contains("\n# On this host (runvm check):\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("\n# ✔ qemu: /"), "{shown}");
 
     let out = env(&["env", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["config"]["hypervisor"]["qemu"]["default_vcpus"], 2, "{v}");
+    assert_eq!(v["host"]["qemu"]["ok"], true, "{v}");
     assert_eq!(
         v["sources"]["hypervisor.qemu.default_memory"],
         dropin.display().to_string()
