@@ -40,10 +40,47 @@ enum Kind {
     Vcpus,
     Memory,
     KernelParams,
-    /// A path that must match the globs of this `[hypervisor.qemu]` list.
-    Path(&'static str),
+    Path(PathSetting),
     Args,
     Cache,
+}
+
+/// A path setting, and the `[hypervisor.qemu]` glob list it must match.
+#[derive(Clone, Copy)]
+enum PathSetting {
+    Hypervisor,
+    Kernel,
+    Initrd,
+    VirtiofsDaemon,
+}
+
+impl PathSetting {
+    fn list(self) -> &'static str {
+        match self {
+            PathSetting::Hypervisor => "valid_hypervisor_paths",
+            PathSetting::Kernel => "valid_kernel_paths",
+            PathSetting::Initrd => "valid_initrd_paths",
+            PathSetting::VirtiofsDaemon => "valid_virtio_fs_daemon_paths",
+        }
+    }
+
+    fn globs(self, hv: &HypervisorConfig) -> &[String] {
+        match self {
+            PathSetting::Hypervisor => &hv.valid_hypervisor_paths,
+            PathSetting::Kernel => &hv.valid_kernel_paths,
+            PathSetting::Initrd => &hv.valid_initrd_paths,
+            PathSetting::VirtiofsDaemon => &hv.valid_virtio_fs_daemon_paths,
+        }
+    }
+
+    fn set(self, hv: &mut HypervisorConfig, path: PathBuf) {
+        match self {
+            PathSetting::Hypervisor => hv.path = path,
+            PathSetting::Kernel => hv.kernel = Some(path),
+            PathSetting::Initrd => hv.initrd = Some(path),
+            PathSetting::VirtiofsDaemon => hv.virtio_fs_daemon = path,
+        }
+    }
 }
 
 /// The settings an annotation can override, by NAME.
@@ -51,13 +88,10 @@ const SETTINGS: &[(&str, Kind)] = &[
     ("default_vcpus", Kind::Vcpus),
     ("default_memory", Kind::Memory),
     ("kernel_params", Kind::KernelParams),
-    ("path", Kind::Path("valid_hypervisor_paths")),
-    ("kernel", Kind::Path("valid_kernel_paths")),
-    ("initrd", Kind::Path("valid_initrd_paths")),
-    (
-        "virtio_fs_daemon",
-        Kind::Path("valid_virtio_fs_daemon_paths"),
-    ),
+    ("path", Kind::Path(PathSetting::Hypervisor)),
+    ("kernel", Kind::Path(PathSetting::Kernel)),
+    ("initrd", Kind::Path(PathSetting::Initrd)),
+    ("virtio_fs_daemon", Kind::Path(PathSetting::VirtiofsDaemon)),
     ("virtio_fs_extra_args", Kind::Args),
     ("virtio_fs_cache", Kind::Cache),
 ];
@@ -142,15 +176,7 @@ pub fn apply(
                 name: name.to_string(),
             });
         }
-        set(
-            out.vmm_mut(),
-            config.vmm(),
-            annotation,
-            name,
-            kind,
-            value,
-            host,
-        )?;
+        set(out.vmm_mut(), config.vmm(), annotation, kind, value, host)?;
         applied.insert(annotation.clone(), value.clone());
     }
     Ok((out, applied))
@@ -160,7 +186,6 @@ fn set(
     hv: &mut HypervisorConfig,
     operator: &HypervisorConfig,
     annotation: &str,
-    name: &str,
     kind: Kind,
     value: &str,
     host: Host,
@@ -208,13 +233,8 @@ fn set(
                 .collect::<Vec<_>>()
                 .join(" ");
         }
-        Kind::Path(list) => {
-            let globs = match list {
-                "valid_hypervisor_paths" => &operator.valid_hypervisor_paths,
-                "valid_kernel_paths" => &operator.valid_kernel_paths,
-                "valid_initrd_paths" => &operator.valid_initrd_paths,
-                _ => &operator.valid_virtio_fs_daemon_paths,
-            };
+        Kind::Path(setting) => {
+            let globs = setting.globs(operator);
             let path = PathBuf::from(value);
             let inside = path.is_absolute()
                 && !value.split('/').any(|c| c == "..")
@@ -226,16 +246,11 @@ fn set(
                 return Err(OverrideError::PathNotAllowed {
                     annotation: annotation.to_string(),
                     path: value.to_string(),
-                    list,
-                    globs: globs.clone(),
+                    list: setting.list(),
+                    globs: globs.to_vec(),
                 });
             }
-            match name {
-                "path" => hv.path = path,
-                "kernel" => hv.kernel = Some(path),
-                "initrd" => hv.initrd = Some(path),
-                _ => hv.virtio_fs_daemon = path,
-            }
+            setting.set(hv, path);
         }
         Kind::Args => {
             hv.virtio_fs_extra_args =

@@ -49,7 +49,8 @@ impl Config {
     }
 
     /// Parse a configuration's text, old keys included, as a file would be
-    /// read: for tests, and for the documented defaults' check.
+    /// read.
+    #[cfg(test)]
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         let mut table: toml::Table = text.parse()?;
         legacy::migrate(&mut table);

@@ -89,9 +89,8 @@ impl Shim {
         let host = crate::sizing::host();
         let annotations = bundle.spec.annotations().clone().unwrap_or_default();
         self.config = crate::overrides::apply(&self.config, &annotations, host)?.0;
-        let (host_cpus, host_mib) = (host.cpus, host.mib);
         let configured = self.config.clone();
-        self.config = crate::sizing::fit(&self.config, &bundle.spec, host_cpus, host_mib)?;
+        self.config = crate::sizing::fit(&self.config, &bundle.spec, host.cpus, host.mib)?;
         self.share(&bundle)?;
         let share = FsDevice {
             tag: SHARE_TAG.into(),
