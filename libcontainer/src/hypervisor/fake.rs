@@ -371,6 +371,11 @@ impl Hypervisor for FakeVm {
         self.launched.then(|| std::process::id() as i32)
     }
 
+    fn vcpu_threads(&mut self) -> Result<Vec<i32>, HypervisorError> {
+        self.call("vcpu_threads");
+        Ok(self.pid().into_iter().collect())
+    }
+
     fn agent_endpoint(&self) -> AgentEndpoint {
         AgentEndpoint::Serial {
             socket: self.socket(),

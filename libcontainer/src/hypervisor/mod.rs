@@ -290,6 +290,9 @@ pub trait Hypervisor: Send {
     /// Becomes `Some(description)` when the hypervisor process exits.
     fn exit_watch(&self) -> ExitWatch;
     /// Stop the vCPUs (the device state stays as it is).
+    /// The host threads that run the vCPUs (for the container's host
+    /// cgroup when the VMM's other threads are accounted apart).
+    fn vcpu_threads(&mut self) -> Result<Vec<i32>, HypervisorError>;
     fn pause(&mut self) -> Result<(), HypervisorError>;
     fn resume(&mut self) -> Result<(), HypervisorError>;
     fn hotplug(&mut self, device: &Device) -> Result<(), HypervisorError>;

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use self::cmdline::{command_line, memory_path, root_ports, Options, AGENT_SOCKET, QMP_SOCKET};
 use self::qmp::{
     ChardevAdd, ChardevBackend, Cont, DeviceAdd, GetFd, Migrate, MigrateIncoming,
-    MigrateSetCapabilities, MigrationCapability, NetdevAdd, Qmp, QmpError, QueryMigrate, Quit,
-    SocketAddress, Stop,
+    MigrateSetCapabilities, MigrationCapability, NetdevAdd, Qmp, QmpError, QueryCpusFast,
+    QueryMigrate, Quit, SocketAddress, Stop,
 };
 use super::{
     resolve_accel, Accelerator, AgentEndpoint, Capabilities, Device, ExitWatch, Hypervisor,
@@ -321,6 +321,11 @@ impl Hypervisor for Qemu {
             Some(child) => child.exit_watch(),
             None => watch::channel(Some("was never launched".to_string())).1,
         }
+    }
+
+    fn vcpu_threads(&mut self) -> Result<Vec<i32>, HypervisorError> {
+        let cpus = self.qmp()?.execute(&QueryCpusFast {})?;
+        Ok(cpus.into_iter().map(|c| c.thread_id).collect())
     }
 
     fn pause(&mut self) -> Result<(), HypervisorError> {

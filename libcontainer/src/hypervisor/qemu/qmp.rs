@@ -60,6 +60,14 @@ no_args! {
     Cont = "cont" -> Empty;
     Quit = "quit" -> Empty;
     QueryMigrate = "query-migrate" -> MigrationInfo;
+    QueryCpusFast = "query-cpus-fast" -> Vec<CpuInfo>;
+}
+
+/// One vCPU of `query-cpus-fast`: the host thread that runs it.
+#[derive(Deserialize, Debug, PartialEq, Eq)]
+pub struct CpuInfo {
+    #[serde(rename = "thread-id")]
+    pub thread_id: i32,
 }
 
 #[derive(Serialize, Debug)]
