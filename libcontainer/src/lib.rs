@@ -15,6 +15,7 @@ pub mod exec;
 pub mod factory;
 pub mod features;
 pub mod hooks;
+pub mod host_cgroup;
 pub mod hypervisor;
 pub mod id;
 pub mod locate;

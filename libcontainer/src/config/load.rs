@@ -374,6 +374,11 @@ mod tests {
                 "minimum VM of 128 MiB",
             ),
             (
+                "[runtime]\n\ncgroup_cpu_overhead = -1.0\n",
+                "line 3",
+                "-1 CPUs is not between 0 and 1024",
+            ),
+            (
                 "[hypervisor.acrn]\nvcpus = 2\n",
                 "line 2",
                 "unknown field `vcpus`",

@@ -55,6 +55,17 @@ pub struct RuntimeConfig {
     pub request_secs: u64,
     /// For the VM to stop before it is killed.
     pub stop_secs: u64,
+    /// Every host process of the VM (shim, QEMU, virtiofsd) in the
+    /// container's host cgroup, as Kata's default. Off: only QEMU's vCPU
+    /// threads go there, the rest to `runvm_overhead/<id>`; cgroup v1 only.
+    pub sandbox_cgroup_only: bool,
+    /// MiB added to the VM's memory for the host cgroup's memory limit (of
+    /// a container that has one): QEMU's own memory, virtiofsd, the shim.
+    pub cgroup_memory_overhead: u32,
+    /// CPUs added to the container's CFS quota for the host cgroup's quota
+    /// (of a container that has one): QEMU's I/O and emulation threads.
+    #[serde(deserialize_with = "cpu_fraction")]
+    pub cgroup_cpu_overhead: f64,
 }
 
 impl Default for RuntimeConfig {
@@ -64,8 +75,21 @@ impl Default for RuntimeConfig {
             boot_secs: 120,
             request_secs: 60,
             stop_secs: 10,
+            sandbox_cgroup_only: true,
+            cgroup_memory_overhead: 256,
+            cgroup_cpu_overhead: 0.5,
         }
     }
+}
+
+fn cpu_fraction<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let n = f64::deserialize(d)?;
+    if !(0.0..=1024.0).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "{n} CPUs is not between 0 and 1024"
+        )));
+    }
+    Ok(n)
 }
 
 impl RuntimeConfig {
