@@ -58,7 +58,7 @@ const GLOBAL: &[(&str, &str)] = &[
     ),
     (
         "systemd_cgroup",
-        "Accepted for runc compatibility; the container's cgroup is made in the guest, which has no systemd",
+        "Read linux.cgroupsPath as slice:prefix:name, placed as systemd places the unit (runvm writes the cgroup itself; systemd need not run)",
     ),
     ("version", "Print runvm's version, commit and OCI spec version"),
     (

@@ -188,6 +188,7 @@ fn main() -> ExitCode {
         root,
         log: log.clone(),
         shim_args: shim_args(&cli.global),
+        systemd_cgroup: cli.global.systemd_cgroup,
         logs_to_file: cli.global.log.is_some(),
     };
     match commands::dispatch(cmd, &ctx) {

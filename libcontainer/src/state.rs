@@ -93,6 +93,9 @@ pub struct State {
     /// The VM's debug monitor socket, when the operator turned it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug_monitor: Option<PathBuf>,
+    /// The container's cgroup on the host, which holds its VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cgroup: Option<crate::host_cgroup::Record>,
 }
 
 impl State {
@@ -119,6 +122,7 @@ impl State {
             network: None,
             overrides: Default::default(),
             debug_monitor: None,
+            host_cgroup: None,
         }
     }
 

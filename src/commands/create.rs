@@ -19,6 +19,7 @@ pub fn create(args: Create, ctx: &Context) -> Result<u8> {
         pid_file: args.pid_file,
         console_socket: args.console_socket,
         shim_args: ctx.shim_args.clone(),
+        systemd_cgroup: ctx.systemd_cgroup,
     })?;
     Ok(0)
 }

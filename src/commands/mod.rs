@@ -35,6 +35,8 @@ pub struct Context {
     pub root: PathBuf,
     pub log: Logger,
     pub shim_args: Vec<OsString>,
+    /// `--systemd-cgroup`, for create and run.
+    pub systemd_cgroup: bool,
     /// Errors go to a --log file (and are echoed on stderr, as runc does).
     pub logs_to_file: bool,
 }

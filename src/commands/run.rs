@@ -14,6 +14,7 @@ pub fn run(args: Run, ctx: &Context) -> Result<u8> {
         pid_file: args.pid_file,
         console_socket: args.console_socket,
         shim_args: ctx.shim_args.clone(),
+        systemd_cgroup: ctx.systemd_cgroup,
     };
     if args.detach {
         rt.run_detached(&opts)?;

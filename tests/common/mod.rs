@@ -479,7 +479,71 @@ pub fn leaks(root: &Path, id: &str, bundle: &Path) -> Result<(), String> {
             return Err(format!("mount left: {m}"));
         }
     }
+    // A container without a cgroupsPath gets <runvm's own cgroup>/<id>.
+    let default = format!("{}/{id}", own_cgroup());
+    let dirs = host_cgroup_dirs(&default);
+    if !dirs.is_empty() {
+        return Err(format!("host cgroup left: {dirs:?}"));
+    }
     Ok(())
+}
+
+/// The tests' own cgroup (so runvm's, which they run) below the
+/// hierarchy's root: the memory controller's on a cgroup v1 host.
+pub fn own_cgroup() -> String {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let text = fs::read_to_string("/proc/self/cgroup").unwrap();
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (n, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            let ours = if v2 {
+                n == "0"
+            } else {
+                controllers.split(',').any(|c| c == "memory")
+            };
+            ours.then(|| path.trim_matches('/').to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// The directories of host cgroup `path` (below each hierarchy's root)
+/// that exist.
+pub fn host_cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let roots: Vec<PathBuf> = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        vec![PathBuf::from("/sys/fs/cgroup")]
+    } else {
+        fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    roots
+        .into_iter()
+        .map(|r| r.join(path))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// The pids in host cgroup `path` of `hierarchy` ("memory", "cpu"; ignored
+/// on a cgroup v2 host).
+pub fn host_cgroup_procs(path: &str, hierarchy: &str) -> Vec<i32> {
+    host_cgroup_file(path, hierarchy, "cgroup.procs")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// A file of host cgroup `path` in `hierarchy`, read.
+pub fn host_cgroup_file(path: &str, hierarchy: &str, file: &str) -> String {
+    let dir = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup").join(path)
+    } else {
+        PathBuf::from("/sys/fs/cgroup").join(hierarchy).join(path)
+    };
+    fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
 }
 
 /// `run -d` a container under a unique id made from `name`; the id and its

@@ -85,9 +85,24 @@ impl Runtime {
         for p in state.processes() {
             p.kill_and_wait(stop);
         }
+        // Kept on failure, with the state: a delete again tries again.
+        if let Some(cgroup) = &state.host_cgroup {
+            cgroup.remove(stop)?;
+        }
         self.run_hooks(&state, Kind::Poststop, ContainerStatus::Stopped, None);
         self.store.remove(id)?;
         Ok(())
+    }
+
+    /// The host cgroup of a container whose create failed; a failure is
+    /// a warning (the create's error is the one to report).
+    pub(super) fn remove_host_cgroup(&self, state: &crate::state::State) {
+        if let Some(cgroup) = &state.host_cgroup {
+            let stop = self.config.runtime.stop() + Duration::from_secs(5);
+            if let Err(e) = cgroup.remove(stop) {
+                warn!(self.log, "remove the host cgroup of a failed create"; "error" => crate::error_chain(&e));
+            }
+        }
     }
 
     /// Remove `<root>/<id>` if it exists without a state file; whether it

@@ -41,6 +41,9 @@ pub enum ContainerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Override(#[from] crate::overrides::OverrideError),
+    /// runc's words, then what failed.
+    #[error("unable to apply cgroup configuration")]
+    HostCgroup(#[from] crate::host_cgroup::HostCgroupError),
     /// runc's words for what the container's status does not allow.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -133,6 +136,8 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     /// Global flags the shim should be started with (--log, --debug...).
     pub shim_args: Vec<OsString>,
+    /// `--systemd-cgroup`: `linux.cgroupsPath` is `slice:prefix:name`.
+    pub systemd_cgroup: bool,
 }
 
 pub struct Runtime {

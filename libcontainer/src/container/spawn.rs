@@ -57,8 +57,19 @@ impl Runtime {
         if let Some(pid_file) = &opts.pid_file {
             check_pid_file_dir(pid_file)?;
         }
+        let cgroups_path = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone());
+        let host_cgroup = crate::host_cgroup::Record::resolve(
+            cgroups_path.as_deref().and_then(Path::to_str),
+            opts.systemd_cgroup,
+            &opts.id,
+            &self.config.runtime,
+        )?;
         let dir = self.store.create_dir(&opts.id)?;
-        match self.create_in(&dir, &bundle, opts, overrides, detach) {
+        match self.create_in(&dir, &bundle, opts, (overrides, host_cgroup), detach) {
             Ok(pid) => Ok(pid),
             Err(e) => {
                 self.discard(&opts.id);
@@ -72,7 +83,7 @@ impl Runtime {
         dir: &Path,
         bundle: &Bundle,
         opts: &CreateOptions,
-        overrides: crate::overrides::Applied,
+        (overrides, host_cgroup): (crate::overrides::Applied, crate::host_cgroup::Record),
         detach: bool,
     ) -> Result<Pid, ContainerError> {
         {
@@ -85,6 +96,7 @@ impl Runtime {
                 annotations: bundle.spec.annotations().clone().unwrap_or_default(),
                 terminal: bundle.terminal(),
                 overrides,
+                host_cgroup: Some(host_cgroup),
                 ..State::creating(&opts.id, bundle.dir.clone(), bundle.rootfs.clone())
             };
             self.store.save(&state)?;
@@ -213,6 +225,7 @@ impl Runtime {
             for p in state.processes() {
                 p.kill_and_wait(Duration::from_secs(5));
             }
+            self.remove_host_cgroup(&state);
         }
         if let Ok(_lock) = self.store.lock(id) {
             if let Err(e) = self.store.remove(id) {

@@ -65,6 +65,14 @@ impl Shim {
             source,
         })?;
         let bundle = Bundle::from_slice(&state.bundle, &spec_path, &data)?;
+        self.host_cgroup = state.host_cgroup.clone();
+        self.wanted = crate::host_cgroup::Wanted::of(
+            bundle
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref()),
+        );
         // The caller's set-up (Docker configures the network namespace in
         // a prestart hook), with the shim, whose pid the hooks get, in the
         // container's network namespace.
@@ -110,6 +118,7 @@ impl Shim {
         self.record(|s| s.network = Some(record))?;
         self.network = Some(network);
         let cloned = self.launch_vm(&configured, share, &nics).await?;
+        self.limit_host_cgroup()?;
         if self.config.vmm().debug_monitor().is_some() {
             let socket = self.dir.join(hypervisor::DEBUG_MONITOR_SOCKET);
             if socket.exists() {
@@ -246,6 +255,10 @@ impl Shim {
             None => hypervisor::container_vm(&self.config, name, &self.dir, share.clone(), nics),
         }
         .map_err(crate::hypervisor::HypervisorError::from)?;
+        self.vm_memory_mib = match &clone {
+            Some((template, _)) => template.meta.memory_mib,
+            None => self.config.vmm().default_memory,
+        };
         let mut vm = hypervisor::new(&self.config, spec)?;
         let accel = vm.accel();
         info!(self.log, "accelerator"; "accel" => accel.name, "reason" => &accel.reason);
@@ -291,6 +304,7 @@ impl Shim {
         )
         .map_err(crate::hypervisor::HypervisorError::from)?;
         spec.restore = None;
+        self.vm_memory_mib = template.meta.memory_mib;
         drop(template);
         // QEMU runs in the pool VM's directory: the share's socket, and
         // the logs the shim reads, are linked across.
@@ -316,8 +330,10 @@ impl Shim {
             s.accel = Some(accel.name.to_string());
             s.boot = Some("pool".to_string());
         })?;
-        let vm = self.vm.insert(vm);
+        self.vm = Some(vm);
         adopted?;
+        self.adopt_into_host_cgroup(claimed.vmm_pid)?;
+        let vm = self.vm.as_mut().expect("inserted above");
         vm.resume()?;
         hotplug_devices(vm.as_mut(), share, nics)?;
         Ok(())

@@ -15,6 +15,7 @@
 
 mod boot;
 mod exec;
+mod host_cgroup;
 mod requests;
 mod serve;
 mod stdio;
@@ -96,6 +97,9 @@ pub enum ShimError {
     Sizing(#[from] crate::sizing::SizingError),
     #[error(transparent)]
     Override(#[from] crate::overrides::OverrideError),
+    /// runc's words, then what failed.
+    #[error("unable to apply cgroup configuration")]
+    HostCgroup(#[from] crate::host_cgroup::HostCgroupError),
     #[error("set up stdio")]
     Stdio(#[source] io::Error),
     #[error("the guest's agent speaks protocol {guest}, runvm speaks {host}: rebuild the guest (make guest)")]
@@ -113,6 +117,7 @@ impl ShimError {
             | ShimError::Dir { .. }
             | ShimError::Sizing(_)
             | ShimError::Override(_)
+            | ShimError::HostCgroup(_)
             | ShimError::Control(_) => CreateStage::Prepare,
             ShimError::Virtiofsd(_) | ShimError::Share(_) => CreateStage::Share,
             ShimError::Hook(_) => CreateStage::Hooks,
@@ -186,6 +191,17 @@ pub fn main(args: ShimArgs) -> i32 {
         Ok(mode) => mode,
         Err(e) => return fail(ready, CreateStage::Network, error_chain(&e)),
     };
+    // Into the container's host cgroup before anything is started, and
+    // before a new cgroup namespace would make it the root.
+    match StateStore::new(&args.root).load(&args.id) {
+        Ok(state) => {
+            if let Some(Err(e)) = state.host_cgroup.as_ref().map(|c| c.join()) {
+                let e = ShimError::HostCgroup(e);
+                return fail(ready, e.stage(), error_chain(&e));
+            }
+        }
+        Err(e) => return fail(ready, CreateStage::Prepare, error_chain(&e)),
+    }
     if let Err(e) = crate::namespaces::enter(&spec, &args.log) {
         return fail(ready, CreateStage::Prepare, error_chain(&e));
     }
@@ -317,6 +333,11 @@ struct Shim {
     resize_source: Option<OwnedFd>,
     stand_ins: StandIns,
     exec_tasks: Vec<JoinHandle<()>>,
+    /// The container's host cgroup, the limits it follows and the VM's
+    /// memory they are sized from.
+    host_cgroup: Option<crate::host_cgroup::Record>,
+    wanted: crate::host_cgroup::Wanted,
+    vm_memory_mib: u32,
 }
 
 impl Shim {
@@ -355,6 +376,9 @@ impl Shim {
             resize_source: None,
             stand_ins: StandIns::default(),
             exec_tasks: Vec::new(),
+            host_cgroup: None,
+            wanted: Default::default(),
+            vm_memory_mib: 0,
         };
         let me = ProcessIdentity::of(std::process::id() as i32);
         shim.record(|s| s.shim = me)?;

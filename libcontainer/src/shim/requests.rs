@@ -178,15 +178,25 @@ impl Shim {
             .map_err(|e| agent_failure(e, Refusal::NotRunning))
     }
 
-    async fn update(&self, u: control::Update) -> Answer<()> {
+    async fn update(&mut self, u: control::Update) -> Answer<()> {
         let req = Update {
             container_id: self.id.clone(),
-            resources: u.resources,
+            resources: u.resources.clone(),
         };
         self.agent()?
             .call(req)
             .await
-            .map_err(|e| agent_failure(e, Refusal::NotRunning))
+            .map_err(|e| agent_failure(e, Refusal::NotRunning))?;
+        self.update_host_cgroup(&u.resources).map_err(|e| {
+            let context = format!(
+                "unable to set the host cgroup's limits: {}",
+                error_chain(&e)
+            );
+            ShimFailure::Io {
+                context,
+                errno: None,
+            }
+        })
     }
 
     async fn ps(&self) -> Answer<Processes> {
