@@ -11,8 +11,8 @@ mod cri;
 use std::time::{Duration, Instant};
 
 use common::clients::{
-    assert_no_leaks_of, assert_runs_in_vm, read_cid, trimmed, Containerd, Dockerd, Podman, IMAGE,
-    PAUSE_IMAGE,
+    assert_host_cgroup_gone, assert_no_leaks_of, assert_runs_in_vm, read_cid, trimmed, Containerd,
+    Dockerd, Podman, IMAGE, PAUSE_IMAGE,
 };
 use common::{text, unique_id, GUEST_KERNEL};
 
@@ -171,11 +171,15 @@ fn podman_runs_containers_in_vms() {
     assert!(p.podman(&["rm", "-f", &id]).status.success());
     assert_no_leaks_of(&root, &id);
 
+    // The VM is in the cgroup podman names for the container (cgroupfs,
+    // cgroup v1), as runc's process would be, and leaves with it.
     let out = p.podman(&["run", "-d", "--network", "none", IMAGE, "sleep", "1000"]);
     let id = trimmed(&out);
-    assert_runs_in_vm(&root, &id);
+    let cgroup = assert_runs_in_vm(&root, &id);
+    assert_eq!(cgroup, format!("libpod_parent/libpod-{id}"));
     assert!(p.podman(&["rm", "-f", &id]).status.success());
     assert_no_leaks_of(&root, &id);
+    assert_host_cgroup_gone(&cgroup);
 }
 
 #[test]
@@ -235,16 +239,23 @@ fn containerd_runs_containers_in_vms() {
     let _ = c.ctr(&["container", "delete", &id]);
     assert_no_leaks_of(&root, &id);
 
+    // A cgroup in systemd's form, as kubelet's systemd driver gives: the VM
+    // is in the scope it names (made by runvm: there is no systemd here).
+    let scope = format!("runvmctr{}.slice:runvm:{id}", std::process::id());
     let out = c.ctr(
         &[
-            &["run", "-d"][..],
+            &["run", "-d", "--cgroup", &scope][..],
             &rt,
             &[IMAGE, &id, "sh", "-c", TRAP_TERM],
         ]
         .concat(),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_runs_in_vm(&root, &id);
+    let cgroup = assert_runs_in_vm(&root, &id);
+    assert_eq!(
+        cgroup,
+        format!("runvmctr{}.slice/runvm-{id}.scope", std::process::id())
+    );
     let exec = c.ctr(&["task", "exec", "--exec-id", "x1", &id, "echo", "in-vm"]);
     assert_eq!(text(&exec.stdout), "in-vm\n", "{}", text(&exec.stderr));
     let exec = c.ctr(&["task", "exec", "--exec-id", "x2", &id, "sh", "-c", "exit 5"]);
@@ -287,6 +298,11 @@ fn containerd_runs_containers_in_vms() {
     );
     assert!(c.ctr(&["container", "delete", &id]).status.success());
     assert_no_leaks_of(&root, &id);
+    assert_host_cgroup_gone(&cgroup);
+    // The slice is left, as runc leaves a cgroup's parents.
+    for dir in common::host_cgroup_dirs(cgroup.split('/').next().unwrap()) {
+        let _ = std::fs::remove_dir(dir);
+    }
 
     // ctr sizes the console only once start has returned, so the process
     // may start on a 0x0 terminal (under runc as well): it waits for the
@@ -482,7 +498,8 @@ fn docker_runs_containers_in_vms() {
     let out = d.docker(&[&run[..], &["-d", IMAGE, "sh", "-c", TRAP_TERM]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = trimmed(&out);
-    assert_runs_in_vm(&root, &id);
+    let cgroup = assert_runs_in_vm(&root, &id);
+    assert_eq!(cgroup, format!("docker/{id}"));
     let exec = d.docker(&["exec", &id, "echo", "in-vm"]);
     assert_eq!(text(&exec.stdout), "in-vm\n", "{}", text(&exec.stderr));
     let uname = d.docker(&["exec", &id, "uname", "-r"]);
@@ -499,4 +516,5 @@ fn docker_runs_containers_in_vms() {
     assert_eq!(text(&code.stdout).trim(), "42");
     assert!(d.docker(&["rm", &id]).status.success());
     assert_no_leaks_of(&root, &id);
+    assert_host_cgroup_gone(&cgroup);
 }

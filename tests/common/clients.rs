@@ -566,8 +566,9 @@ pub fn assert_no_leaks_of(root: &Path, id: &str) {
 }
 
 /// Container `id` runs in a VM of runvm's, with its state under `root`:
-/// the other half of [`assert_no_leaks_of`].
-pub fn assert_runs_in_vm(root: &Path, id: &str) {
+/// the other half of [`assert_no_leaks_of`]. Its shim and QEMU are in the
+/// host cgroup the client asked for; that cgroup's path is returned.
+pub fn assert_runs_in_vm(root: &Path, id: &str) -> String {
     let state = root.join(id).join("state.json");
     assert!(state.is_file(), "no runvm state at {}", state.display());
     if super::template_mode() {
@@ -592,7 +593,30 @@ pub fn assert_runs_in_vm(root: &Path, id: &str) {
         );
     }
     let state: serde_json::Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
-    assert!(super::Vmm::of(&state).alive(), "no QEMU of {id}");
+    let vmm = super::Vmm::of(&state);
+    assert!(vmm.alive(), "no QEMU of {id}");
+    let cgroup = state["hostCgroup"]["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no host cgroup in the state of {id}: {state}"))
+        .to_string();
+    let procs = super::host_cgroup_procs(&cgroup, "memory");
+    for (what, pid) in [
+        ("shim", state["shim"]["pid"].as_i64().unwrap() as i32),
+        ("QEMU", vmm.pid),
+    ] {
+        assert!(
+            procs.contains(&pid),
+            "{what} {pid} of {id} is not in {cgroup}: {procs:?}"
+        );
+    }
+    cgroup
+}
+
+/// Host cgroup `path` (from [`assert_runs_in_vm`]) is gone: the container's
+/// delete removed it, as runc's does.
+pub fn assert_host_cgroup_gone(path: &str) {
+    let left = super::host_cgroup_dirs(path);
+    assert!(left.is_empty(), "host cgroup {path} left: {left:?}");
 }
 
 /// The id a client wrote to a `--cidfile`.
