@@ -289,6 +289,7 @@ fn check_reports_the_accelerator_and_the_guest() {
         "guest kernel",
         "guest initramfs",
         "accelerator",
+        "host cgroups",
     ] {
         assert!(
             report
@@ -299,6 +300,20 @@ fn check_reports_the_accelerator_and_the_guest() {
     }
     assert!(
         report.ends_with("runvm can run containers on this host\n"),
+        "{report}"
+    );
+    // Where a container's VM goes when its spec names no cgroup: below
+    // runvm's own, as runc puts a relative path.
+    let own = common::own_cgroup();
+    let default = if own.is_empty() {
+        "/<id>".to_string()
+    } else {
+        format!("/{own}/<id>")
+    };
+    assert!(
+        report.contains(&format!(
+            "or {default}; limits: the container's, plus 256 MiB"
+        )),
         "{report}"
     );
 

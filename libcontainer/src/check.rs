@@ -73,6 +73,7 @@ const FIX_VIRTIOFSD: &str =
     "install the runvm package, which has one, or cargo install virtiofsd (or set [hypervisor.qemu] virtio_fs_daemon)";
 const FIX_GUEST: &str =
     "install the runvm package, or build the guest with `make guest` (or fix [hypervisor.qemu] kernel/initrd)";
+const FIX_CGROUPS: &str = "run runvm as root with cgroupfs mounted at /sys/fs/cgroup, as runc needs (on cgroup v2, set [runtime] sandbox_cgroup_only = true)";
 const FIX_CONFIG: &str = "fix or remove the file (docs/config.md lists every key)";
 
 /// Check the configuration `load` gave and, if it loaded, what it names.
@@ -162,6 +163,17 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
         detail: format!("{} ({reason})", accel.as_str()),
         fix: None,
     });
+    let cgroups = crate::host_cgroup::describe(&config.runtime);
+    items.push(Item {
+        name: "host cgroups",
+        outcome: if cgroups.is_ok() {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        },
+        detail: cgroups.clone().unwrap_or_else(|e| e),
+        fix: Some(FIX_CGROUPS),
+    });
     let status = Factory::new(&config).status(&config);
     items.push(Item {
         name: "template",
@@ -180,6 +192,10 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
         "kernel": kernel,
         "initrd": initrd,
         "accel": {"use": accel.as_str(), "configured": hv.accel, "reason": reason},
+        "hostCgroups": match &cgroups {
+            Ok(detail) => json!({"ok": true, "detail": detail}),
+            Err(error) => json!({"ok": false, "error": error}),
+        },
         "vm": {"vcpus": hv.default_vcpus, "memoryMib": hv.default_memory},
         "template": {
             "enabled": config.factory.enable_template,

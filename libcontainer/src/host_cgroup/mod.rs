@@ -130,6 +130,57 @@ impl Record {
     }
 }
 
+/// What `runvm check` says of host cgroups here: the hierarchy, where a
+/// container's VM goes by default and what it is limited to; an error when
+/// create would fail (no hierarchy, runvm's own cgroup not writable, the
+/// split mode on cgroup v2).
+pub fn describe(runtime: &RuntimeConfig) -> Result<String, String> {
+    let v2 = hierarchies::is_cgroup2_unified_mode();
+    if !runtime.sandbox_cgroup_only && v2 {
+        return Err(HostCgroupError::ThreadsNeedV1.to_string());
+    }
+    let own_text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let own = path::own_cgroup(&own_text, v2);
+    let probe = HostCgroup::at(&own);
+    let dirs = probe.dirs();
+    if dirs.is_empty() {
+        return Err("no cgroup hierarchy is mounted under /sys/fs/cgroup".into());
+    }
+    if let Some(dir) = dirs
+        .iter()
+        .find(|d| nix::unistd::access(d.as_path(), nix::unistd::AccessFlags::W_OK).is_err())
+    {
+        return Err(format!(
+            "{} is not writable: a container's cgroup cannot be made below it",
+            dir.display()
+        ));
+    }
+    let controllers: Vec<String> = probe
+        .cgroup
+        .subsystems()
+        .iter()
+        .map(|s| s.controller_name())
+        .collect();
+    let default = if own.is_empty() {
+        "/<id>".to_string()
+    } else {
+        format!("/{own}/<id>")
+    };
+    let split = if runtime.sandbox_cgroup_only {
+        String::new()
+    } else {
+        format!(", the rest of the VM in /{OVERHEAD_PARENT}/<id>")
+    };
+    Ok(format!(
+        "cgroup {} ({}): a VM goes in its container's cgroupsPath, or {default}{split}; \
+         limits: the container's, plus {} MiB of memory and {} CPU for the VM",
+        if v2 { "v2" } else { "v1" },
+        controllers.join(", "),
+        runtime.cgroup_memory_overhead,
+        runtime.cgroup_cpu_overhead,
+    ))
+}
+
 /// One cgroup, in every hierarchy the host has.
 pub struct HostCgroup {
     path: String,
