@@ -58,6 +58,18 @@ fn vm_processes(state: &Value) -> [(&'static str, i32); 3] {
     ]
 }
 
+/// The shim, QEMU and virtiofsd of `state` are in host cgroup `path` of
+/// `hierarchy`.
+fn assert_vm_in(state: &Value, path: &str, hierarchy: &str) {
+    let procs = host_cgroup_procs(path, hierarchy);
+    for (what, pid) in vm_processes(state) {
+        assert!(
+            procs.contains(&pid),
+            "{what} {pid} is not in {hierarchy}:{path} {procs:?}"
+        );
+    }
+}
+
 /// Remove the parents a test's path made (they stay after delete, as
 /// runc leaves them), innermost first.
 fn remove_parents(parents: &[&str]) {
@@ -93,13 +105,7 @@ fn the_vm_runs_in_the_containers_host_cgroup_with_its_limits_and_it_goes_at_dele
     assert_eq!(state["hostCgroup"]["path"], path.as_str());
     // Created: the VM is in it already, before the container starts.
     for hierarchy in ["memory", "cpu", "pids"] {
-        let procs = host_cgroup_procs(&path, hierarchy);
-        for (what, pid) in vm_processes(&state) {
-            assert!(
-                procs.contains(&pid),
-                "{what} {pid} is not in {hierarchy}:{path} {procs:?}"
-            );
-        }
+        assert_vm_in(&state, &path, hierarchy);
     }
     assert!(rv.run(&["start", &id]).status.success());
     wait_for_output(&b, "out.txt", "ready", READY);
@@ -131,13 +137,7 @@ fn without_a_cgroups_path_the_cgroup_is_the_id_below_runvms_own() {
         .join("/");
     let state = rv.raw_state(&id);
     assert_eq!(state["hostCgroup"]["path"], path.as_str());
-    let procs = host_cgroup_procs(&path, "memory");
-    for (what, pid) in vm_processes(&state) {
-        assert!(
-            procs.contains(&pid),
-            "{what} {pid} is not in {path}: {procs:?}"
-        );
-    }
+    assert_vm_in(&state, &path, "memory");
     // Limits only where the container has them: none here.
     if !v2() {
         assert_eq!(
@@ -171,13 +171,7 @@ fn a_systemd_form_path_is_placed_as_systemd_places_the_unit() {
     let path = format!("{slice}/it-{id}.scope");
     let state = rv.raw_state(&id);
     assert_eq!(state["hostCgroup"]["path"], path.as_str());
-    let procs = host_cgroup_procs(&path, "memory");
-    for (what, pid) in vm_processes(&state) {
-        assert!(
-            procs.contains(&pid),
-            "{what} {pid} is not in {path}: {procs:?}"
-        );
-    }
+    assert_vm_in(&state, &path, "memory");
     drop(c);
     assert_eq!(host_cgroup_dirs(&path), Vec::<std::path::PathBuf>::new());
     remove_parents(&[&slice]);
@@ -268,13 +262,7 @@ fn without_sandbox_cgroup_only_the_vcpu_threads_alone_are_in_the_containers_cgro
     }
     // No overhead on the quota: the vCPUs alone are limited.
     assert_eq!(cpu_quota(&path).0, "50000");
-    let procs = host_cgroup_procs(&overhead, "cpu");
-    for (what, pid) in vm_processes(&state) {
-        assert!(
-            procs.contains(&pid),
-            "{what} {pid} is not in {overhead}: {procs:?}"
-        );
-    }
+    assert_vm_in(&state, &overhead, "cpu");
     drop(c);
     assert_eq!(host_cgroup_dirs(&path), Vec::<std::path::PathBuf>::new());
     assert_eq!(

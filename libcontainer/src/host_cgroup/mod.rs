@@ -411,10 +411,10 @@ fn shares_to_weight(shares: u64) -> u64 {
     1 + (shares.clamp(2, 262144) - 2) * 9999 / 262142
 }
 
-/// The container's limits the host cgroup follows; `None` leaves one as
-/// it is.
+/// Memory and CPU limits, the container's (from its spec and `update`) or
+/// the host cgroup's ([`Limits::host`]); `None`: none given, left as it is.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Wanted {
+pub struct Limits {
     pub memory: Option<i64>,
     pub cpu_shares: Option<u64>,
     pub cpu_quota: Option<i64>,
@@ -423,11 +423,12 @@ pub struct Wanted {
     pub mems: Option<String>,
 }
 
-impl Wanted {
-    pub fn of(resources: Option<&LinuxResources>) -> Wanted {
+impl Limits {
+    /// A container's, from its spec's (or `update`'s) resources.
+    pub fn of(resources: Option<&LinuxResources>) -> Limits {
         let memory = resources.and_then(|r| r.memory().as_ref());
         let cpu = resources.and_then(|r| r.cpu().as_ref());
-        Wanted {
+        Limits {
             memory: memory.and_then(|m| m.limit()),
             cpu_shares: cpu.and_then(|c| c.shares()),
             cpu_quota: cpu.and_then(|c| c.quota()),
@@ -438,8 +439,8 @@ impl Wanted {
     }
 
     /// `update`'s new limits over these.
-    pub fn merge(&mut self, newer: Wanted) {
-        let Wanted {
+    pub fn merge(&mut self, newer: Limits) {
+        let Limits {
             memory,
             cpu_shares,
             cpu_quota,
@@ -489,17 +490,6 @@ impl Wanted {
     }
 }
 
-/// What is written to the host cgroup; `None`: left as it is.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub memory: Option<i64>,
-    pub cpu_shares: Option<u64>,
-    pub cpu_quota: Option<i64>,
-    pub cpu_period: Option<u64>,
-    pub cpus: Option<String>,
-    pub mems: Option<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,7 +504,7 @@ mod tests {
         let rt = RuntimeConfig::default();
         let r = resources(json!({"memory": {"limit": 64 << 20},
             "cpu": {"quota": 50000, "period": 100000, "shares": 512, "cpus": "1"}}));
-        let limits = Wanted::of(Some(&r)).host(256, &rt);
+        let limits = Limits::of(Some(&r)).host(256, &rt);
         assert_eq!(
             limits,
             Limits {
@@ -531,9 +521,9 @@ mod tests {
     #[test]
     fn no_limit_in_the_container_is_none_on_the_host() {
         let rt = RuntimeConfig::default();
-        assert_eq!(Wanted::of(None).host(256, &rt), Limits::default());
+        assert_eq!(Limits::of(None).host(256, &rt), Limits::default());
         let r = resources(json!({"memory": {"limit": -1}, "cpu": {"quota": -1}}));
-        assert_eq!(Wanted::of(Some(&r)).host(256, &rt), Limits::default());
+        assert_eq!(Limits::of(Some(&r)).host(256, &rt), Limits::default());
     }
 
     #[test]
@@ -543,7 +533,7 @@ mod tests {
             ..RuntimeConfig::default()
         };
         let r = resources(json!({"memory": {"limit": 64 << 20}, "cpu": {"quota": 20000}}));
-        let limits = Wanted::of(Some(&r)).host(256, &rt);
+        let limits = Limits::of(Some(&r)).host(256, &rt);
         assert_eq!(limits.memory, None);
         assert_eq!(
             (limits.cpu_quota, limits.cpu_period),
@@ -553,10 +543,10 @@ mod tests {
 
     #[test]
     fn update_changes_what_it_names_and_keeps_the_rest() {
-        let mut w = Wanted::of(Some(&resources(
+        let mut w = Limits::of(Some(&resources(
             json!({"cpu": {"quota": 50000, "period": 50000, "cpus": "0"}}),
         )));
-        w.merge(Wanted::of(Some(&resources(
+        w.merge(Limits::of(Some(&resources(
             json!({"cpu": {"quota": 25000}}),
         ))));
         let limits = w.host(256, &RuntimeConfig::default());

@@ -66,7 +66,7 @@ impl Shim {
         })?;
         let bundle = Bundle::from_slice(&state.bundle, &spec_path, &data)?;
         self.host_cgroup = state.host_cgroup.clone();
-        self.wanted = crate::host_cgroup::Wanted::of(
+        self.container_limits = crate::host_cgroup::Limits::of(
             bundle
                 .spec
                 .linux()

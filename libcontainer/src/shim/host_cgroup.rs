@@ -5,7 +5,7 @@ use oci_spec::runtime::LinuxResources;
 use slog::debug;
 
 use super::{Shim, ShimError};
-use crate::host_cgroup::{HostCgroup, HostCgroupError, Wanted};
+use crate::host_cgroup::{HostCgroup, HostCgroupError, Limits};
 
 impl Shim {
     /// A VM from the warm pool was started by another process: move it
@@ -30,7 +30,9 @@ impl Shim {
                 cgroup.add_thread("vCPU thread", tid)?;
             }
         }
-        let limits = self.wanted.host(self.vm_memory_mib, &self.config.runtime);
+        let limits = self
+            .container_limits
+            .host(self.vm_memory_mib, &self.config.runtime);
         debug!(self.log, "host cgroup"; "path" => &record.path, "limits" => ?limits);
         cgroup.apply(&limits)?;
         Ok(())
@@ -44,8 +46,10 @@ impl Shim {
         let Some(record) = &self.host_cgroup else {
             return Ok(());
         };
-        self.wanted.merge(Wanted::of(Some(resources)));
-        let limits = self.wanted.host(self.vm_memory_mib, &self.config.runtime);
+        self.container_limits.merge(Limits::of(Some(resources)));
+        let limits = self
+            .container_limits
+            .host(self.vm_memory_mib, &self.config.runtime);
         HostCgroup::at(&record.path).apply(&limits)
     }
 }

@@ -336,7 +336,7 @@ struct Shim {
     /// The container's host cgroup, the limits it follows and the VM's
     /// memory they are sized from.
     host_cgroup: Option<crate::host_cgroup::Record>,
-    wanted: crate::host_cgroup::Wanted,
+    container_limits: crate::host_cgroup::Limits,
     vm_memory_mib: u32,
 }
 
@@ -377,7 +377,7 @@ impl Shim {
             stand_ins: StandIns::default(),
             exec_tasks: Vec::new(),
             host_cgroup: None,
-            wanted: Default::default(),
+            container_limits: Default::default(),
             vm_memory_mib: 0,
         };
         let me = ProcessIdentity::of(std::process::id() as i32);
