@@ -125,13 +125,17 @@ impl Runtime {
 
     /// `delete --force` of a container whose state file cannot be read: the
     /// shim, QEMU and virtiofsd all run in the container's directory, which
-    /// identifies them without the file.
+    /// identifies them without the file; the host cgroup is in the record
+    /// create left beside it.
     fn delete_unreadable(&self, id: &str) -> Result<(), ContainerError> {
         let dir = self.store.dir(id);
         let stop = self.config.runtime.stop() + Duration::from_secs(5);
         for p in ProcessIdentity::working_in(&dir) {
             warn!(self.log, "killing a process of a container with unreadable state"; "pid" => p.pid);
             p.kill_and_wait(stop);
+        }
+        if let Some(cgroup) = crate::host_cgroup::Record::saved_in(&dir) {
+            cgroup.remove(stop)?;
         }
         let _lock = self.store.lock(id)?;
         self.store.remove(id)?;

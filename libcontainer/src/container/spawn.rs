@@ -92,6 +92,8 @@ impl Runtime {
             let _lock = self.store.lock(&opts.id)?;
             let spec = serde_json::to_vec_pretty(&bundle.raw).expect("spec serializes");
             write_atomic(&dir.join(SPEC_FILE), &spec)?;
+            let record = serde_json::to_vec(&host_cgroup).expect("record serializes");
+            write_atomic(&dir.join(crate::host_cgroup::RECORD_FILE), &record)?;
             let state = State {
                 annotations: bundle.spec.annotations().clone().unwrap_or_default(),
                 terminal: bundle.terminal(),

@@ -85,7 +85,18 @@ pub struct Record {
     pub overhead: Option<String>,
 }
 
+/// A copy of the record in the state directory, written at create: a
+/// `delete --force` of a container whose state.json is corrupt still finds
+/// the cgroup to remove.
+pub const RECORD_FILE: &str = "host-cgroup.json";
+
 impl Record {
+    /// The record a create left in state directory `dir`, if it is there
+    /// and reads.
+    pub fn saved_in(dir: &Path) -> Option<Record> {
+        serde_json::from_slice(&std::fs::read(dir.join(RECORD_FILE)).ok()?).ok()
+    }
+
     /// Where this container's cgroup goes, from its spec's path and
     /// `--systemd-cgroup`.
     pub fn resolve(
