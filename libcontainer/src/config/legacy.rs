@@ -105,6 +105,62 @@ pub fn migrate(table: &mut toml::Table) -> Vec<String> {
     warnings
 }
 
+/// The key at dotted `path` of the migrated table as the file wrote it
+/// (`[hypervisor] memory_mib (read as [hypervisor.qemu] default_memory)` for
+/// a moved key), and its line in `text`, for an error in a file of the old
+/// layout: its values are checked after the move, which has no positions.
+pub fn locate(text: &str, path: &str) -> (String, Option<usize>) {
+    let moved = MOVED.iter().find_map(|(old_t, old_k, new_t, new_k)| {
+        let rest = path.strip_prefix(&format!("{new_t}.{new_k}"))?;
+        (rest.is_empty() || rest.starts_with('.')).then(|| {
+            (
+                format!("{old_t}.{old_k}{rest}"),
+                format!(" (read as {})", shown(&format!("{new_t}.{new_k}{rest}"))),
+            )
+        })
+    });
+    let doc = toml_edit::ImDocument::parse(text).ok();
+    let line = |dotted: &str| {
+        let doc = doc.as_ref()?;
+        let mut item = doc.as_item();
+        let mut span = None;
+        for part in dotted.split('.') {
+            let Some(next) = item.get(part) else { break };
+            item = next;
+            span = item.span().or(span);
+        }
+        span.map(|s| text[..s.start].matches('\n').count() + 1)
+    };
+    match moved {
+        // The old key, if the file has it (a new key of the same name wins).
+        Some((old, read_as)) if line(&old).is_some() && !has_new(&doc, path) => {
+            (format!("{}{read_as}", shown(&old)), line(&old))
+        }
+        _ => (shown(path), line(path)),
+    }
+}
+
+/// Whether the file sets the new key at `path` itself.
+fn has_new(doc: &Option<toml_edit::ImDocument<&str>>, path: &str) -> bool {
+    let Some(doc) = doc else { return false };
+    let mut item = doc.as_item();
+    for part in path.split('.') {
+        match item.get(part) {
+            Some(next) => item = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `a.b.c` as the file's sections show it: `[a.b] c`.
+fn shown(dotted: &str) -> String {
+    match dotted.rsplit_once('.') {
+        Some((table, key)) => format!("[{table}] {key}"),
+        None => dotted.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +201,28 @@ mod tests {
         );
         let c: Config = toml::Value::Table(t).try_into().unwrap();
         assert_eq!(c.hypervisor.qemu.default_vcpus, 2);
+    }
+
+    #[test]
+    fn an_error_is_placed_at_the_key_the_file_wrote() {
+        let text = "# old\n[hypervisor]\nvcpus = 1\nmemory_mib = \"x\"\nmemroy = 1\n";
+        assert_eq!(
+            locate(text, "hypervisor.qemu.default_memory"),
+            (
+                "[hypervisor] memory_mib (read as [hypervisor.qemu] default_memory)".into(),
+                Some(4)
+            )
+        );
+        assert_eq!(
+            locate(text, "hypervisor.memroy"),
+            ("[hypervisor] memroy".into(), Some(5))
+        );
+        // A key the file gave in the new layout is shown as written.
+        let text = "[hypervisor]\nvcpus = 1\n[hypervisor.qemu]\ndefault_memory = -1\n";
+        assert_eq!(
+            locate(text, "hypervisor.qemu.default_memory"),
+            ("[hypervisor.qemu] default_memory".into(), Some(4))
+        );
     }
 
     #[test]

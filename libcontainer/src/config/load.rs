@@ -11,7 +11,6 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 
 use super::{legacy, Config, ConfigError, CONFIG_ENV, DEFAULT_CONFIG_PATH};
 
@@ -54,7 +53,7 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         let mut table: toml::Table = text.parse()?;
         legacy::migrate(&mut table);
-        Config::deserialize(toml::Value::Table(table))
+        toml::Value::Table(table).try_into()
     }
 }
 
@@ -78,14 +77,24 @@ pub fn load_files(main: &Path, must_exist: bool) -> Result<Loaded, ConfigError> 
         };
         let mut table: toml::Table = text.parse().map_err(parse_err)?;
         if legacy::has_old_keys(&table) {
-            // Checked after the move, so without line numbers.
+            // Checked after the move, which has no positions: the error is
+            // placed at the key as the file wrote it.
             let moved = legacy::migrate(&mut table);
             warnings.extend(
                 moved
                     .into_iter()
                     .map(|w| format!("config {}: {w}", path.display())),
             );
-            Config::deserialize(toml::Value::Table(table.clone())).map_err(parse_err)?;
+            serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table.clone()))
+                .map_err(|e| {
+                    let (key, line) = legacy::locate(&text, &e.path().to_string());
+                    ConfigError::OldLayout {
+                        path: path.clone(),
+                        at: line.map(|l| format!("line {l}, ")).unwrap_or_default(),
+                        key,
+                        message: e.into_inner().message().to_string(),
+                    }
+                })?;
         } else {
             parse(path, &text)?;
         }
@@ -432,6 +441,24 @@ mod tests {
         // Still checked: an unknown key next to the old ones is an error.
         fs::write(&main, "[hypervisor]\nmemory_mib = 320\nmemroy = 1\n").unwrap();
         let msg = crate::error_chain(&load_files(&main, true).unwrap_err());
-        assert!(msg.contains("unknown field `memroy`"), "{msg}");
+        assert_eq!(
+            msg,
+            format!(
+                "parse config {}: line 3, [hypervisor] memroy: unknown field `memroy`, \
+                 expected one of `qemu`, `cloud-hypervisor`, `firecracker`, `acrn`, `dragonball`",
+                main.display()
+            )
+        );
+        // A bad value of an old key: its line and its name as written.
+        fs::write(&main, "[hypervisor]\nvcpus = 1\nmemory_mib = \"x\"\n").unwrap();
+        let msg = crate::error_chain(&load_files(&main, true).unwrap_err());
+        assert_eq!(
+            msg,
+            format!(
+                "parse config {}: line 3, [hypervisor] memory_mib (read as [hypervisor.qemu] \
+                 default_memory): invalid type: string \"x\", expected u32",
+                main.display()
+            )
+        );
     }
 }

@@ -35,6 +35,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    /// An error in a file of the old layout, at the key it wrote.
+    #[error("parse config {path}: {at}{key}: {message}")]
+    OldLayout {
+        path: PathBuf,
+        at: String,
+        key: String,
+        message: String,
+    },
     #[error("config drop-in {path} is refused: {why} (it must be runvm's user's, and writable by no one else)")]
     Untrusted { path: PathBuf, why: String },
     #[error("merge config files {files:?}")]
