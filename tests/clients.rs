@@ -257,9 +257,19 @@ fn containerd_runs_containers_in_vms() {
         format!("runvmctr{}.slice/runvm-{id}.scope", std::process::id())
     );
     let exec = c.ctr(&["task", "exec", "--exec-id", "x1", &id, "echo", "in-vm"]);
-    assert_eq!(text(&exec.stdout), "in-vm\n", "{}", text(&exec.stderr));
+    assert_eq!(
+        text(&exec.stdout),
+        "in-vm\n",
+        "{exec:?}\ncontainerd:\n{}",
+        c.log_tail()
+    );
     let exec = c.ctr(&["task", "exec", "--exec-id", "x2", &id, "sh", "-c", "exit 5"]);
-    assert_eq!(exec.status.code(), Some(5));
+    assert_eq!(
+        exec.status.code(),
+        Some(5),
+        "{exec:?}\ncontainerd:\n{}",
+        c.log_tail()
+    );
     let ps = c.ctr(&["task", "ps", &id]);
     assert!(
         ps.status.success() && text(&ps.stdout).lines().count() >= 2,

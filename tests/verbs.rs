@@ -21,6 +21,25 @@ fn exec_in_the_foreground_relays_output_and_exit_codes() {
     assert_eq!(text(&out.stderr), "err\n");
     let out = rv.run(&["exec", &id, "sh", "-c", "exit 5"]);
     assert_eq!(out.status.code(), Some(5));
+    // All of a process's output arrives, more than a pipe holds included;
+    // and the exec ends with its process when a background child keeps the
+    // output open (what that child writes later is not the exec's).
+    let out = rv.run(&["exec", &id, "seq", "1", "30000"]);
+    let lines: String = (1..=30000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        text(&out.stdout) == lines,
+        "{} bytes of output",
+        out.stdout.len()
+    );
+    let out = rv.run(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo before; sleep 1000 & echo after",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "before\nafter\n");
     // Flags apply over the container's process; its environment is kept.
     let out = rv.run(&[
         "exec",

@@ -71,6 +71,17 @@ impl FdIo {
     }
 }
 
+impl FdIo {
+    /// Read what is buffered now, without waiting: `None` once nothing is
+    /// (empty, end of file, or an error).
+    pub fn read_buffered(&self, buf: &mut [u8]) -> Option<usize> {
+        match nix::unistd::read(self.fd.get_ref().as_raw_fd(), buf) {
+            Ok(n) if n > 0 => Some(n),
+            _ => None,
+        }
+    }
+}
+
 impl AsyncRead for FdIo {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -11,7 +11,7 @@ use runvm_protocol::{
     StreamKind, AGENT_PORT_NAME, PROTOCOL_VERSION, SESSION_ENDED,
 };
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_yamux::{Session, StreamHandle};
 
 use crate::containers::Agent;
@@ -147,10 +147,42 @@ async fn relay_stdin(agent: &Agent, p: &ProcessRef, mut stream: StreamHandle) {
     }
 }
 
+/// Relay a process's output until EOF, or until the process has exited and
+/// all it wrote has been relayed: then the stream ends, so the host knows
+/// it has the whole output without waiting for a background child that
+/// keeps the pipe open (`sh -c 'sleep 100 &'`). Once the process is dead,
+/// everything it wrote is in the pipe (or pty) buffer: reading until the
+/// buffer is empty gets it all.
 async fn relay_output(agent: &Agent, p: &ProcessRef, which: Stdio3, mut stream: StreamHandle) {
-    let fd = agent.process(p).ok().and_then(|proc_| proc_.take(which));
-    if let Some(Ok(mut from)) = fd.map(FdIo::new) {
-        let _ = tokio::io::copy(&mut from, &mut stream).await;
+    let Ok(proc_) = agent.process(p) else {
+        let _ = stream.shutdown().await;
+        return;
+    };
+    if let Some(Ok(mut from)) = proc_.take(which).map(FdIo::new) {
+        let exited = proc_.wait();
+        tokio::pin!(exited);
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                biased;
+                read = from.read(&mut buf) => match read {
+                    Ok(n) if n > 0 => {
+                        if stream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+                _ = &mut exited => {
+                    while let Some(n) = from.read_buffered(&mut buf) {
+                        if stream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
     }
     let _ = stream.shutdown().await;
 }

@@ -11,7 +11,6 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-
 use super::{legacy, Config, ConfigError, CONFIG_ENV, DEFAULT_CONFIG_PATH};
 
 /// The drop-in directory's name, beside the main file.

@@ -53,8 +53,12 @@ use exec::StandIns;
 
 /// Exit code of the shim when the container ended without one (its VM died).
 pub const VM_LOST_EXIT_CODE: i32 = 255;
-/// After a process exits, how long its output may take to drain.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// After a process exits, how long its output may take to arrive. The agent
+/// ends a process's output streams once the process has exited and all it
+/// wrote is relayed, so the wait ends on that event; the bound is only for
+/// an agent that stops answering, and is long because a guest under TCG on
+/// a busy host can stall for seconds (a short one lost output).
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
