@@ -304,15 +304,10 @@ fn check_reports_the_accelerator_and_the_guest() {
     );
     // Where a container's VM goes when its spec names no cgroup: below
     // runvm's own, as runc puts a relative path.
-    let own = common::own_cgroup();
-    let default = if own.is_empty() {
-        "/<id>".to_string()
-    } else {
-        format!("/{own}/<id>")
-    };
+    let default = common::default_host_cgroup("<id>");
     assert!(
         report.contains(&format!(
-            "or {default}; limits: the container's, plus 256 MiB"
+            "or /{default}; limits: the container's, plus 256 MiB"
         )),
         "{report}"
     );

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    host_cgroup_dirs, host_cgroup_file, host_cgroup_procs, own_cgroup, text, unique_id,
+    default_host_cgroup, host_cgroup_dirs, host_cgroup_file, host_cgroup_procs, text, unique_id,
     wait_for_output, Bundle, Runvm,
 };
 use serde_json::{json, Value};
@@ -129,12 +129,7 @@ fn without_a_cgroups_path_the_cgroup_is_the_id_below_runvms_own() {
     let b = sleeper();
     let (c, out) = rv.create(&id, &b);
     assert!(out.status.success(), "{}", b.output("err.txt"));
-    let path = [own_cgroup(), id.clone()]
-        .iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("/");
+    let path = default_host_cgroup(&id);
     let state = rv.raw_state(&id);
     assert_eq!(state["hostCgroup"]["path"], path.as_str());
     assert_vm_in(&state, &path, "memory");

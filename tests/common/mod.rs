@@ -479,9 +479,7 @@ pub fn leaks(root: &Path, id: &str, bundle: &Path) -> Result<(), String> {
             return Err(format!("mount left: {m}"));
         }
     }
-    // A container without a cgroupsPath gets <runvm's own cgroup>/<id>.
-    let default = format!("{}/{id}", own_cgroup());
-    let dirs = host_cgroup_dirs(&default);
+    let dirs = host_cgroup_dirs(&default_host_cgroup(id));
     if !dirs.is_empty() {
         return Err(format!("host cgroup left: {dirs:?}"));
     }
@@ -505,6 +503,15 @@ pub fn own_cgroup() -> String {
             ours.then(|| path.trim_matches('/').to_string())
         })
         .unwrap_or_default()
+}
+
+/// The host cgroup of container `id` when its spec names none: `id` below
+/// runvm's own cgroup, as runc puts a relative path.
+pub fn default_host_cgroup(id: &str) -> String {
+    match own_cgroup() {
+        own if own.is_empty() => id.to_string(),
+        own => format!("{own}/{id}"),
+    }
 }
 
 /// The directories of host cgroup `path` (below each hierarchy's root)
