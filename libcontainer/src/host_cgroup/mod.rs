@@ -105,12 +105,8 @@ impl Record {
         id: &str,
         runtime: &RuntimeConfig,
     ) -> Result<Record, HostCgroupError> {
-        let v2 = hierarchies::is_cgroup2_unified_mode();
-        if !runtime.sandbox_cgroup_only && v2 {
-            return Err(HostCgroupError::ThreadsNeedV1);
-        }
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let path = path::resolve(cgroups_path, systemd, id, &path::own_cgroup(&own, v2))?;
+        let own = own_cgroup(runtime)?;
+        let path = path::resolve(cgroups_path, systemd, id, &own)?;
         let overhead = (!runtime.sandbox_cgroup_only).then(|| format!("{OVERHEAD_PARENT}/{id}"));
         Ok(Record { path, overhead })
     }
@@ -141,17 +137,24 @@ impl Record {
     }
 }
 
+/// runvm's own cgroup, below which relative paths go; an error for the
+/// split mode where the host cannot have it (cgroup v2).
+fn own_cgroup(runtime: &RuntimeConfig) -> Result<String, HostCgroupError> {
+    let v2 = hierarchies::is_cgroup2_unified_mode();
+    if !runtime.sandbox_cgroup_only && v2 {
+        return Err(HostCgroupError::ThreadsNeedV1);
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    Ok(path::own_cgroup(&own, v2))
+}
+
 /// What `runvm check` says of host cgroups here: the hierarchy, where a
 /// container's VM goes by default and what it is limited to; an error when
 /// create would fail (no hierarchy, runvm's own cgroup not writable, the
 /// split mode on cgroup v2).
 pub fn describe(runtime: &RuntimeConfig) -> Result<String, String> {
     let v2 = hierarchies::is_cgroup2_unified_mode();
-    if !runtime.sandbox_cgroup_only && v2 {
-        return Err(HostCgroupError::ThreadsNeedV1.to_string());
-    }
-    let own_text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-    let own = path::own_cgroup(&own_text, v2);
+    let own = own_cgroup(runtime).map_err(|e| e.to_string())?;
     let probe = HostCgroup::at(&own);
     let dirs = probe.dirs();
     if dirs.is_empty() {
