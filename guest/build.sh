@@ -77,11 +77,12 @@ done
 # kernel, which has them built in, finds none), in the order of their names:
 # a module after those it depends on. virtio_balloon reports freed guest
 # pages, so the host can drop them; virtio_net (which needs net_failover,
-# which needs failover) is the NICs'.
+# which needs failover) is the NICs'; virtio_blk is the disk of shared_fs =
+# "none" (ext4 is built in).
 mkdir -p "$stage/lib/modules/$krel"
 n=10
 for mod in drivers/virtio/virtio_balloon net/core/failover drivers/net/net_failover \
-    drivers/net/virtio_net; do
+    drivers/net/virtio_net drivers/block/virtio_blk; do
     src=$(ls "$kdir"/lib/modules/"$krel"/kernel/"$mod".ko* | head -n1)
     dst="$stage/lib/modules/$krel/$n-$(basename "$mod").ko"
     n=$((n + 1))
