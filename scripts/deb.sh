@@ -74,6 +74,7 @@ Architecture: amd64
 Maintainer: runvm developers <runvm@localhost>
 Installed-Size: $size
 Depends: $shlibs, qemu-system-x86 (>= 1:8.2)
+Suggests: e2fsprogs (>= 1.43)
 Section: admin
 Priority: optional
 Description: runc-compatible OCI runtime that runs every container in a VM

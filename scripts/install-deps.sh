@@ -23,8 +23,10 @@ fi
 # the guest kernel from source takes (guest/kernel.sh; libelf for objtool).
 # dpkg-dev (dpkg-shlibdeps), binutils (strip) and man-db: building the
 # Debian package and the test that installs it (scripts/deb.sh, deb-test.sh).
+# e2fsprogs: mke2fs, which copies a container's files into a disk image
+# with shared_fs = "none".
 pkgs=(busybox-static runc crun cpio zstd xz-utils libseccomp-dev libcap-ng-dev pkg-config kmod git python3
-      protobuf-compiler gcc make libc6-dev bison flex libelf-dev bc dpkg-dev binutils man-db)
+      protobuf-compiler gcc make libc6-dev bison flex libelf-dev bc dpkg-dev binutils man-db e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -126,6 +126,42 @@ fn virtiofsd_gets_the_extra_arguments() {
     }
 }
 
+#[test]
+fn agent_debug_logs_each_request_on_the_console_and_qemu_gets_the_machine_type() {
+    let rv = Runvm::cold(
+        "[hypervisor.qemu]\nmachine_type = \"pc-q35-8.2\"\n\n[agent]\nenable_debug = true\n",
+    );
+    let b = Bundle::busybox(&["true"]);
+    let id = unique_id("cfg-agent-debug");
+    let (_c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "{}", b.output("err.txt"));
+    let console = fs::read_to_string(rv.root().join(&id).join("console.log")).unwrap();
+    assert!(
+        console.contains("runvm-agent: debug: request CreateContainer"),
+        "{console}"
+    );
+    assert!(
+        console.lines().any(
+            |l| l.starts_with("runvm-agent: debug: CreateContainer ok in ") && l.ends_with(" ms")
+        ),
+        "{console}"
+    );
+    let cmdline = fs::read(format!("/proc/{}/cmdline", rv.vmm(&id).pid)).unwrap();
+    let args: Vec<String> = text(&cmdline).split('\0').map(String::from).collect();
+    let machine = args
+        .windows(2)
+        .find(|w| w[0] == "-machine")
+        .map(|w| w[1].clone())
+        .unwrap_or_default();
+    assert!(machine.starts_with("pc-q35-8.2,"), "{args:?}");
+    let append = args
+        .windows(2)
+        .find(|w| w[0] == "-append")
+        .map(|w| w[1].clone())
+        .unwrap_or_default();
+    assert!(append.contains(" runvm.agent_debug=1"), "{append}");
+}
+
 /// runvm whose operator allows the size and kernel-parameter overrides.
 fn allowing(patterns: &str) -> Runvm {
     Runvm::cold(&format!(

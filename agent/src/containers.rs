@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 use runvm_protocol::{
     AgentError, AgentErrorKind, CgroupStats, CreateContainer, Created, ExecProcess, GuestProcess,
-    ProcessRef, SHARE_ROOTFS, SHARE_SOURCE_PREFIX, SHARE_TAG,
+    ProcessRef, ShareSource, SHARE_ROOTFS, SHARE_SOURCE_PREFIX,
 };
 use serde_json::Value;
 
@@ -187,7 +187,7 @@ impl Agent {
         fs::create_dir_all(&share).map_err(|e| fail("create the share's mountpoint", e))?;
         // Mounted read-write even for root.readonly: youki creates missing
         // mountpoints in the rootfs (as runc does), then makes it read-only.
-        mount_share(SHARE_TAG, &share).await?;
+        mount_share(&req.share, &share).await?;
         self.create_from(id, req.spec, &share).await
     }
 
@@ -465,24 +465,66 @@ fn save_youki_state(container: &YoukiContainer) -> std::io::Result<()> {
     fs::rename(&tmp, &path)
 }
 
-/// Mount the virtio-fs share `tag` at `target`, waiting for the device.
-async fn mount_share(tag: &str, target: &Path) -> AgentResult<()> {
+/// Mount the container's share at `target`, waiting for its device (it may
+/// be hotplugged after the request was sent).
+async fn mount_share(source: &ShareSource, target: &Path) -> AgentResult<()> {
     let deadline = tokio::time::Instant::now() + SHARE_WAIT;
     loop {
-        match mount(
-            Some(tag),
-            target,
-            Some("virtiofs"),
-            MsFlags::MS_NODEV,
-            None::<&str>,
-        ) {
+        let (what, r) = match source {
+            ShareSource::VirtioFs { tag } => (
+                format!("virtio-fs share {tag}"),
+                mount(
+                    Some(tag.as_str()),
+                    target,
+                    Some("virtiofs"),
+                    MsFlags::MS_NODEV,
+                    None::<&str>,
+                )
+                .map_err(std::io::Error::from),
+            ),
+            ShareSource::Disk { serial } => (
+                format!("the share's disk (serial {serial})"),
+                mount_disk(serial, target),
+            ),
+        };
+        match r {
             Ok(()) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(fail(&format!("mount virtio-fs share {tag}"), e))
+                return Err(fail(&format!("mount {what}"), e))
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
+}
+
+/// Mount the ext4 filesystem of the virtio-blk disk whose serial is
+/// `serial`. The image is new and runvm's alone: its inode tables are not
+/// zeroed in the background (that would only burn the guest's CPU).
+fn mount_disk(serial: &str, target: &Path) -> std::io::Result<()> {
+    let device = disk_by_serial(Path::new("/sys/block"), serial)?;
+    mount(
+        Some(&Path::new("/dev").join(device)),
+        target,
+        Some("ext4"),
+        MsFlags::MS_NODEV,
+        Some("noinit_itable"),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// The block device under `sys_block` whose `serial` is `serial`.
+fn disk_by_serial(sys_block: &Path, serial: &str) -> std::io::Result<String> {
+    for entry in fs::read_dir(sys_block)? {
+        let entry = entry?;
+        let found = fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
+        if found.trim_end() == serial {
+            return Ok(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("no disk with serial {serial}"),
+    ))
 }
 
 /// The VM's network namespace: the agent's, PID 1's.
@@ -554,6 +596,20 @@ fn in_share(share: &Path, host: Option<&Value>) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_share_disk_is_found_by_its_serial() {
+        let sys = tempfile::tempdir().unwrap();
+        for (dev, serial) in [("vda", "other\n"), ("vdb", "share\n"), ("loop0", "")] {
+            fs::create_dir(sys.path().join(dev)).unwrap();
+            if !serial.is_empty() {
+                fs::write(sys.path().join(dev).join("serial"), serial).unwrap();
+            }
+        }
+        assert_eq!(disk_by_serial(sys.path(), "share").unwrap(), "vdb");
+        let err = disk_by_serial(sys.path(), "nope").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn guest_spec_points_at_the_share_and_drops_host_references() {

@@ -1,14 +1,14 @@
 //! The yamux server on the agent's port and the dispatch of its streams.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures::StreamExt;
 use runvm_protocol::mux::yamux_config;
 use runvm_protocol::{
     recv_async, send_async, AgentError, AgentErrorKind, AgentInfo, ExitStatus, ProcessRef, Request,
-    StreamKind, AGENT_PORT_NAME, PROTOCOL_VERSION, SESSION_ENDED,
+    StreamKind, AGENT_DEBUG_PARAM, AGENT_PORT_NAME, PROTOCOL_VERSION, SESSION_ENDED,
 };
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,30 +90,91 @@ async fn handle_stream(agent: Arc<Agent>, mut stream: StreamHandle) {
 
 /// Answer one request on its stream, with the reply type of its kind.
 async fn handle_request(agent: &Agent, req: Request, stream: &mut StreamHandle) {
+    let log = RequestLog::start(req.name());
     match req {
-        Request::Ping(_) => reply(stream, Ok(info())).await,
-        Request::CreateContainer(r) => reply(stream, agent.create_container(r).await).await,
+        Request::Ping(_) => reply(stream, &log, Ok(info())).await,
+        Request::CreateContainer(r) => reply(stream, &log, agent.create_container(r).await).await,
         Request::StartContainer(r) => {
-            reply(stream, agent.start_container(&r.container_id).await).await
+            reply(stream, &log, agent.start_container(&r.container_id).await).await
         }
-        Request::Signal(r) => reply(stream, agent.signal(&r.process, r.signal, r.all)).await,
-        Request::Exec(r) => reply(stream, agent.exec(r).await).await,
-        Request::ResizeTty(r) => reply(stream, agent.resize(&r.process, r.rows, r.cols)).await,
-        Request::Pause(r) => reply(stream, blocking(|| agent.freeze(&r.container_id, true))).await,
+        Request::Signal(r) => reply(stream, &log, agent.signal(&r.process, r.signal, r.all)).await,
+        Request::Exec(r) => reply(stream, &log, agent.exec(r).await).await,
+        Request::ResizeTty(r) => {
+            reply(stream, &log, agent.resize(&r.process, r.rows, r.cols)).await
+        }
+        Request::Pause(r) => {
+            reply(
+                stream,
+                &log,
+                blocking(|| agent.freeze(&r.container_id, true)),
+            )
+            .await
+        }
         Request::Resume(r) => {
-            reply(stream, blocking(|| agent.freeze(&r.container_id, false))).await
+            reply(
+                stream,
+                &log,
+                blocking(|| agent.freeze(&r.container_id, false)),
+            )
+            .await
         }
-        Request::Stats(r) => reply(stream, agent.stats(&r.container_id)).await,
-        Request::Update(r) => reply(stream, agent.update(&r.container_id, &r.resources)).await,
-        Request::ListProcesses(r) => reply(stream, agent.processes(&r.container_id)).await,
-        Request::SyncGuest(r) => reply(stream, crate::guest::sync(r.unix_time_ns, &r.seed)).await,
-        Request::ConfigureNetwork(r) => reply(stream, crate::network::configure(r).await).await,
-        Request::Warmup(r) => reply(stream, agent.warmup(r).await).await,
+        Request::Stats(r) => reply(stream, &log, agent.stats(&r.container_id)).await,
+        Request::Update(r) => {
+            reply(stream, &log, agent.update(&r.container_id, &r.resources)).await
+        }
+        Request::ListProcesses(r) => reply(stream, &log, agent.processes(&r.container_id)).await,
+        Request::SyncGuest(r) => {
+            reply(stream, &log, crate::guest::sync(r.unix_time_ns, &r.seed)).await
+        }
+        Request::ConfigureNetwork(r) => {
+            reply(stream, &log, crate::network::configure(r).await).await
+        }
+        Request::Warmup(r) => reply(stream, &log, agent.warmup(r).await).await,
     }
 }
 
-async fn reply<T: Serialize>(stream: &mut StreamHandle, result: AgentResult<T>) {
+async fn reply<T: Serialize>(stream: &mut StreamHandle, log: &RequestLog, result: AgentResult<T>) {
+    log.end(result.as_ref().err());
     let _ = send_async(stream, &result).await;
+}
+
+/// With `[agent] enable_debug` on the host (the kernel command line has
+/// [`AGENT_DEBUG_PARAM`]), a line on the console for each request and its
+/// outcome.
+struct RequestLog {
+    name: &'static str,
+    started: Instant,
+}
+
+impl RequestLog {
+    fn start(name: &'static str) -> Self {
+        if debug() {
+            eprintln!("runvm-agent: debug: request {name}");
+        }
+        RequestLog {
+            name,
+            started: Instant::now(),
+        }
+    }
+
+    fn end(&self, error: Option<&AgentError>) {
+        if !debug() {
+            return;
+        }
+        let ms = self.started.elapsed().as_millis();
+        match error {
+            None => eprintln!("runvm-agent: debug: {} ok in {ms} ms", self.name),
+            Some(e) => eprintln!("runvm-agent: debug: {} failed in {ms} ms: {e}", self.name),
+        }
+    }
+}
+
+fn debug() -> bool {
+    static DEBUG: OnceLock<bool> = OnceLock::new();
+    *DEBUG.get_or_init(|| {
+        std::fs::read_to_string("/proc/cmdline")
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == AGENT_DEBUG_PARAM))
+    })
 }
 
 fn info() -> AgentInfo {

@@ -71,6 +71,7 @@ impl Report {
 const FIX_QEMU: &str = "install QEMU: apt-get install -t bookworm-backports qemu-system-x86 (or set [hypervisor.qemu] path)";
 const FIX_VIRTIOFSD: &str =
     "install the runvm package, which has one, or cargo install virtiofsd (or set [hypervisor.qemu] virtio_fs_daemon)";
+const FIX_MKE2FS: &str = "install e2fsprogs: apt-get install e2fsprogs (or set [hypervisor.qemu] shared_fs = \"virtio-fs\")";
 const FIX_GUEST: &str =
     "install the runvm package, or build the guest with `make guest` (or fix [hypervisor.qemu] kernel/initrd)";
 const FIX_CGROUPS: &str = "run runvm as root with cgroupfs mounted at /sys/fs/cgroup, as runc needs (on cgroup v2, set [runtime] sandbox_cgroup_only = true)";
@@ -149,11 +150,20 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
         j
     };
     let hypervisor = found(backend, FIX_QEMU, crate::hypervisor::binary(&config));
-    let virtiofsd = found(
-        "virtiofsd",
-        FIX_VIRTIOFSD,
-        locate::find_binary(&hv.virtio_fs_daemon),
-    );
+    // What serves the container's files: virtiofsd, or with shared_fs =
+    // "none" mke2fs, which copies them into a disk image.
+    let share = match hv.shared_fs {
+        crate::config::SharedFs::VirtioFs => found(
+            "virtiofsd",
+            FIX_VIRTIOFSD,
+            locate::find_binary(&hv.virtio_fs_daemon),
+        ),
+        crate::config::SharedFs::None => found(
+            "mke2fs (shared_fs = none)",
+            FIX_MKE2FS,
+            locate::find_binary(Path::new("mke2fs")),
+        ),
+    };
     let kernel = found("guest kernel", FIX_GUEST, locate::kernel(hv));
     let initrd = found("guest initramfs", FIX_GUEST, locate::initrd(hv));
     let (accel, reason) = resolve_accel(hv.accel);
@@ -188,7 +198,8 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
     });
     let mut report = json!({
         "backend": backend,
-        "virtiofsd": virtiofsd,
+        "sharedFs": hv.shared_fs,
+        share_key(hv.shared_fs): share,
         "kernel": kernel,
         "initrd": initrd,
         "accel": {"use": accel.as_str(), "configured": hv.accel, "reason": reason},
@@ -207,6 +218,14 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
     Report {
         items,
         json: report,
+    }
+}
+
+/// The JSON key of what serves the container's files.
+fn share_key(shared_fs: crate::config::SharedFs) -> &'static str {
+    match shared_fs {
+        crate::config::SharedFs::VirtioFs => "virtiofsd",
+        crate::config::SharedFs::None => "mke2fs",
     }
 }
 

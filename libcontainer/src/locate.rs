@@ -75,6 +75,8 @@ const EXTRA_BIN_DIRS: &[&str] = &[
     "/usr/bin",
     "/usr/libexec",
     "/usr/lib/qemu",
+    "/usr/sbin",
+    "/sbin",
 ];
 
 /// runvm's own helpers: `libexec/runvm` beside the binary's directory, where

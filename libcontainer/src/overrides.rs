@@ -43,6 +43,7 @@ enum Kind {
     Path(PathSetting),
     Args,
     Cache,
+    MachineType,
 }
 
 /// A path setting, and the `[hypervisor.qemu]` glob list it must match.
@@ -94,6 +95,7 @@ const SETTINGS: &[(&str, Kind)] = &[
     ("virtio_fs_daemon", Kind::Path(PathSetting::VirtiofsDaemon)),
     ("virtio_fs_extra_args", Kind::Args),
     ("virtio_fs_cache", Kind::Cache),
+    ("machine_type", Kind::MachineType),
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -260,6 +262,11 @@ fn set(
             hv.virtio_fs_cache = serde_json::from_value::<FsCache>(value.into())
                 .map_err(|_| bad("auto, always, never or metadata".into()))?;
         }
+        Kind::MachineType => {
+            crate::config::check_machine_type(value)
+                .map_err(|_| bad("q35 or a versioned q35 such as pc-q35-7.2".into()))?;
+            hv.machine_type = value.to_string();
+        }
     }
     Ok(())
 }
@@ -291,8 +298,14 @@ mod tests {
 
     #[test]
     fn enabled_overrides_apply_and_are_recorded() {
-        let c = operator(&["default_(vcpus|memory)", "kernel_params", "kernel"]);
+        let c = operator(&[
+            "default_(vcpus|memory)",
+            "kernel_params",
+            "kernel",
+            "machine_type",
+        ]);
         let a = with(&[
+            ("org.runvm.config.hypervisor.machine_type", "pc-q35-7.2"),
             ("org.runvm.config.hypervisor.default_vcpus", "2"),
             ("org.runvm.config.hypervisor.default_memory", "512"),
             ("org.runvm.config.hypervisor.kernel_params", "runvm.test=1"),
@@ -307,7 +320,8 @@ mod tests {
         assert_eq!((hv.default_vcpus, hv.default_memory), (2, 512));
         assert_eq!(hv.kernel_params, "quiet.runvm=1 runvm.test=1");
         assert_eq!(hv.kernel, Some(PathBuf::from("/opt/kernels/vmlinux-2")));
-        assert_eq!(applied.len(), 4);
+        assert_eq!(hv.machine_type, "pc-q35-7.2");
+        assert_eq!(applied.len(), 5);
         assert_eq!(applied["org.runvm.config.hypervisor.default_vcpus"], "2");
         // The operator's settings are untouched.
         assert_eq!(c.vmm().default_vcpus, 1);
@@ -337,7 +351,7 @@ mod tests {
     fn unknown_settings_are_refused_with_the_ones_there_are() {
         let c = operator(&[".*"]);
         for a in [
-            "org.runvm.config.hypervisor.machine_type",
+            "org.runvm.config.hypervisor.memory_slots",
             "org.runvm.config.runtime.hypervisor",
             "org.runvm.config.agent.debug",
         ] {
@@ -368,6 +382,9 @@ mod tests {
                 "sometimes",
                 "auto, always, never or metadata",
             ),
+            ("machine_type", "pc", "q35 or a versioned q35"),
+            ("machine_type", "pc-q35-", "q35 or a versioned q35"),
+            ("machine_type", "microvm", "q35 or a versioned q35"),
         ] {
             let msg = err(&c, &[(&format!("{HYPERVISOR}{name}"), value)]);
             assert!(

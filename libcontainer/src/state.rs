@@ -251,6 +251,9 @@ impl StateStore {
     /// Remove a container's directory and everything in it.
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.dir(id);
+        // A disk image of the share lives elsewhere (on disk) and is
+        // linked from here.
+        crate::share::image::unlink(&dir);
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

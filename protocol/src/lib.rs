@@ -27,10 +27,14 @@ pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use frame::{read_frame_async, write_frame_async};
 pub use rpc::*;
 
+/// On the guest kernel's command line (`[agent] enable_debug`): the agent
+/// logs each request it answers to the console.
+pub const AGENT_DEBUG_PARAM: &str = "runvm.agent_debug=1";
 /// Name of the virtio-serial port the agent listens on.
 pub const AGENT_PORT_NAME: &str = "agent.0";
-/// virtio-fs tag of the container's share: a directory holding the rootfs
-/// at [`SHARE_ROOTFS`] and each bind mount's source under `mounts/`.
+/// virtio-fs tag (or disk serial, [`ShareSource::Disk`]) of the container's
+/// share: a directory holding the rootfs at [`SHARE_ROOTFS`] and each bind
+/// mount's source under `mounts/`.
 pub const SHARE_TAG: &str = "share";
 /// Where the rootfs is inside the share.
 pub const SHARE_ROOTFS: &str = "rootfs";
@@ -40,8 +44,9 @@ pub const SHARE_SOURCE_PREFIX: &str = "runvm-share:";
 /// Bumped whenever a change to these types breaks compatibility, or the host
 /// comes to depend on new behaviour of the agent (3: [`SESSION_ENDED`]; 4:
 /// a reply type per request, typed errors, OCI types for processes and
-/// resources; 5: [`ConfigureNetwork`]; 6: [`Warmup`]).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// resources; 5: [`ConfigureNetwork`]; 6: [`Warmup`]; 7: a share on a
+/// disk, [`ShareSource`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The line the agent writes to the guest console when a yamux session that
 /// carried streams has ended (the host hung up) and it waits for a new host.
 /// `factory init` waits for it before it saves the template: a clone must

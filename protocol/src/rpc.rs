@@ -22,6 +22,14 @@ macro_rules! typed_requests {
         pub enum $enum {
             $($(#[$doc])* $variant($ty),)*
         }
+        impl $enum {
+            /// The request's kind, as logs name it.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $($enum::$variant(_) => stringify!($variant),)*
+                }
+            }
+        }
         $(
             impl From<$ty> for $enum {
                 fn from(r: $ty) -> $enum {
@@ -80,6 +88,28 @@ pub struct CreateContainer {
     /// fields the OCI crate does not know still reach youki). The agent
     /// replaces `root.path` with the guest path where it mounted the share.
     pub spec: serde_json::Value,
+    /// Where the share is: virtio-fs (what an older host meant), or a disk.
+    #[serde(default)]
+    pub share: ShareSource,
+}
+
+/// How the container's share reaches the guest (the host's `shared_fs`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareSource {
+    /// A virtio-fs device of this tag.
+    VirtioFs { tag: String },
+    /// An ext4 filesystem on a virtio-blk disk of this serial: a copy of
+    /// the share made at create.
+    Disk { serial: String },
+}
+
+impl Default for ShareSource {
+    fn default() -> Self {
+        ShareSource::VirtioFs {
+            tag: crate::SHARE_TAG.to_string(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -109,6 +109,27 @@ impl FsSandbox {
     }
 }
 
+/// How the container's files reach the guest (`shared_fs`, Kata's key).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedFs {
+    /// Served live by virtiofsd: the guest sees the host's files.
+    #[default]
+    VirtioFs,
+    /// Copied at create into an ext4 image on a virtio-blk disk, for hosts
+    /// without virtio-fs: later changes on either side stay on that side.
+    None,
+}
+
+impl SharedFs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedFs::VirtioFs => "virtio-fs",
+            SharedFs::None => "none",
+        }
+    }
+}
+
 /// `[hypervisor.*]`: QEMU's section, and the others'.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -135,6 +156,11 @@ pub struct HypervisorConfig {
     /// Guest initramfs; default: `initramfs.img` beside the kernel.
     pub initrd: Option<PathBuf>,
     pub accel: Accel,
+    /// QEMU's `-machine` type: `q35`, or a versioned q35 (`pc-q35-7.2`)
+    /// so that templates survive a QEMU upgrade. runvm's devices sit on
+    /// PCIe root ports, which only q35 has.
+    #[serde(deserialize_with = "machine_type")]
+    pub machine_type: String,
     #[serde(deserialize_with = "vcpus")]
     pub default_vcpus: u32,
     /// MiB.
@@ -144,6 +170,17 @@ pub struct HypervisorConfig {
     pub kernel_params: String,
     /// Run QEMU with `-sandbox on` (seccomp) where the build supports it.
     pub seccomp_sandbox: bool,
+    /// `virtio-fs`, or `none`: the rootfs and bind sources copied into a
+    /// disk image at create (docs/config.md, "shared_fs = none").
+    pub shared_fs: SharedFs,
+    /// With `shared_fs = "none"`: where the images are made (on disk, not
+    /// tmpfs: an image is as large as the files). Each is unlinked once
+    /// QEMU has it open, so nothing stays behind.
+    pub disk_image_dir: PathBuf,
+    /// With `shared_fs = "none"`: free space in each image for what the
+    /// container writes, MiB (the image is sparse: unwritten space costs
+    /// nothing).
+    pub disk_image_free_mib: u32,
     /// virtiofsd binary; a bare name is looked up like `path`.
     pub virtio_fs_daemon: PathBuf,
     /// virtiofsd's --cache.
@@ -182,10 +219,14 @@ impl Default for HypervisorConfig {
             kernel: None,
             initrd: None,
             accel: Accel::Auto,
+            machine_type: "q35".into(),
             default_vcpus: 1,
             default_memory: 256,
             kernel_params: String::new(),
             seccomp_sandbox: true,
+            shared_fs: SharedFs::VirtioFs,
+            disk_image_dir: PathBuf::from("/var/lib/runvm/disks"),
+            disk_image_free_mib: 1024,
             virtio_fs_daemon: PathBuf::from("virtiofsd"),
             virtio_fs_cache: FsCache::Auto,
             virtio_fs_sandbox: FsSandbox::Namespace,
@@ -247,6 +288,28 @@ fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         )));
     }
     Ok(n)
+}
+
+/// Whether QEMU's machine type `name` is one runvm's VMs can use.
+pub fn check_machine_type(name: &str) -> Result<(), String> {
+    let versioned = name.strip_prefix("pc-q35-").is_some_and(|v| {
+        !v.is_empty()
+            && v.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if name == "q35" || versioned {
+        Ok(())
+    } else {
+        Err(format!(
+            "machine type {name:?} is not one runvm can use: runvm's devices sit on PCIe root ports, which only q35 has (use \"q35\" or a versioned one such as \"pc-q35-7.2\")"
+        ))
+    }
+}
+
+fn machine_type<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    check_machine_type(&name).map_err(serde::de::Error::custom)?;
+    Ok(name)
 }
 
 /// An annotation allowlist: each entry a regular expression, anchored.

@@ -18,8 +18,8 @@ mod load;
 pub mod show;
 
 pub use hypervisor::{
-    anchored, Accel, Backend, FsCache, FsSandbox, HypervisorConfig, Hypervisors, MonitorKind,
-    OtherHypervisor, VirtiofsdConfig, MIN_MEMORY_MIB,
+    anchored, check_machine_type, Accel, Backend, FsCache, FsSandbox, HypervisorConfig,
+    Hypervisors, MonitorKind, OtherHypervisor, SharedFs, VirtiofsdConfig, MIN_MEMORY_MIB,
 };
 pub use load::{load_files, Loaded, DROPIN_DIR};
 
@@ -142,11 +142,23 @@ impl Default for FactoryConfig {
     }
 }
 
+/// `[agent]`: the guest agent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent logs each request it answers, with its outcome and time,
+    /// to the guest console (`console.log` in the container's state
+    /// directory). A different kernel command line: templates are made
+    /// apart for it.
+    pub enable_debug: bool,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub runtime: RuntimeConfig,
     pub hypervisor: Hypervisors,
+    pub agent: AgentConfig,
     pub factory: FactoryConfig,
 }
 
@@ -248,6 +260,24 @@ mod tests {
         assert_eq!(c.vmm().default_memory, 512);
         assert_eq!(c.vmm().default_vcpus, 1);
         assert!(Config::from_toml("[hypervisor.qemu]\nmemroy = 512\n").is_err());
+        let c = Config::from_toml(
+            "[hypervisor.qemu]\nmachine_type = \"pc-q35-7.2\"\nshared_fs = \"none\"\n[agent]\nenable_debug = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.vmm().machine_type, "pc-q35-7.2");
+        assert_eq!(c.vmm().shared_fs, SharedFs::None);
+        assert!(c.agent.enable_debug);
+        for bad in ["\"pc\"", "\"microvm\"", "\"pc-q35-x\""] {
+            let e = Config::from_toml(&format!("[hypervisor.qemu]\nmachine_type = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("which only q35 has"), "{e}");
+        }
+        let e = Config::from_toml("[hypervisor.qemu]\nshared_fs = \"9p\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("virtio-fs"), "{e}");
+        assert!(Config::from_toml("[agent]\ndebug = true\n").is_err());
         assert!(Config::from_toml("[hypervisor]\nmemroy_mib = 512\n").is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Device, FsDevice, NetDevice, Restore, VmSpec};
+use super::{Device, NetDevice, Restore, VmSpec};
 use crate::config::Config;
 use crate::locate::{self, LocateError};
 
@@ -19,7 +19,7 @@ fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError
         dir: dir.to_path_buf(),
         kernel: locate::kernel(hv)?,
         initrd: locate::initrd(hv)?,
-        kernel_params: hv.kernel_params.clone(),
+        kernel_params: kernel_params(config),
         vcpus: hv.default_vcpus,
         max_vcpus: hv.default_vcpus,
         memory_mib: hv.default_memory,
@@ -33,17 +33,28 @@ fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError
     })
 }
 
-/// A container's VM booted from scratch, its share and NICs attached at
-/// boot.
+/// The operator's kernel parameters, after those of runvm's own settings.
+fn kernel_params(config: &Config) -> String {
+    let mut params = Vec::new();
+    if config.agent.enable_debug {
+        params.push(runvm_protocol::AGENT_DEBUG_PARAM);
+    }
+    params.push(config.vmm().kernel_params.trim());
+    params.retain(|p| !p.is_empty());
+    params.join(" ")
+}
+
+/// A container's VM booted from scratch, its share (a virtio-fs device or
+/// a disk) and NICs attached at boot.
 pub fn container_vm(
     config: &Config,
     name: String,
     dir: &Path,
-    share: FsDevice,
+    share: Device,
     nics: &[NetDevice],
 ) -> Result<VmSpec, LocateError> {
     let mut vm = base(config, name, dir)?;
-    vm.devices.push(Device::Fs(share));
+    vm.devices.push(share);
     vm.devices.extend(nics.iter().cloned().map(Device::Net));
     Ok(vm)
 }

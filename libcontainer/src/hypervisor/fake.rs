@@ -40,6 +40,7 @@ impl Default for Script {
                 pause: true,
                 snapshot: true,
                 hotplug_fs: true,
+                hotplug_disk: true,
                 hotplug_net: true,
             },
             hang: HashSet::new(),

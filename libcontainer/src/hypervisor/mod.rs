@@ -82,6 +82,8 @@ pub enum Device {
     AgentPort { name: String },
     /// A virtio-fs share served by a vhost-user daemon.
     Fs(FsDevice),
+    /// A disk image (`shared_fs = "none"`: the share, copied).
+    Disk(DiskDevice),
     /// A network interface.
     Net(NetDevice),
 }
@@ -91,6 +93,7 @@ impl Device {
         match self {
             Device::AgentPort { .. } => "an agent port",
             Device::Fs(_) => "a virtio-fs share",
+            Device::Disk(_) => "a disk",
             Device::Net(_) => "a network interface",
         }
     }
@@ -102,6 +105,15 @@ pub struct FsDevice {
     pub tag: String,
     /// The daemon's vhost-user socket, a name in the VM's directory.
     pub socket: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskDevice {
+    /// The image file, raw, read and written by the VM; an absolute path
+    /// (the VM may run in another directory: a pool VM).
+    pub path: PathBuf,
+    /// What the guest finds it by (`/sys/block/*/serial`).
+    pub serial: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +191,7 @@ pub enum Operation {
     Snapshot,
     Restore,
     HotplugFs,
+    HotplugDisk,
     HotplugNet,
 }
 
@@ -189,6 +202,7 @@ impl Operation {
             Operation::Snapshot => "snapshots",
             Operation::Restore => "restoring a snapshot",
             Operation::HotplugFs => "hotplugging a virtio-fs share",
+            Operation::HotplugDisk => "hotplugging a disk",
             Operation::HotplugNet => "hotplugging a network interface",
         }
     }
@@ -201,6 +215,7 @@ pub struct Capabilities {
     /// Snapshot and restore (of a VM whose memory is a file).
     pub snapshot: bool,
     pub hotplug_fs: bool,
+    pub hotplug_disk: bool,
     pub hotplug_net: bool,
 }
 
@@ -210,6 +225,7 @@ impl Capabilities {
             Operation::Pause => self.pause,
             Operation::Snapshot | Operation::Restore => self.snapshot,
             Operation::HotplugFs => self.hotplug_fs,
+            Operation::HotplugDisk => self.hotplug_disk,
             Operation::HotplugNet => self.hotplug_net,
         }
     }

@@ -4,7 +4,11 @@
 //!
 //! The shim builds it with bind mounts in a mount namespace of its own, so
 //! the host's mount table never sees them and they vanish with the shim (and
-//! the QEMU and virtiofsd that share its namespace).
+//! the QEMU and virtiofsd that share its namespace). With `shared_fs =
+//! "none"` the same directory is copied into a disk image instead
+//! ([`image`]).
+
+pub mod image;
 
 use std::fs;
 use std::io;

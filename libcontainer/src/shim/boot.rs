@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use runvm_protocol::{AgentInfo, CreateContainer, ProcessRef, SyncGuest, SHARE_TAG};
+use runvm_protocol::{AgentInfo, CreateContainer, ProcessRef, ShareSource, SyncGuest, SHARE_TAG};
 use slog::{info, warn};
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
@@ -16,11 +16,14 @@ use super::stdio::{self, Local};
 use super::{Shim, ShimError};
 use crate::agent::AgentClient;
 use crate::config::Config;
+use crate::config::SharedFs;
 use crate::control::CONTROL_SOCKET;
 use crate::error_chain;
 use crate::factory::{Claimed, Factory, Pool, Template};
 use crate::hooks::{self, HookState, Kind, Place};
-use crate::hypervisor::{self, FsDevice, NetDevice, Operation, Restore, VmSpec, CONSOLE_LOG};
+use crate::hypervisor::{
+    self, Device, DiskDevice, FsDevice, NetDevice, Operation, Restore, VmSpec, CONSOLE_LOG,
+};
 use crate::network::{self, Network};
 use crate::procinfo::ProcessIdentity;
 use crate::spec::Bundle;
@@ -99,11 +102,7 @@ impl Shim {
         self.config = crate::overrides::apply(&self.config, &annotations, host)?.0;
         let configured = self.config.clone();
         self.config = crate::sizing::fit(&self.config, &bundle.spec, host.cpus, host.mib)?;
-        self.share(&bundle)?;
-        let share = FsDevice {
-            tag: SHARE_TAG.into(),
-            socket: SHARE_SOCKET.into(),
-        };
+        let share = self.share(&bundle)?;
         // The caller's set-up is done: the interfaces it put in the
         // namespace are the VM's NICs.
         let sandbox = network::is_pod_sandbox(&bundle.spec);
@@ -118,6 +117,8 @@ impl Shim {
         self.record(|s| s.network = Some(record))?;
         self.network = Some(network);
         let cloned = self.launch_vm(&configured, share, &nics).await?;
+        // QEMU has the disk image open: its name goes.
+        crate::share::image::unlink(&self.dir);
         self.limit_host_cgroup()?;
         if self.config.vmm().debug_monitor().is_some() {
             let socket = self.dir.join(hypervisor::DEBUG_MONITOR_SOCKET);
@@ -183,11 +184,32 @@ impl Shim {
         hooks::run_warning(Kind::Poststop, hooks, &hook_state, &place, &self.log);
     }
 
-    /// Assemble the container's files and start virtiofsd serving them.
-    fn share(&mut self, bundle: &Bundle) -> Result<(), ShimError> {
+    /// Assemble the container's files and serve them: virtiofsd, or a copy
+    /// on a disk image (`shared_fs = "none"`). Returns the VM's device.
+    fn share(&mut self, bundle: &Bundle) -> Result<Device, ShimError> {
         let share = crate::share::assemble(&self.dir, &bundle.rootfs, &bundle.binds)?;
+        let hv = self.config.vmm();
+        if hv.shared_fs == SharedFs::None {
+            let t0 = Instant::now();
+            let image = crate::share::image::build(
+                &share,
+                &hv.disk_image_dir,
+                &self.dir,
+                &self.id,
+                hv.disk_image_free_mib,
+            )?;
+            info!(self.log, "shared_fs = none: the container's files are copied into a disk image; changes on either side stay on that side";
+                "image" => %image.display(), "ms" => t0.elapsed().as_millis() as u64);
+            self.share_source = ShareSource::Disk {
+                serial: SHARE_TAG.into(),
+            };
+            return Ok(Device::Disk(DiskDevice {
+                path: image,
+                serial: SHARE_TAG.into(),
+            }));
+        }
         let virtiofsd = Virtiofsd::spawn(
-            &self.config.vmm().virtiofsd(),
+            &hv.virtiofsd(),
             &Share {
                 shared_dir: &share,
                 socket: &self.sockets.path(SHARE_SOCKET),
@@ -200,7 +222,10 @@ impl Shim {
         let vfs_id = ProcessIdentity::of(virtiofsd.pid());
         self.virtiofsd = Some(virtiofsd);
         self.record(|s| s.virtiofsd = vfs_id)?;
-        Ok(())
+        Ok(Device::Fs(FsDevice {
+            tag: SHARE_TAG.into(),
+            socket: SHARE_SOCKET.into(),
+        }))
     }
 
     /// Start the VM: a clone of the template when there is a usable one,
@@ -208,7 +233,7 @@ impl Shim {
     async fn launch_vm(
         &mut self,
         configured: &Config,
-        share: FsDevice,
+        share: Device,
         nics: &[NetDevice],
     ) -> Result<bool, ShimError> {
         let t0 = Instant::now();
@@ -290,7 +315,7 @@ impl Shim {
         &mut self,
         claimed: Claimed,
         template: Template,
-        share: FsDevice,
+        share: Device,
         nics: &[NetDevice],
     ) -> Result<(), ShimError> {
         let mut spec = hypervisor::clone_vm(
@@ -316,7 +341,9 @@ impl Shim {
                 }
             })
         };
-        link(SHARE_SOCKET, &self.dir, &claimed.dir)?;
+        if matches!(share, Device::Fs(_)) {
+            link(SHARE_SOCKET, &self.dir, &claimed.dir)?;
+        }
         for log in [CONSOLE_LOG, hypervisor::VMM_LOG] {
             let _ = fs::remove_file(self.dir.join(log));
             link(log, &claimed.dir, &self.dir)?;
@@ -400,6 +427,7 @@ impl Shim {
                 CreateContainer {
                     container_id: self.id.clone(),
                     spec,
+                    share: self.share_source.clone(),
                 },
                 self.config.runtime.boot(),
             )
@@ -433,7 +461,11 @@ impl Shim {
         if !configured.factory.enable_template {
             return None;
         }
-        let mut needs = vec![Operation::Restore, Operation::HotplugFs];
+        let share = match configured.vmm().shared_fs {
+            SharedFs::VirtioFs => Operation::HotplugFs,
+            SharedFs::None => Operation::HotplugDisk,
+        };
+        let mut needs = vec![Operation::Restore, share];
         if nics > 0 {
             needs.push(Operation::HotplugNet);
         }
@@ -483,11 +515,14 @@ impl Shim {
 /// slots left (`template` checked there are enough).
 fn hotplug_devices(
     vm: &mut dyn hypervisor::Hypervisor,
-    share: FsDevice,
+    share: Device,
     nics: &[NetDevice],
 ) -> Result<(), hypervisor::HypervisorError> {
-    vm.supports(Operation::HotplugFs)?;
-    vm.hotplug(&hypervisor::Device::Fs(share))?;
+    vm.supports(match share {
+        Device::Disk(_) => Operation::HotplugDisk,
+        _ => Operation::HotplugFs,
+    })?;
+    vm.hotplug(&share)?;
     for nic in nics {
         vm.supports(Operation::HotplugNet)?;
         vm.hotplug(&hypervisor::Device::Net(nic.clone()))?;

@@ -97,6 +97,8 @@ pub enum ShimError {
     Terminal(#[from] TerminalError),
     #[error("share the container's files")]
     Share(#[from] crate::share::ShareError),
+    #[error("share the container's files (shared_fs = \"none\")")]
+    Image(#[from] crate::share::image::ImageError),
     #[error(transparent)]
     Sizing(#[from] crate::sizing::SizingError),
     #[error(transparent)]
@@ -123,7 +125,9 @@ impl ShimError {
             | ShimError::Override(_)
             | ShimError::HostCgroup(_)
             | ShimError::Control(_) => CreateStage::Prepare,
-            ShimError::Virtiofsd(_) | ShimError::Share(_) => CreateStage::Share,
+            ShimError::Virtiofsd(_) | ShimError::Share(_) | ShimError::Image(_) => {
+                CreateStage::Share
+            }
             ShimError::Hook(_) => CreateStage::Hooks,
             ShimError::Network(_) | ShimError::GuestNetwork(_) => CreateStage::Network,
             ShimError::Hypervisor(_) => CreateStage::Vm,
@@ -328,6 +332,8 @@ struct Shim {
     network: Option<Network>,
     vm: Option<Box<dyn Hypervisor>>,
     virtiofsd: Option<Virtiofsd>,
+    /// How the guest finds the share (virtio-fs, or a disk image).
+    share_source: runvm_protocol::ShareSource,
     agent: Option<Arc<AgentClient>>,
     outputs: Vec<JoinHandle<()>>,
     exit: Option<oneshot::Receiver<Result<ExitStatus, AgentClientError>>>,
@@ -372,6 +378,7 @@ impl Shim {
             network: None,
             vm: None,
             virtiofsd: None,
+            share_source: Default::default(),
             agent: None,
             outputs: Vec::new(),
             exit: None,

@@ -75,10 +75,10 @@ impl Harness {
             &config,
             "runvm-c1".into(),
             &dir,
-            FsDevice {
+            hypervisor::Device::Fs(FsDevice {
                 tag: "share".into(),
                 socket: "share.sock".into(),
-            },
+            }),
             &[],
         )
         .unwrap();

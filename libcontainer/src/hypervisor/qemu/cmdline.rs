@@ -26,6 +26,8 @@ pub struct Options {
     pub seccomp_sandbox: bool,
     /// A second monitor for debugging, on [`DEBUG_MONITOR_SOCKET`].
     pub debug_monitor: Option<MonitorKind>,
+    /// `-machine`: q35 or a versioned q35.
+    pub machine_type: String,
 }
 
 /// PCIe root ports: one per boot device that needs one, plus the free ones.
@@ -33,7 +35,7 @@ pub fn root_ports(spec: &VmSpec) -> usize {
     let at_boot = spec
         .devices
         .iter()
-        .filter(|d| matches!(d, Device::Fs(_) | Device::Net(_)))
+        .filter(|d| matches!(d, Device::Fs(_) | Device::Disk(_) | Device::Net(_)))
         .count();
     at_boot + spec.hotplug_slots
 }
@@ -65,7 +67,10 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
         memory.push_str(&format!(",slots=1,maxmem={}M", spec.max_memory_mib));
     }
     push(&["-name", &format!("{},debug-threads=on", spec.name)]);
-    push(&["-machine", &format!("q35,accel={accel},memory-backend=mem")]);
+    push(&[
+        "-machine",
+        &format!("{},accel={accel},memory-backend=mem", opts.machine_type),
+    ]);
     push(&["-cpu", cpu, "-smp", &smp, "-m", &memory]);
     // vhost-user devices (virtio-fs) need guest memory the daemon can map.
     match memory_path(spec) {
@@ -150,7 +155,7 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
     if spec.restore.is_some() {
         push(&["-incoming", "defer"]);
     }
-    let (mut port, mut fs, mut net) = (0, 0, 0);
+    let (mut port, mut fs, mut disk, mut net) = (0, 0, 0, 0);
     for device in &spec.devices {
         match device {
             Device::AgentPort { .. } => {}
@@ -163,6 +168,19 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
                     &format!(
                         "vhost-user-fs-pci,id={id}-dev,chardev={id},tag={},bus=rp{port}",
                         share.tag
+                    ),
+                ]);
+                port += 1;
+            }
+            Device::Disk(d) => {
+                let id = format!("disk{disk}");
+                disk += 1;
+                push(&["-blockdev", &blockdev(&id, &d.path)]);
+                push(&[
+                    "-device",
+                    &format!(
+                        "virtio-blk-pci,id={id}-dev,drive={id},serial={},bus=rp{port}",
+                        d.serial
                     ),
                 ]);
                 port += 1;
@@ -188,6 +206,15 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
     a
 }
 
+/// A raw image file as a block node; a comma in its path is doubled, as
+/// QEMU's option syntax escapes it.
+fn blockdev(id: &str, path: &Path) -> String {
+    format!(
+        "driver=raw,node-name={id},file.driver=file,file.filename={}",
+        path.display().to_string().replace(',', ",,")
+    )
+}
+
 fn netdev(id: &str, backend: &NetBackend) -> String {
     match backend {
         NetBackend::Tap { name } => {
@@ -211,7 +238,7 @@ pub fn layout(spec: &VmSpec, opts: &Options) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{FsDevice, NetDevice, Restore};
+    use crate::hypervisor::{DiskDevice, FsDevice, NetDevice, Restore};
 
     fn spec() -> VmSpec {
         VmSpec {
@@ -244,6 +271,7 @@ mod tests {
             accel,
             seccomp_sandbox: true,
             debug_monitor: None,
+            machine_type: "q35".into(),
         }
     }
 
@@ -317,6 +345,41 @@ mod tests {
         ));
         assert!(!a.iter().any(|s| s.contains("rp2")));
         assert!(a.iter().any(|s| s.starts_with("on,obsolete=deny")));
+    }
+
+    #[test]
+    fn a_disk_share_is_a_virtio_blk_device_on_a_root_port_and_the_machine_type_is_used() {
+        let mut s = spec();
+        s.devices[1] = Device::Disk(DiskDevice {
+            path: "/var/lib/runvm/disks/a,b.img".into(),
+            serial: "share".into(),
+        });
+        let o = Options {
+            machine_type: "pc-q35-7.2".into(),
+            ..opts(ResolvedAccel::Tcg)
+        };
+        let a = command_line(&s, &o);
+        assert!(has_pair(
+            &a,
+            "-machine",
+            "pc-q35-7.2,accel=tcg,memory-backend=mem"
+        ));
+        assert!(has_pair(
+            &a,
+            "-blockdev",
+            "driver=raw,node-name=disk0,file.driver=file,file.filename=/var/lib/runvm/disks/a,,b.img"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-blk-pci,id=disk0-dev,drive=disk0,serial=share,bus=rp0"
+        ));
+        assert!(!a.iter().any(|x| x.contains("vhost-user-fs")), "{a:?}");
+        assert!(has_pair(
+            &a,
+            "-device",
+            "pcie-root-port,id=rp1,chassis=2,slot=2"
+        ));
     }
 
     #[test]

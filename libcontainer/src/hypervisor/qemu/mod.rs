@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use self::cmdline::{command_line, memory_path, root_ports, Options, AGENT_SOCKET, QMP_SOCKET};
 use self::qmp::{
-    ChardevAdd, ChardevBackend, Cont, DeviceAdd, GetFd, Migrate, MigrateIncoming,
+    BlockdevAdd, ChardevAdd, ChardevBackend, Cont, DeviceAdd, GetFd, Migrate, MigrateIncoming,
     MigrateSetCapabilities, MigrationCapability, NetdevAdd, Qmp, QmpError, QueryCpusFast,
     QueryMigrate, Quit, SocketAddress, Stop,
 };
@@ -33,6 +33,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     pause: true,
     snapshot: true,
     hotplug_fs: true,
+    hotplug_disk: true,
     hotplug_net: true,
 };
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,8 +60,10 @@ pub struct Qemu {
     sockets: Option<SocketDir>,
     /// Root ports taken so far (boot devices take the first ones).
     ports_used: usize,
-    /// Virtio-fs shares and NICs so far, for the ids of hotplugged ones.
+    /// Virtio-fs shares, disks and NICs so far, for the ids of hotplugged
+    /// ones.
     shares: usize,
+    disks: usize,
     nics: usize,
     /// Launched by another process (see [`Hypervisor::adopt`]).
     adopted: bool,
@@ -73,16 +76,19 @@ impl Qemu {
         let count = |f: fn(&Device) -> bool| spec.devices.iter().filter(|d| f(d)).count();
         let shares = count(|d| matches!(d, Device::Fs(_)));
         let nics = count(|d| matches!(d, Device::Net(_)));
+        let disks = count(|d| matches!(d, Device::Disk(_)));
         Ok(Qemu {
             binary,
             opts: Options {
                 accel,
                 seccomp_sandbox: config.seccomp_sandbox,
                 debug_monitor: config.debug_monitor(),
+                machine_type: config.machine_type.clone(),
             },
             accel_reason,
-            ports_used: shares + nics,
+            ports_used: shares + nics + disks,
             shares,
+            disks,
             nics,
             adopted: false,
             spec,
@@ -361,6 +367,22 @@ impl Hypervisor for Qemu {
                     bus,
                 })?;
                 self.shares += 1;
+            }
+            Device::Disk(disk) => {
+                let bus = self.take_port()?;
+                let id = format!("disk{}", self.disks);
+                let qmp = self.qmp()?;
+                qmp.execute(&BlockdevAdd::raw_file(
+                    id.clone(),
+                    disk.path.to_string_lossy().into_owned(),
+                ))?;
+                qmp.execute(&DeviceAdd::VirtioBlk {
+                    id: format!("{id}-dev"),
+                    drive: id,
+                    serial: disk.serial.clone(),
+                    bus,
+                })?;
+                self.disks += 1;
             }
             Device::Net(nic) => {
                 let bus = self.take_port()?;

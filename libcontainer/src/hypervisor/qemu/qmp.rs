@@ -148,6 +148,13 @@ pub enum DeviceAdd {
         tag: String,
         bus: String,
     },
+    #[serde(rename = "virtio-blk-pci")]
+    VirtioBlk {
+        id: String,
+        drive: String,
+        serial: String,
+        bus: String,
+    },
     #[serde(rename = "virtio-net-pci")]
     VirtioNet {
         id: String,
@@ -161,6 +168,39 @@ pub enum DeviceAdd {
 
 impl Command for DeviceAdd {
     const NAME: &'static str = "device_add";
+    type Returns = Empty;
+}
+
+/// `blockdev-add` of a raw image file.
+#[derive(Serialize, Debug)]
+pub struct BlockdevAdd {
+    pub driver: &'static str,
+    #[serde(rename = "node-name")]
+    pub node_name: String,
+    pub file: BlockdevFile,
+}
+
+#[derive(Serialize, Debug)]
+pub struct BlockdevFile {
+    pub driver: &'static str,
+    pub filename: String,
+}
+
+impl BlockdevAdd {
+    pub fn raw_file(node_name: String, filename: String) -> Self {
+        BlockdevAdd {
+            driver: "raw",
+            node_name,
+            file: BlockdevFile {
+                driver: "file",
+                filename,
+            },
+        }
+    }
+}
+
+impl Command for BlockdevAdd {
+    const NAME: &'static str = "blockdev-add";
     type Returns = Empty;
 }
 
