@@ -162,6 +162,67 @@ fn agent_debug_logs_each_request_on_the_console_and_qemu_gets_the_machine_type()
     assert!(append.contains(" runvm.agent_debug=1"), "{append}");
 }
 
+/// MemTotal of the guest a running container is in, kB.
+fn guest_mem_total_kib(rv: &Runvm, id: &str) -> u64 {
+    let out = rv.run(&["exec", id, "grep", "MemTotal", "/proc/meminfo"]);
+    let line = text(&out.stdout);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {line:?} {}", text(&out.stderr)))
+}
+
+#[test]
+fn update_grows_a_vm_that_has_memory_slots_up_to_its_maximum() {
+    let rv = Runvm::cold("[hypervisor.qemu]\nmemory_slots = 2\ndefault_maxmemory = 1024\n");
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; echo ready; while true; do sleep 0.2; done",
+    ]);
+    b.edit(|c| c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 100u64 << 20}));
+    let id = unique_id("cfg-grow");
+    let _c = rv.run_detached(&id, &b);
+    common::wait_for_output(&b, "out.txt", "ready", std::time::Duration::from_secs(120));
+    assert!(guest_mem_total_kib(&rv, &id) <= 256 * 1024);
+    let host_limit = || {
+        common::host_cgroup_file(
+            &common::default_host_cgroup(&id),
+            "memory",
+            "memory.limit_in_bytes",
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(host_limit(), ((256u64 + 256) << 20).to_string());
+
+    // 600 MiB and the guest's 64 need 664: four 128 MiB blocks more, 768.
+    let limit = (600u64 << 20).to_string();
+    let out = rv.run(&["update", "--memory", &limit, &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // At once: update answers when the guest has the memory online.
+    let total = guest_mem_total_kib(&rv, &id);
+    assert!(
+        total > 600 * 1024 && total <= 768 * 1024,
+        "MemTotal {total} kB"
+    );
+    let out = rv.run(&["exec", &id, "cat", "/sys/fs/cgroup/memory.max"]);
+    assert_eq!(text(&out.stdout), format!("{limit}\n"));
+    assert_eq!(host_limit(), ((768u64 + 256) << 20).to_string());
+
+    // More than default_maxmemory: refused, nothing changes.
+    let out = rv.run(&["update", "--memory", &(2000u64 << 20).to_string(), &id]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("it has 768 MiB and may grow to 1024 MiB"),
+        "{err}"
+    );
+    let out = rv.run(&["exec", &id, "cat", "/sys/fs/cgroup/memory.max"]);
+    assert_eq!(text(&out.stdout), format!("{limit}\n"));
+    assert_eq!(host_limit(), ((768u64 + 256) << 20).to_string());
+}
+
 /// runvm whose operator allows the size and kernel-parameter overrides.
 fn allowing(patterns: &str) -> Runvm {
     Runvm::cold(&format!(

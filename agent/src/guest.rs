@@ -1,5 +1,5 @@
 //! Whole-guest adjustments: the clock and the RNG of a VM restored from a
-//! template.
+//! template; memory the host hotplugged.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -68,4 +68,63 @@ pub fn sync(unix_time_ns: u64, seed: &[u8]) -> AgentResult<()> {
         return Err(fail("reseed the RNG", std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// How long to wait for hotplugged memory to come online (the kernel does
+/// it by itself; under TCG that can take a while for a large DIMM).
+const ONLINE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const SYS_MEMORY: &str = "/sys/devices/system/memory";
+
+/// Wait until the guest has `mib` MiB of memory online, after the host
+/// added some; on timeout the caller's checks say what is missing.
+pub async fn wait_memory_online(mib: u64) {
+    let deadline = tokio::time::Instant::now() + ONLINE_WAIT;
+    let path = std::path::Path::new(SYS_MEMORY);
+    while online_mib(path).is_ok_and(|online| online < mib)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Memory in online blocks under `sys` (/sys/devices/system/memory), MiB.
+fn online_mib(sys: &std::path::Path) -> std::io::Result<u64> {
+    let size = std::fs::read_to_string(sys.join("block_size_bytes"))?;
+    let block = u64::from_str_radix(size.trim(), 16)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let mut online = 0;
+    for entry in std::fs::read_dir(sys)? {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with("memory") {
+            continue;
+        }
+        let state = std::fs::read_to_string(entry.path().join("state")).unwrap_or_default();
+        if state.trim() == "online" {
+            online += block;
+        }
+    }
+    Ok(online >> 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn online_memory_counts_the_online_blocks() {
+        let sys = tempfile::tempdir().unwrap();
+        std::fs::write(sys.path().join("block_size_bytes"), "8000000\n").unwrap();
+        for (block, state) in [
+            ("memory0", "online"),
+            ("memory1", "online"),
+            ("memory32", "offline"),
+        ] {
+            std::fs::create_dir(sys.path().join(block)).unwrap();
+            std::fs::write(sys.path().join(block).join("state"), format!("{state}\n")).unwrap();
+        }
+        std::fs::create_dir(sys.path().join("power")).unwrap();
+        assert_eq!(online_mib(sys.path()).unwrap(), 256);
+        std::fs::write(sys.path().join("memory32/state"), "online\n").unwrap();
+        assert_eq!(online_mib(sys.path()).unwrap(), 384);
+    }
 }

@@ -38,7 +38,8 @@ fn check(r: &LinuxResources, vm_memory: u64, vm_cpus: u32) -> Result<(), String>
         if limit > 0 && limit as u64 > vm_memory {
             return Err(format!(
                 "memory limit of {limit} bytes exceeds the VM's {vm_memory} bytes; \
-                 runvm cannot grow a VM yet (set [hypervisor.qemu] default_memory)"
+                 with [hypervisor.qemu] memory_slots runvm grows the VM, within default_maxmemory \
+                 (or set default_memory)"
             ));
         }
         if limit == 0 {

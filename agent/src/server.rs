@@ -120,6 +120,9 @@ async fn handle_request(agent: &Agent, req: Request, stream: &mut StreamHandle) 
         }
         Request::Stats(r) => reply(stream, &log, agent.stats(&r.container_id)).await,
         Request::Update(r) => {
+            if let Some(mib) = r.vm_memory_mib {
+                crate::guest::wait_memory_online(mib).await;
+            }
             reply(stream, &log, agent.update(&r.container_id, &r.resources)).await
         }
         Request::ListProcesses(r) => reply(stream, &log, agent.processes(&r.container_id)).await,

@@ -52,9 +52,16 @@ fn memory_needed_mib(spec: &Spec) -> u64 {
         .and_then(|l| l.resources().as_ref())
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .map(|l| (l as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB)
+        .map(vm_mib_for_limit)
         .unwrap_or(0)
+}
+
+/// The VM's memory a container's memory limit (bytes) needs; 0 for none.
+pub fn vm_mib_for_limit(limit: i64) -> u64 {
+    if limit <= 0 {
+        return 0;
+    }
+    (limit as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB
 }
 
 /// `config` with the VM grown to fit `spec`; the host's CPUs and memory

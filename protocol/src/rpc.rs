@@ -159,6 +159,10 @@ pub struct Stats {
 pub struct Update {
     pub container_id: String,
     pub resources: LinuxResources,
+    /// The host has just grown the VM to this many MiB (memory hotplug):
+    /// wait until the guest has it online before checking the limits.
+    #[serde(default)]
+    pub vm_memory_mib: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -315,10 +319,42 @@ mod tests {
         assert_eq!(
             rpc(Update {
                 container_id: "c1".into(),
-                resources
+                resources,
+                vm_memory_mib: Some(768),
             }
             .into()),
-            json!({"Rpc": {"Update": {"container_id": "c1", "resources": {"pids": {"limit": 7}}}}})
+            json!({"Rpc": {"Update": {"container_id": "c1", "resources": {"pids": {"limit": 7}},
+                "vm_memory_mib": 768}}})
+        );
+        // An older host's requests still read: no VM growth, a virtio-fs share.
+        let old: Request =
+            serde_json::from_value(json!({"Update": {"container_id": "c1", "resources": {}}}))
+                .unwrap();
+        assert!(matches!(
+            old,
+            Request::Update(Update {
+                vm_memory_mib: None,
+                ..
+            })
+        ));
+        let old: Request =
+            serde_json::from_value(json!({"CreateContainer": {"container_id": "c1", "spec": {}}}))
+                .unwrap();
+        let Request::CreateContainer(c) = old else {
+            panic!("{old:?}")
+        };
+        assert_eq!(
+            c.share,
+            ShareSource::VirtioFs {
+                tag: "share".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(ShareSource::Disk {
+                serial: "share".into()
+            })
+            .unwrap(),
+            json!({"disk": {"serial": "share"}})
         );
         assert_eq!(
             enc(&StreamKind::Wait(ProcessRef::init("c1"))),

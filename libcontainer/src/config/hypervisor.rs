@@ -166,6 +166,13 @@ pub struct HypervisorConfig {
     /// MiB.
     #[serde(deserialize_with = "memory")]
     pub default_memory: u32,
+    /// Slots for memory added while the VM runs (QEMU's `-m slots=`); 0:
+    /// none. With them, `update` grows a VM whose container's new memory
+    /// limit needs more than it has.
+    #[serde(deserialize_with = "memory_slots")]
+    pub memory_slots: u32,
+    /// The most memory a VM may grow to, MiB; 0: the host's memory.
+    pub default_maxmemory: u32,
     /// Appended to the guest kernel command line.
     pub kernel_params: String,
     /// Run QEMU with `-sandbox on` (seccomp) where the build supports it.
@@ -222,6 +229,8 @@ impl Default for HypervisorConfig {
             machine_type: "q35".into(),
             default_vcpus: 1,
             default_memory: 256,
+            memory_slots: 0,
+            default_maxmemory: 0,
             kernel_params: String::new(),
             seccomp_sandbox: true,
             shared_fs: SharedFs::VirtioFs,
@@ -310,6 +319,17 @@ fn machine_type<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let name = String::deserialize(d)?;
     check_machine_type(&name).map_err(serde::de::Error::custom)?;
     Ok(name)
+}
+
+/// QEMU takes up to 256 memory slots.
+fn memory_slots<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n > 256 {
+        return Err(serde::de::Error::custom(format!(
+            "{n} memory slots is more than QEMU's 256"
+        )));
+    }
+    Ok(n)
 }
 
 /// An annotation allowlist: each entry a regular expression, anchored.

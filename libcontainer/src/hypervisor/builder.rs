@@ -23,7 +23,8 @@ fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError
         vcpus: hv.default_vcpus,
         max_vcpus: hv.default_vcpus,
         memory_mib: hv.default_memory,
-        max_memory_mib: hv.default_memory,
+        max_memory_mib: max_memory_mib(hv),
+        memory_slots: hv.memory_slots,
         hotplug_slots: SPARE_SLOTS,
         devices: vec![Device::AgentPort {
             name: runvm_protocol::AGENT_PORT_NAME.to_string(),
@@ -31,6 +32,19 @@ fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError
         memory_file: None,
         restore: None,
     })
+}
+
+/// What the VM may grow to: with memory slots, `default_maxmemory` (0: the
+/// host's memory), at least its size.
+fn max_memory_mib(hv: &crate::config::HypervisorConfig) -> u32 {
+    if hv.memory_slots == 0 {
+        return hv.default_memory;
+    }
+    let max = match hv.default_maxmemory {
+        0 => u32::try_from(crate::sizing::host_capacity().1).unwrap_or(u32::MAX),
+        n => n,
+    };
+    max.max(hv.default_memory)
 }
 
 /// The operator's kernel parameters, after those of runvm's own settings.

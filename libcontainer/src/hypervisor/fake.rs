@@ -42,6 +42,7 @@ impl Default for Script {
                 hotplug_fs: true,
                 hotplug_disk: true,
                 hotplug_net: true,
+                hotplug_memory: true,
             },
             hang: HashSet::new(),
         }
@@ -399,6 +400,11 @@ impl Hypervisor for FakeVm {
 
     fn hotplug(&mut self, device: &Device) -> Result<(), HypervisorError> {
         self.call(&format!("hotplug {}", device.kind()));
+        Ok(())
+    }
+
+    fn hotplug_memory(&mut self, mib: u32) -> Result<(), HypervisorError> {
+        self.call(&format!("hotplug {mib} MiB of memory"));
         Ok(())
     }
 

@@ -59,6 +59,8 @@ pub enum HypervisorError {
     },
     #[error("create the tap {name}")]
     Tap { name: String, source: io::Error },
+    #[error("the VM cannot grow by {asked} MiB: {why}")]
+    NoMemoryRoom { asked: u32, why: String },
     #[error("{backend} does not support {what}")]
     Unsupported {
         backend: &'static str,
@@ -162,6 +164,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Memory the VM may grow to (equal to `memory_mib`: no memory hotplug).
     pub max_memory_mib: u32,
+    /// Slots for memory hotplugged up to `max_memory_mib`.
+    pub memory_slots: u32,
     /// Free slots for devices hotplugged after boot.
     pub hotplug_slots: usize,
     /// Devices present at boot.
@@ -193,6 +197,7 @@ pub enum Operation {
     HotplugFs,
     HotplugDisk,
     HotplugNet,
+    HotplugMemory,
 }
 
 impl Operation {
@@ -203,6 +208,7 @@ impl Operation {
             Operation::Restore => "restoring a snapshot",
             Operation::HotplugFs => "hotplugging a virtio-fs share",
             Operation::HotplugDisk => "hotplugging a disk",
+            Operation::HotplugMemory => "hotplugging memory",
             Operation::HotplugNet => "hotplugging a network interface",
         }
     }
@@ -217,6 +223,7 @@ pub struct Capabilities {
     pub hotplug_fs: bool,
     pub hotplug_disk: bool,
     pub hotplug_net: bool,
+    pub hotplug_memory: bool,
 }
 
 impl Capabilities {
@@ -227,6 +234,7 @@ impl Capabilities {
             Operation::HotplugFs => self.hotplug_fs,
             Operation::HotplugDisk => self.hotplug_disk,
             Operation::HotplugNet => self.hotplug_net,
+            Operation::HotplugMemory => self.hotplug_memory,
         }
     }
 }
@@ -312,6 +320,9 @@ pub trait Hypervisor: Send {
     fn pause(&mut self) -> Result<(), HypervisorError>;
     fn resume(&mut self) -> Result<(), HypervisorError>;
     fn hotplug(&mut self, device: &Device) -> Result<(), HypervisorError>;
+    /// Add `mib` of memory to the running VM (the guest onlines it by
+    /// itself); refused beyond the spec's slots or `max_memory_mib`.
+    fn hotplug_memory(&mut self, mib: u32) -> Result<(), HypervisorError>;
     /// Save the device state of a paused VM whose memory is a file to
     /// `state`; the memory stays in its file.
     fn snapshot(&mut self, state: &Path) -> Result<(), HypervisorError>;

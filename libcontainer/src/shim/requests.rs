@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
+use oci_spec::runtime::LinuxResources;
 use runvm_protocol::{
     AgentErrorKind, CgroupStats, ListProcesses, Pause, ProcessRef, Resume, SignalProcess,
     StartContainer, Stats, Update,
@@ -19,6 +20,7 @@ use super::Shim;
 use crate::agent::{AgentClient, AgentClientError};
 use crate::control::{self, Exec, Processes, ShimFailure, ShimRequest};
 use crate::error_chain;
+use crate::hypervisor::{HypervisorError, Operation};
 use crate::state::StateError;
 use crate::status::{ContainerStatus, Refusal};
 
@@ -179,9 +181,11 @@ impl Shim {
     }
 
     async fn update(&mut self, u: control::Update) -> Answer<()> {
+        let vm_memory_mib = self.grow_memory_for(&u.resources)?;
         let req = Update {
             container_id: self.id.clone(),
             resources: u.resources.clone(),
+            vm_memory_mib,
         };
         self.agent()?
             .call(req)
@@ -197,6 +201,41 @@ impl Shim {
                 errno: None,
             }
         })
+    }
+
+    /// A new memory limit that needs more than the VM has: hotplug what
+    /// is missing (in whole 128 MiB memory blocks, as the guest onlines
+    /// them), if the VM has memory slots. Returns the VM's new size, for
+    /// the agent to wait for.
+    fn grow_memory_for(&mut self, resources: &LinuxResources) -> Answer<Option<u64>> {
+        let limit = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.limit())
+            .unwrap_or(0);
+        let needed = crate::sizing::vm_mib_for_limit(limit);
+        let have = u64::from(self.vm_memory_mib);
+        if needed <= have || self.config.vmm().memory_slots == 0 {
+            return Ok(None);
+        }
+        let grow = u32::try_from((needed - have).div_ceil(128) * 128).unwrap_or(u32::MAX);
+        let failed = |e: HypervisorError| ShimFailure::Io {
+            context: format!(
+                "the container's memory limit needs a VM of {needed} MiB, it has {have}: {}",
+                error_chain(&e)
+            ),
+            errno: None,
+        };
+        let vm = self
+            .vm
+            .as_mut()
+            .ok_or_else(|| failed(HypervisorError::NotRunning))?;
+        vm.supports(Operation::HotplugMemory)
+            .and_then(|()| vm.hotplug_memory(grow))
+            .map_err(failed)?;
+        self.vm_memory_mib += grow;
+        slog::info!(self.log, "the VM grew for the container's new memory limit"; "added_mib" => grow, "vm_mib" => self.vm_memory_mib);
+        Ok(Some(u64::from(self.vm_memory_mib)))
     }
 
     async fn ps(&self) -> Answer<Processes> {

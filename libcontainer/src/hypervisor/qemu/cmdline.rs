@@ -64,7 +64,11 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
     }
     let mut memory = mem.clone();
     if spec.max_memory_mib > spec.memory_mib {
-        memory.push_str(&format!(",slots=1,maxmem={}M", spec.max_memory_mib));
+        memory.push_str(&format!(
+            ",slots={},maxmem={}M",
+            spec.memory_slots.max(1),
+            spec.max_memory_mib
+        ));
     }
     push(&["-name", &format!("{},debug-threads=on", spec.name)]);
     push(&[
@@ -251,6 +255,7 @@ mod tests {
             max_vcpus: 1,
             memory_mib: 256,
             max_memory_mib: 256,
+            memory_slots: 0,
             hotplug_slots: 1,
             devices: vec![
                 Device::AgentPort {
@@ -445,6 +450,7 @@ mod tests {
         let mut s = spec();
         s.max_vcpus = 4;
         s.max_memory_mib = 1024;
+        s.memory_slots = 4;
         s.devices.push(Device::Net(NetDevice {
             backend: NetBackend::Tap {
                 name: "tap0".into(),
@@ -459,7 +465,7 @@ mod tests {
         }));
         let a = command_line(&s, &opts(ResolvedAccel::Tcg));
         assert!(has_pair(&a, "-smp", "1,maxcpus=4"));
-        assert!(has_pair(&a, "-m", "256M,slots=1,maxmem=1024M"));
+        assert!(has_pair(&a, "-m", "256M,slots=4,maxmem=1024M"));
         assert!(has_pair(
             &a,
             "-netdev",

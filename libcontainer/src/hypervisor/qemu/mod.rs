@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use self::cmdline::{command_line, memory_path, root_ports, Options, AGENT_SOCKET, QMP_SOCKET};
 use self::qmp::{
     BlockdevAdd, ChardevAdd, ChardevBackend, Cont, DeviceAdd, GetFd, Migrate, MigrateIncoming,
-    MigrateSetCapabilities, MigrationCapability, NetdevAdd, Qmp, QmpError, QueryCpusFast,
-    QueryMigrate, Quit, SocketAddress, Stop,
+    MigrateSetCapabilities, MigrationCapability, NetdevAdd, ObjectAdd, Qmp, QmpError,
+    QueryCpusFast, QueryMigrate, Quit, SocketAddress, Stop,
 };
 use super::{
     resolve_accel, Accelerator, AgentEndpoint, Capabilities, Device, ExitWatch, Hypervisor,
@@ -35,6 +35,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     hotplug_fs: true,
     hotplug_disk: true,
     hotplug_net: true,
+    hotplug_memory: true,
 };
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const QMP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,6 +66,9 @@ pub struct Qemu {
     shares: usize,
     disks: usize,
     nics: usize,
+    /// Memory hotplugged so far: DIMMs, and MiB.
+    dimms: u32,
+    added_mib: u32,
     /// Launched by another process (see [`Hypervisor::adopt`]).
     adopted: bool,
 }
@@ -90,6 +94,8 @@ impl Qemu {
             shares,
             disks,
             nics,
+            dimms: 0,
+            added_mib: 0,
             adopted: false,
             spec,
             child: None,
@@ -434,6 +440,39 @@ impl Hypervisor for Qemu {
                 })
             }
         }
+        Ok(())
+    }
+
+    fn hotplug_memory(&mut self, mib: u32) -> Result<(), HypervisorError> {
+        let spec = &self.spec;
+        let room = |why: String| HypervisorError::NoMemoryRoom { asked: mib, why };
+        if self.dimms >= spec.memory_slots {
+            return Err(room(format!(
+                "its {} memory slots are taken ([hypervisor.qemu] memory_slots)",
+                spec.memory_slots
+            )));
+        }
+        let now = spec.memory_mib + self.added_mib;
+        if u64::from(now) + u64::from(mib) > u64::from(spec.max_memory_mib) {
+            return Err(room(format!(
+                "it has {now} MiB and may grow to {} MiB ([hypervisor.qemu] default_maxmemory)",
+                spec.max_memory_mib
+            )));
+        }
+        let id = format!("dimm{}", self.dimms);
+        let qmp = self.qmp()?;
+        // Shared, as the boot memory is: vhost-user (virtio-fs) maps it.
+        qmp.execute(&ObjectAdd::MemoryBackendMemfd {
+            id: format!("{id}-mem"),
+            size: u64::from(mib) << 20,
+            share: true,
+        })?;
+        qmp.execute(&DeviceAdd::PcDimm {
+            id: id.clone(),
+            memdev: format!("{id}-mem"),
+        })?;
+        self.dimms += 1;
+        self.added_mib += mib;
         Ok(())
     }
 

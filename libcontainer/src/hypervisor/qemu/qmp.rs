@@ -148,6 +148,8 @@ pub enum DeviceAdd {
         tag: String,
         bus: String,
     },
+    #[serde(rename = "pc-dimm")]
+    PcDimm { id: String, memdev: String },
     #[serde(rename = "virtio-blk-pci")]
     VirtioBlk {
         id: String,
@@ -168,6 +170,20 @@ pub enum DeviceAdd {
 
 impl Command for DeviceAdd {
     const NAME: &'static str = "device_add";
+    type Returns = Empty;
+}
+
+/// `object-add` of the objects runvm adds.
+#[derive(Serialize, Debug)]
+#[serde(tag = "qom-type")]
+pub enum ObjectAdd {
+    /// Guest memory for a hotplugged DIMM.
+    #[serde(rename = "memory-backend-memfd")]
+    MemoryBackendMemfd { id: String, size: u64, share: bool },
+}
+
+impl Command for ObjectAdd {
+    const NAME: &'static str = "object-add";
     type Returns = Empty;
 }
 
@@ -589,6 +605,38 @@ mod tests {
         assert_eq!(
             encode(&Cont {}),
             json!({"execute": "cont", "arguments": {}})
+        );
+        assert_eq!(
+            encode(&BlockdevAdd::raw_file("disk0".into(), "/d/c1.img".into())),
+            json!({"execute": "blockdev-add", "arguments": {"driver": "raw",
+                "node-name": "disk0", "file": {"driver": "file", "filename": "/d/c1.img"}}})
+        );
+        assert_eq!(
+            encode(&DeviceAdd::VirtioBlk {
+                id: "disk0-dev".into(),
+                drive: "disk0".into(),
+                serial: "share".into(),
+                bus: "rp0".into(),
+            }),
+            json!({"execute": "device_add", "arguments": {"driver": "virtio-blk-pci",
+                "id": "disk0-dev", "drive": "disk0", "serial": "share", "bus": "rp0"}})
+        );
+        assert_eq!(
+            encode(&ObjectAdd::MemoryBackendMemfd {
+                id: "dimm0-mem".into(),
+                size: 512 << 20,
+                share: true,
+            }),
+            json!({"execute": "object-add", "arguments": {"qom-type": "memory-backend-memfd",
+                "id": "dimm0-mem", "size": 536870912u64, "share": true}})
+        );
+        assert_eq!(
+            encode(&DeviceAdd::PcDimm {
+                id: "dimm0".into(),
+                memdev: "dimm0-mem".into(),
+            }),
+            json!({"execute": "device_add", "arguments": {"driver": "pc-dimm",
+                "id": "dimm0", "memdev": "dimm0-mem"}})
         );
     }
 
