@@ -361,11 +361,13 @@ fn events_stats_update_ps_and_kill_all() {
         "/sys/fs/cgroup/cpu.max",
     ]);
     assert_eq!(text(&out.stdout), "104857600\n50000 100000\n");
-    // More than the VM has is a clear error, and changes nothing.
+    // More than the VM can grow to (the host's memory) is a clear error,
+    // and changes nothing.
     let out = rv.run(&["update", "--memory", "1099511627776", &id]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("exceeds the VM's"),
+        text(&out.stderr).contains("the VM cannot grow by ")
+            && text(&out.stderr).contains("may grow to "),
         "{}",
         text(&out.stderr)
     );
@@ -409,6 +411,29 @@ fn events_stats_update_ps_and_kill_all() {
     // TERM to every process: the sleeps die, so the shell's wait returns.
     assert!(rv.run(&["kill", "--all", &id, "TERM"]).status.success());
     assert_eq!(c.wait_shim(T), 0);
+}
+
+/// With the default memory slots, a memory limit the VM cannot hold grows
+/// it (a clone or pool VM in template mode: hotplug works there too).
+#[test]
+fn update_of_a_larger_memory_limit_grows_the_vm() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "echo ready; while true; do sleep 1; done"]);
+    let (id, _c) = run_idle(&rv, "grow", &b);
+    wait_for_output(&b, "out.txt", "ready\n", T);
+    let limit = (400u64 << 20).to_string();
+    let out = rv.run(&["update", "--memory", &limit, &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = rv.run(&["exec", &id, "grep", "MemTotal", "/proc/meminfo"]);
+    let kib: u64 = text(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    // 256 MiB and two 128 MiB blocks: 512, of which the kernel keeps some.
+    assert!(kib > 400 * 1024 && kib <= 512 * 1024, "MemTotal {kib} kB");
+    let out = rv.run(&["exec", &id, "cat", "/sys/fs/cgroup/memory.max"]);
+    assert_eq!(text(&out.stdout), format!("{limit}\n"));
 }
 
 #[test]

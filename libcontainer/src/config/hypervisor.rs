@@ -229,7 +229,7 @@ impl Default for HypervisorConfig {
             machine_type: "q35".into(),
             default_vcpus: 1,
             default_memory: 256,
-            memory_slots: 0,
+            memory_slots: 10,
             default_maxmemory: 0,
             kernel_params: String::new(),
             seccomp_sandbox: true,
