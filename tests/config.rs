@@ -141,9 +141,10 @@ fn agent_debug_logs_each_request_on_the_console_and_qemu_gets_the_machine_type()
         "{console}"
     );
     assert!(
-        console.lines().any(
-            |l| l.starts_with("runvm-agent: debug: CreateContainer ok in ") && l.ends_with(" ms")
-        ),
+        console
+            .lines()
+            .any(|l| l.contains("runvm-agent: debug: CreateContainer ok in ")
+                && l.trim_end().ends_with(" ms")),
         "{console}"
     );
     let cmdline = fs::read(format!("/proc/{}/cmdline", rv.vmm(&id).pid)).unwrap();
