@@ -271,6 +271,67 @@ fn a_container_larger_than_the_template_boots_cold_and_says_why() {
     assert_eq!(b.output("out.txt"), "2\n");
 }
 
+#[test]
+fn a_container_with_more_memory_than_the_template_is_a_clone_that_grows() {
+    let template = TestTemplate::build("grows");
+    let rv = runvm_with(&template, "");
+    assert_grows(&rv, "template");
+}
+
+#[test]
+fn a_pool_vm_grows_too() {
+    let template = TestTemplate::build_pooled("poolgrows", 1);
+    let rv = runvm_with(&template, "");
+    template.wait_pool(1, T * 2);
+    assert_grows(&rv, "pool");
+}
+
+/// A container whose memory limit needs more than the template's 256 MiB
+/// comes up as `boot` (a clone, or a pool VM) grown to its size.
+fn assert_grows(rv: &Runvm, boot: &str) {
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "grep MemTotal /proc/meminfo; cat /sys/fs/cgroup/memory.max",
+    ]);
+    // 512 MiB and the guest's 64: the 256 MiB template and three 128 MiB
+    // blocks, 640 MiB.
+    b.edit(|c| c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 512u64 << 20}));
+    let id = unique_id("grows");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = rv
+        .cmd()
+        .args(["--log", log.path().to_str().unwrap(), "create", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(b.path().join("out.txt")).unwrap())
+        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap())
+        .status()
+        .unwrap();
+    let _g = rv.guard(&id, &b);
+    assert!(out.success(), "create: {}", b.output("err.txt"));
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(rv.raw_state(&id)["boot"], boot, "{logged}");
+    assert!(!logged.contains("booting cold"), "{logged}");
+    let limit = common::host_cgroup_file(
+        &common::default_host_cgroup(&id),
+        "memory",
+        "memory.limit_in_bytes",
+    );
+    assert_eq!(limit.trim(), ((640u64 + 256) << 20).to_string());
+    assert!(rv.run(&["start", &id]).status.success());
+    rv.wait_status(&id, "stopped", T);
+    let out = b.output("out.txt");
+    let kib: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(kib > 512 * 1024 && kib <= 640 * 1024, "{out}");
+    assert!(out.ends_with(&format!("\n{}\n", 512u64 << 20)), "{out}");
+}
+
 /// `runvm run` of `b` with its own `--log` file; returns the exit code and
 /// what was logged.
 fn run_logged(rv: &Runvm, b: &Bundle, name: &str) -> (Option<i32>, String) {

@@ -188,6 +188,9 @@ impl Agent {
         // Mounted read-write even for root.readonly: youki creates missing
         // mountpoints in the rootfs (as runc does), then makes it read-only.
         mount_share(&req.share, &share).await?;
+        if let Some(mib) = req.vm_memory_mib {
+            crate::guest::wait_memory_online(mib).await;
+        }
         self.create_from(id, req.spec, &share).await
     }
 

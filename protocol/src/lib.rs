@@ -45,7 +45,8 @@ pub const SHARE_SOURCE_PREFIX: &str = "runvm-share:";
 /// comes to depend on new behaviour of the agent (3: [`SESSION_ENDED`]; 4:
 /// a reply type per request, typed errors, OCI types for processes and
 /// resources; 5: [`ConfigureNetwork`]; 6: [`Warmup`]; 7: a share on a
-/// disk, [`ShareSource`], and [`Update::vm_memory_mib`]).
+/// disk, [`ShareSource`], and `vm_memory_mib` in [`Update`] and
+/// [`CreateContainer`]).
 pub const PROTOCOL_VERSION: u32 = 7;
 /// The line the agent writes to the guest console when a yamux session that
 /// carried streams has ended (the host hung up) and it waits for a new host.

@@ -91,6 +91,10 @@ pub struct CreateContainer {
     /// Where the share is: virtio-fs (what an older host meant), or a disk.
     #[serde(default)]
     pub share: ShareSource,
+    /// The host has just grown the VM to this many MiB (a clone of a
+    /// smaller template): wait until the guest has it online first.
+    #[serde(default)]
+    pub vm_memory_mib: Option<u64>,
 }
 
 /// How the container's share reaches the guest (the host's `shared_fs`).

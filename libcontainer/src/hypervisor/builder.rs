@@ -36,7 +36,7 @@ fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError
 
 /// What the VM may grow to: with memory slots, `default_maxmemory` (0: the
 /// host's memory), at least its size.
-fn max_memory_mib(hv: &crate::config::HypervisorConfig) -> u32 {
+pub fn max_memory_mib(hv: &crate::config::HypervisorConfig) -> u32 {
     if hv.memory_slots == 0 {
         return hv.default_memory;
     }

@@ -21,7 +21,7 @@ pub use crate::child::ExitWatch;
 use crate::config::{Backend, Config};
 use crate::locate::LocateError;
 pub use accel::{resolve_accel, ResolvedAccel};
-pub use builder::{clone_vm, container_vm, template_vm, SPARE_SLOTS};
+pub use builder::{clone_vm, container_vm, max_memory_mib, template_vm, SPARE_SLOTS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {

@@ -269,7 +269,7 @@ impl Shim {
         });
         let spec: VmSpec = match &clone {
             Some((template, memory)) => hypervisor::clone_vm(
-                &self.config,
+                &self.clone_config(template),
                 name,
                 &self.dir,
                 Restore {
@@ -305,8 +305,37 @@ impl Shim {
             vm.resume()?;
             hotplug_devices(vm.as_mut(), share, nics)?;
             slog::debug!(self.log, "restored, share and NICs hotplugged"; "nics" => nics.len(), "ms" => t0.elapsed().as_millis() as u64);
+            self.grow_clone()?;
         }
         Ok(cloned)
+    }
+
+    /// The configuration a clone of `template` is restored with: the
+    /// template's size. The container may need more memory, which
+    /// [`grow_clone`](Self::grow_clone) adds once the clone runs.
+    fn clone_config(&self, template: &Template) -> Config {
+        let mut config = self.config.clone();
+        config.vmm_mut().default_memory = template.meta.memory_mib;
+        config.vmm_mut().default_vcpus = template.meta.vcpus;
+        config
+    }
+
+    /// A clone of a smaller template than the container needs (`template`
+    /// checked that the VM may grow so far): hotplug the memory missing,
+    /// in whole 128 MiB blocks.
+    fn grow_clone(&mut self) -> Result<(), ShimError> {
+        let needs = self.config.vmm().default_memory;
+        if needs <= self.vm_memory_mib {
+            return Ok(());
+        }
+        let grow = (needs - self.vm_memory_mib).div_ceil(128) * 128;
+        let vm = self.vm.as_mut().expect("the VM was launched");
+        vm.supports(Operation::HotplugMemory)?;
+        vm.hotplug_memory(grow)?;
+        self.vm_memory_mib += grow;
+        self.grown_at_create = true;
+        info!(self.log, "the clone grew to the container's memory"; "added_mib" => grow, "vm_mib" => self.vm_memory_mib);
+        Ok(())
     }
 
     /// Take over a VM of the warm pool: its monitor, its agent port; the
@@ -319,7 +348,7 @@ impl Shim {
         nics: &[NetDevice],
     ) -> Result<(), ShimError> {
         let mut spec = hypervisor::clone_vm(
-            &self.config,
+            &self.clone_config(&template),
             format!("runvm-{}", self.id),
             &claimed.dir,
             Restore {
@@ -363,7 +392,7 @@ impl Shim {
         let vm = self.vm.as_mut().expect("inserted above");
         vm.resume()?;
         hotplug_devices(vm.as_mut(), share, nics)?;
-        Ok(())
+        self.grow_clone()
     }
 
     /// Reach the agent and wait until it answers (the whole boot, for a
@@ -428,6 +457,9 @@ impl Shim {
                     container_id: self.id.clone(),
                     spec,
                     share: self.share_source.clone(),
+                    vm_memory_mib: self
+                        .grown_at_create
+                        .then_some(u64::from(self.vm_memory_mib)),
                 },
                 self.config.runtime.boot(),
             )
@@ -493,7 +525,16 @@ impl Shim {
             return None;
         }
         let (needs, has) = (self.config.vmm(), &template.meta);
-        if needs.default_vcpus > has.vcpus || needs.default_memory > has.memory_mib {
+        // More memory than the template's is hotplugged into the clone,
+        // where the VM may grow so far.
+        let clone_max = hypervisor::max_memory_mib(&crate::config::HypervisorConfig {
+            default_memory: has.memory_mib,
+            ..needs.clone()
+        });
+        let grows = needs.memory_slots > 0
+            && needs.default_memory <= clone_max
+            && hypervisor::supports(configured, Operation::HotplugMemory).is_ok();
+        if needs.default_vcpus > has.vcpus || (needs.default_memory > has.memory_mib && !grows) {
             // Growing a clone needs CPU hotplug, which the guest kernel does
             // not offer on q35 (docs/templating.md).
             warn!(

@@ -348,6 +348,8 @@ struct Shim {
     host_cgroup: Option<crate::host_cgroup::Record>,
     container_limits: crate::host_cgroup::Limits,
     vm_memory_mib: u32,
+    /// The VM is a clone that got memory beyond its template's.
+    grown_at_create: bool,
 }
 
 impl Shim {
@@ -390,6 +392,7 @@ impl Shim {
             host_cgroup: None,
             container_limits: Default::default(),
             vm_memory_mib: 0,
+            grown_at_create: false,
         };
         let me = ProcessIdentity::of(std::process::id() as i32);
         shim.record(|s| s.shim = me)?;
