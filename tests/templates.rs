@@ -243,22 +243,8 @@ fn a_container_larger_than_the_template_boots_cold_and_says_why() {
         c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 512u64 << 20});
         c["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 200000, "period": 100000});
     });
-    let id = unique_id("larger");
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let out = rv
-        .cmd()
-        .args(["--log", log.path().to_str().unwrap(), "create", "--bundle"])
-        .arg(b.path())
-        .arg(&id)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(b.path().join("out.txt")).unwrap())
-        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap())
-        .status()
-        .unwrap();
-    let _g = rv.guard(&id, &b);
-    assert!(out.success(), "create: {}", b.output("err.txt"));
+    let (id, _g, logged) = create_logged(&rv, &b, "larger");
     assert_eq!(rv.raw_state(&id)["boot"], "cold");
-    let logged = std::fs::read_to_string(log.path()).unwrap();
     assert!(
         logged.contains(
             "level=warning msg=\"booting cold: the container needs 2 vCPUs / 576 MiB, \
@@ -297,21 +283,7 @@ fn assert_grows(rv: &Runvm, boot: &str) {
     // 512 MiB and the guest's 64: the 256 MiB template and three 128 MiB
     // blocks, 640 MiB.
     b.edit(|c| c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 512u64 << 20}));
-    let id = unique_id("grows");
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let out = rv
-        .cmd()
-        .args(["--log", log.path().to_str().unwrap(), "create", "--bundle"])
-        .arg(b.path())
-        .arg(&id)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(b.path().join("out.txt")).unwrap())
-        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap())
-        .status()
-        .unwrap();
-    let _g = rv.guard(&id, &b);
-    assert!(out.success(), "create: {}", b.output("err.txt"));
-    let logged = std::fs::read_to_string(log.path()).unwrap();
+    let (id, _g, logged) = create_logged(rv, &b, "grows");
     assert_eq!(rv.raw_state(&id)["boot"], boot, "{logged}");
     assert!(!logged.contains("booting cold"), "{logged}");
     let limit = common::host_cgroup_file(
@@ -330,6 +302,28 @@ fn assert_grows(rv: &Runvm, boot: &str) {
         .unwrap_or_default();
     assert!(kib > 512 * 1024 && kib <= 640 * 1024, "{out}");
     assert!(out.ends_with(&format!("\n{}\n", 512u64 << 20)), "{out}");
+}
+
+/// `runvm create` of `b` with its own `--log` file, which must succeed
+/// (stdio in the bundle's out.txt and err.txt); the id, its guard and what
+/// was logged.
+fn create_logged<'a>(rv: &'a Runvm, b: &Bundle, name: &str) -> (String, Container<'a>, String) {
+    let id = unique_id(name);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = rv
+        .cmd()
+        .args(["--log", log.path().to_str().unwrap(), "create", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(b.path().join("out.txt")).unwrap())
+        .stderr(std::fs::File::create(b.path().join("err.txt")).unwrap())
+        .status()
+        .unwrap();
+    let guard = rv.guard(&id, b);
+    assert!(out.success(), "create: {}", b.output("err.txt"));
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    (id, guard, logged)
 }
 
 /// `runvm run` of `b` with its own `--log` file; returns the exit code and

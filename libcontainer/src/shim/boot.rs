@@ -325,16 +325,26 @@ impl Shim {
     /// in whole 128 MiB blocks.
     fn grow_clone(&mut self) -> Result<(), ShimError> {
         let needs = self.config.vmm().default_memory;
-        if needs <= self.vm_memory_mib {
-            return Ok(());
+        if needs > self.vm_memory_mib {
+            self.grow_vm_to(needs)?;
+            self.grown_at_create = true;
         }
-        let grow = (needs - self.vm_memory_mib).div_ceil(128) * 128;
-        let vm = self.vm.as_mut().expect("the VM was launched");
+        Ok(())
+    }
+
+    /// Hotplug what the VM lacks of `mib` MiB, in whole 128 MiB memory
+    /// blocks (as the guest onlines them): for a clone at create, and for
+    /// `update` of a larger memory limit.
+    pub(super) fn grow_vm_to(&mut self, mib: u32) -> Result<(), hypervisor::HypervisorError> {
+        let grow = (mib.saturating_sub(self.vm_memory_mib)).div_ceil(128) * 128;
+        let vm = self
+            .vm
+            .as_mut()
+            .ok_or(hypervisor::HypervisorError::NotRunning)?;
         vm.supports(Operation::HotplugMemory)?;
         vm.hotplug_memory(grow)?;
         self.vm_memory_mib += grow;
-        self.grown_at_create = true;
-        info!(self.log, "the clone grew to the container's memory"; "added_mib" => grow, "vm_mib" => self.vm_memory_mib);
+        info!(self.log, "the VM grew"; "added_mib" => grow, "vm_mib" => self.vm_memory_mib);
         Ok(())
     }
 

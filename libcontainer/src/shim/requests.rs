@@ -20,7 +20,6 @@ use super::Shim;
 use crate::agent::{AgentClient, AgentClientError};
 use crate::control::{self, Exec, Processes, ShimFailure, ShimRequest};
 use crate::error_chain;
-use crate::hypervisor::{HypervisorError, Operation};
 use crate::state::StateError;
 use crate::status::{ContainerStatus, Refusal};
 
@@ -218,23 +217,14 @@ impl Shim {
         if needed <= have || self.config.vmm().memory_slots == 0 {
             return Ok(None);
         }
-        let grow = u32::try_from((needed - have).div_ceil(128) * 128).unwrap_or(u32::MAX);
-        let failed = |e: HypervisorError| ShimFailure::Io {
-            context: format!(
-                "the container's memory limit needs a VM of {needed} MiB, it has {have}: {}",
-                error_chain(&e)
-            ),
-            errno: None,
-        };
-        let vm = self
-            .vm
-            .as_mut()
-            .ok_or_else(|| failed(HypervisorError::NotRunning))?;
-        vm.supports(Operation::HotplugMemory)
-            .and_then(|()| vm.hotplug_memory(grow))
-            .map_err(failed)?;
-        self.vm_memory_mib += grow;
-        slog::info!(self.log, "the VM grew for the container's new memory limit"; "added_mib" => grow, "vm_mib" => self.vm_memory_mib);
+        self.grow_vm_to(u32::try_from(needed).unwrap_or(u32::MAX))
+            .map_err(|e| ShimFailure::Io {
+                context: format!(
+                    "the container's memory limit needs a VM of {needed} MiB, it has {have}: {}",
+                    error_chain(&e)
+                ),
+                errno: None,
+            })?;
         Ok(Some(u64::from(self.vm_memory_mib)))
     }
 
