@@ -43,7 +43,17 @@ impl Supervised {
     /// keeps the caller's, and the shim blocks the signals it forwards: a
     /// virtiofsd that inherited the block would never see the SIGTERM of
     /// its parent-death signal), and `keep` open across exec.
-    pub fn spawn(mut cmd: Command, keep: &[RawFd]) -> io::Result<Self> {
+    pub fn spawn(cmd: Command, keep: &[RawFd]) -> io::Result<Self> {
+        Self::spawn_then(cmd, keep, || Ok(()))
+    }
+
+    /// [`spawn`](Self::spawn), with `then` run in the child after the
+    /// above, just before exec (the same rules hold: system calls only).
+    pub fn spawn_then(
+        mut cmd: Command,
+        keep: &[RawFd],
+        mut then: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+    ) -> io::Result<Self> {
         let keep = keep.to_vec();
         // SAFETY: the closure calls only async-signal-safe functions (prctl,
         // sigemptyset, sigprocmask, fcntl) and touches no memory shared with
@@ -63,7 +73,7 @@ impl Supervised {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                then()
             });
         }
         let mut child = cmd.spawn()?;

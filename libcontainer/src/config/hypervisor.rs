@@ -177,6 +177,14 @@ pub struct HypervisorConfig {
     pub kernel_params: String,
     /// Run QEMU with `-sandbox on` (seccomp) where the build supports it.
     pub seccomp_sandbox: bool,
+    /// Run QEMU in a jail: a uid of its own, no capabilities, no_new_privs,
+    /// and mount and IPC namespaces whose root holds only what it opens
+    /// (docs/security.md).
+    pub jail: bool,
+    /// The jail's uids (and gids): this plus the pid of the process that
+    /// launches QEMU, so each VM alive has its own.
+    #[serde(deserialize_with = "jail_uid_base")]
+    pub jail_uid_base: u32,
     /// `virtio-fs`, or `none`: the rootfs and bind sources copied into a
     /// disk image at create (docs/config.md, "shared_fs = none").
     pub shared_fs: SharedFs,
@@ -233,6 +241,8 @@ impl Default for HypervisorConfig {
             default_maxmemory: 0,
             kernel_params: String::new(),
             seccomp_sandbox: true,
+            jail: true,
+            jail_uid_base: 2_000_000_000,
             shared_fs: SharedFs::VirtioFs,
             disk_image_dir: PathBuf::from("/var/lib/runvm/disks"),
             disk_image_free_mib: 1024,
@@ -327,6 +337,22 @@ fn memory_slots<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     if n > 256 {
         return Err(serde::de::Error::custom(format!(
             "{n} memory slots is more than QEMU's 256"
+        )));
+    }
+    Ok(n)
+}
+
+/// The most a pid can be (the kernel's PID_MAX_LIMIT on 64-bit).
+pub const PID_MAX_LIMIT: u32 = 4 << 20;
+
+/// The jail's uids are the base plus a pid: all of them ordinary uids,
+/// above the system's and ordinary users' (1000), below 2^31.
+fn jail_uid_base<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if !(1000..=(i32::MAX as u32 - PID_MAX_LIMIT)).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "jail_uid_base {n}: QEMU's uid is it plus a pid (up to {PID_MAX_LIMIT}), which must stay between 1000 and {}",
+            i32::MAX
         )));
     }
     Ok(n)

@@ -59,6 +59,11 @@ pub enum HypervisorError {
     },
     #[error("create the tap {name}")]
     Tap { name: String, source: io::Error },
+    /// A file or socket the VM is handed as a descriptor.
+    #[error("open {path} for the VM")]
+    Open { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Jail(#[from] qemu::JailError),
     #[error("the VM cannot grow by {asked} MiB: {why}")]
     NoMemoryRoom { asked: u32, why: String },
     #[error("{backend} does not support {what}")]

@@ -4,12 +4,50 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::MonitorKind;
-use crate::hypervisor::{
-    Device, NetBackend, ResolvedAccel, VmSpec, CONSOLE_LOG, DEBUG_MONITOR_SOCKET,
-};
+use crate::hypervisor::{Device, NetBackend, NetDevice, ResolvedAccel, VmSpec};
 
 pub const AGENT_SOCKET: &str = "agent.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
+
+/// QEMU opens no file of the state directory by name: the shim hands it
+/// each as a descriptor, at these numbers (fixed, so that a clone's command
+/// line is its template's). See `jail.rs`.
+pub const FD_CONSOLE: i32 = 3;
+pub const FD_QMP: i32 = 4;
+pub const FD_AGENT: i32 = 5;
+pub const FD_DEBUG_MONITOR: i32 = 6;
+/// The boot devices' descriptors (a share's connection to its daemon, a
+/// disk image, a tap), in the order of the devices.
+const FD_DEVICES: i32 = 7;
+/// QEMU's fd sets: the console's, then one per disk.
+const FDSET_CONSOLE: i32 = 1;
+const FDSET_DISKS: i32 = 10;
+
+/// What a boot device's descriptor is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootFd {
+    /// A connection to the vhost-user socket of this name in the VM's
+    /// directory.
+    Share(String),
+    /// The image, opened read-write.
+    Disk(PathBuf),
+    /// The tap of this name, opened (in the namespace QEMU runs in).
+    Tap(String),
+}
+
+/// The descriptors the boot devices need, with their numbers.
+pub fn boot_fds(spec: &VmSpec) -> Vec<(i32, BootFd)> {
+    let needs = spec.devices.iter().filter_map(|d| match d {
+        Device::Fs(share) => Some(BootFd::Share(share.socket.clone())),
+        Device::Disk(disk) => Some(BootFd::Disk(disk.path.clone())),
+        Device::Net(NetDevice {
+            backend: NetBackend::Tap { name },
+            ..
+        }) => Some(BootFd::Tap(name.clone())),
+        _ => None,
+    });
+    (FD_DEVICES..).zip(needs).collect()
+}
 
 /// Skip what a VM with one console and no legacy devices does not need:
 /// crypto self-tests, probing serial ports and the PS/2 controller, the
@@ -24,7 +62,8 @@ pub struct Options {
     pub accel: ResolvedAccel,
     /// `-sandbox on` (seccomp) with the dangerous groups denied.
     pub seccomp_sandbox: bool,
-    /// A second monitor for debugging, on [`DEBUG_MONITOR_SOCKET`].
+    /// A second monitor for debugging, on
+    /// [`crate::hypervisor::DEBUG_MONITOR_SOCKET`].
     pub debug_monitor: Option<MonitorKind>,
     /// `-machine`: q35 or a versioned q35.
     pub machine_type: String,
@@ -110,14 +149,21 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
         ]);
     }
     push(&[
+        "-add-fd",
+        &format!("fd={FD_CONSOLE},set={FDSET_CONSOLE},opaque=console"),
         "-serial",
-        &format!("file:{}", spec.dir.join(CONSOLE_LOG).display()),
+        &format!("file:/dev/fdset/{FDSET_CONSOLE}"),
     ]);
-    push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,fd={FD_QMP},server=on,wait=off"),
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
     if let Some(kind) = opts.debug_monitor {
         push(&[
             "-chardev",
-            &format!("socket,id=debugmon,path={DEBUG_MONITOR_SOCKET},server=on,wait=off"),
+            &format!("socket,id=debugmon,fd={FD_DEBUG_MONITOR},server=on,wait=off"),
         ]);
         let mode = match kind {
             MonitorKind::Hmp => "readline",
@@ -142,7 +188,7 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
             push(&["-device", "virtio-serial-pci,id=vser0"]);
             push(&[
                 "-chardev",
-                &format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off"),
+                &format!("socket,id=agent,fd={FD_AGENT},server=on,wait=off"),
             ]);
             push(&[
                 "-device",
@@ -160,13 +206,15 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
         push(&["-incoming", "defer"]);
     }
     let (mut port, mut fs, mut disk, mut net) = (0, 0, 0, 0);
+    let mut fds = boot_fds(spec).into_iter().map(|(fd, _)| fd);
     for device in &spec.devices {
         match device {
             Device::AgentPort { .. } => {}
             Device::Fs(share) => {
                 let id = format!("fs{fs}");
                 fs += 1;
-                push(&["-chardev", &format!("socket,id={id},path={}", share.socket)]);
+                let fd = fds.next().expect("a descriptor per share");
+                push(&["-chardev", &format!("socket,id={id},fd={fd}")]);
                 push(&[
                     "-device",
                     &format!(
@@ -178,8 +226,11 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
             }
             Device::Disk(d) => {
                 let id = format!("disk{disk}");
+                let set = FDSET_DISKS + disk;
                 disk += 1;
-                push(&["-blockdev", &blockdev(&id, &d.path)]);
+                let fd = fds.next().expect("a descriptor per disk");
+                push(&["-add-fd", &format!("fd={fd},set={set},opaque={id}")]);
+                push(&["-blockdev", &blockdev(&id, &format!("/dev/fdset/{set}"))]);
                 push(&[
                     "-device",
                     &format!(
@@ -192,7 +243,11 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
             Device::Net(nic) => {
                 let id = format!("net{net}");
                 net += 1;
-                push(&["-netdev", &netdev(&id, &nic.backend)]);
+                let fd = match nic.backend {
+                    NetBackend::Tap { .. } => fds.next(),
+                    NetBackend::User => None,
+                };
+                push(&["-netdev", &netdev(&id, fd)]);
                 push(&[
                     "-device",
                     &format!(
@@ -212,19 +267,18 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
 
 /// A raw image file as a block node; a comma in its path is doubled, as
 /// QEMU's option syntax escapes it.
-fn blockdev(id: &str, path: &Path) -> String {
+fn blockdev(id: &str, path: &str) -> String {
     format!(
         "driver=raw,node-name={id},file.driver=file,file.filename={}",
-        path.display().to_string().replace(',', ",,")
+        path.replace(',', ",,")
     )
 }
 
-fn netdev(id: &str, backend: &NetBackend) -> String {
-    match backend {
-        NetBackend::Tap { name } => {
-            format!("tap,id={id},ifname={name},script=no,downscript=no,vhost=off")
-        }
-        NetBackend::User => format!("user,id={id}"),
+/// A tap QEMU was handed (`fd`), or user networking.
+fn netdev(id: &str, fd: Option<i32>) -> String {
+    match fd {
+        Some(fd) => format!("tap,id={id},fd={fd},vhost=off"),
+        None => format!("user,id={id}"),
     }
 }
 
@@ -284,7 +338,7 @@ mod tests {
     fn a_debug_monitor_is_a_second_monitor_on_its_socket_only_when_asked() {
         let none = command_line(&spec(), &opts(ResolvedAccel::Tcg));
         assert!(!none.iter().any(|a| a.contains("debugmon")), "{none:?}");
-        let chardev = format!("socket,id=debugmon,path={DEBUG_MONITOR_SOCKET},server=on,wait=off");
+        let chardev = "socket,id=debugmon,fd=6,server=on,wait=off";
         for (kind, mode) in [
             (MonitorKind::Hmp, "chardev=debugmon,mode=readline"),
             (MonitorKind::Qmp, "chardev=debugmon,mode=control"),
@@ -298,7 +352,7 @@ mod tests {
                 ..opts(ResolvedAccel::Tcg)
             };
             let a = command_line(&spec(), &o);
-            assert!(has_pair(&a, "-chardev", &chardev), "{a:?}");
+            assert!(has_pair(&a, "-chardev", chardev), "{a:?}");
             assert!(has_pair(&a, "-mon", mode), "{a:?}");
             // The template's layout differs: a debugged VM is never a clone
             // of an undebugged template.
@@ -350,6 +404,23 @@ mod tests {
         ));
         assert!(!a.iter().any(|s| s.contains("rp2")));
         assert!(a.iter().any(|s| s.starts_with("on,obsolete=deny")));
+        // Every file of the state directory comes as a descriptor.
+        assert!(has_pair(&a, "-add-fd", "fd=3,set=1,opaque=console"));
+        assert!(has_pair(&a, "-serial", "file:/dev/fdset/1"));
+        assert!(has_pair(
+            &a,
+            "-chardev",
+            "socket,id=qmp,fd=4,server=on,wait=off"
+        ));
+        assert!(has_pair(&a, "-mon", "chardev=qmp,mode=control"));
+        assert!(has_pair(
+            &a,
+            "-chardev",
+            "socket,id=agent,fd=5,server=on,wait=off"
+        ));
+        assert!(has_pair(&a, "-chardev", "socket,id=fs0,fd=7"));
+        assert_eq!(boot_fds(&spec()), [(7, BootFd::Share("share.sock".into()))]);
+        assert!(!a.iter().any(|s| s.contains("/run/runvm/c1")), "{a:?}");
     }
 
     #[test]
@@ -369,11 +440,16 @@ mod tests {
             "-machine",
             "pc-q35-7.2,accel=tcg,memory-backend=mem"
         ));
+        assert!(has_pair(&a, "-add-fd", "fd=7,set=10,opaque=disk0"));
         assert!(has_pair(
             &a,
             "-blockdev",
-            "driver=raw,node-name=disk0,file.driver=file,file.filename=/var/lib/runvm/disks/a,,b.img"
+            "driver=raw,node-name=disk0,file.driver=file,file.filename=/dev/fdset/10"
         ));
+        assert_eq!(
+            boot_fds(&s),
+            [(7, BootFd::Disk("/var/lib/runvm/disks/a,b.img".into()))]
+        );
         assert!(has_pair(
             &a,
             "-device",
@@ -466,11 +542,8 @@ mod tests {
         let a = command_line(&s, &opts(ResolvedAccel::Tcg));
         assert!(has_pair(&a, "-smp", "1,maxcpus=4"));
         assert!(has_pair(&a, "-m", "256M,slots=4,maxmem=1024M"));
-        assert!(has_pair(
-            &a,
-            "-netdev",
-            "tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"
-        ));
+        assert!(has_pair(&a, "-netdev", "tap,id=net0,fd=8,vhost=off"));
+        assert_eq!(boot_fds(&s)[1], (8, BootFd::Tap("tap0".into())));
         assert!(has_pair(
             &a,
             "-device",

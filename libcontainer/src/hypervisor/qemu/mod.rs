@@ -3,26 +3,32 @@
 //! (x-ignore-shared).
 
 mod cmdline;
+mod jail;
 mod qmp;
 mod tap;
 
-use std::fs::{self, File};
-use std::os::fd::AsFd;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use self::cmdline::{command_line, memory_path, root_ports, Options, AGENT_SOCKET, QMP_SOCKET};
+use self::cmdline::{
+    boot_fds, command_line, memory_path, root_ports, BootFd, Options, AGENT_SOCKET, FD_AGENT,
+    FD_CONSOLE, FD_DEBUG_MONITOR, FD_QMP, QMP_SOCKET,
+};
+pub use self::jail::JailError;
 use self::qmp::{
-    BlockdevAdd, ChardevAdd, ChardevBackend, Cont, DeviceAdd, GetFd, Migrate, MigrateIncoming,
-    MigrateSetCapabilities, MigrationCapability, NetdevAdd, ObjectAdd, Qmp, QmpError,
-    QueryCpusFast, QueryMigrate, Quit, SocketAddress, Stop,
+    AddFd, BlockdevAdd, ChardevAdd, ChardevBackend, Cont, DeviceAdd, GetFd, Migrate,
+    MigrateIncoming, MigrateSetCapabilities, MigrationCapability, NetdevAdd, ObjectAdd, Qmp,
+    QmpError, QueryCpusFast, QueryMigrate, Quit, SocketAddress, Stop,
 };
 use super::{
     resolve_accel, Accelerator, AgentEndpoint, Capabilities, Device, ExitWatch, Hypervisor,
-    HypervisorError, NetBackend, VmSpec, VMM_LOG,
+    HypervisorError, NetBackend, ResolvedAccel, VmSpec, CONSOLE_LOG, DEBUG_MONITOR_SOCKET, VMM_LOG,
 };
 use crate::child::Supervised;
 use crate::config::HypervisorConfig;
@@ -39,6 +45,8 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const QMP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The name QEMU knows a snapshot's stream by (`getfd`).
+const MIGRATION_FD: &str = "migration";
 /// A template's device state is well under a megabyte.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -71,6 +79,8 @@ pub struct Qemu {
     added_mib: u32,
     /// Launched by another process (see [`Hypervisor::adopt`]).
     adopted: bool,
+    /// `jail_uid_base`, when QEMU runs jailed (`jail.rs`).
+    jail_uid_base: Option<u32>,
 }
 
 impl Qemu {
@@ -97,6 +107,7 @@ impl Qemu {
             dimms: 0,
             added_mib: 0,
             adopted: false,
+            jail_uid_base: config.jail.then_some(config.jail_uid_base),
             spec,
             child: None,
             qmp: None,
@@ -148,6 +159,85 @@ impl Qemu {
         let path = self.spec.dir.join(crate::hypervisor::DEBUG_MONITOR_SOCKET);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .map_err(|source| HypervisorError::Dir { path, source })
+    }
+
+    /// What QEMU gets as descriptors instead of names (cmdline.rs): its
+    /// console, its listening sockets and its boot devices'.
+    fn descriptors(&self, sockets: &SocketDir) -> Result<Vec<(i32, OwnedFd)>, HypervisorError> {
+        let open_err = |path: PathBuf| move |source| HypervisorError::Open { path, source };
+        let dir = &self.spec.dir;
+        let console = dir.join(CONSOLE_LOG);
+        let mut fds: Vec<(i32, OwnedFd)> = vec![(
+            FD_CONSOLE,
+            File::create(&console).map_err(open_err(console))?.into(),
+        )];
+        let mut listen = |n: i32, name: &str| -> Result<(), HypervisorError> {
+            let _ = fs::remove_file(dir.join(name));
+            let listener =
+                UnixListener::bind(sockets.path(name)).map_err(open_err(dir.join(name)))?;
+            fds.push((n, listener.into()));
+            Ok(())
+        };
+        listen(FD_QMP, QMP_SOCKET)?;
+        if self
+            .spec
+            .devices
+            .iter()
+            .any(|d| matches!(d, Device::AgentPort { .. }))
+        {
+            listen(FD_AGENT, AGENT_SOCKET)?;
+        }
+        if self.opts.debug_monitor.is_some() {
+            listen(FD_DEBUG_MONITOR, DEBUG_MONITOR_SOCKET)?;
+        }
+        for (n, need) in boot_fds(&self.spec) {
+            fds.push((n, open_device_fd(&need, sockets, dir)?));
+        }
+        Ok(fds)
+    }
+
+    /// The jail QEMU enters, unless `jail = false`.
+    fn jail(&self) -> Result<Option<jail::Jail>, HypervisorError> {
+        let Some(base) = self.jail_uid_base else {
+            return Ok(None);
+        };
+        let uid = jail::uid_for(base)?;
+        let read_only: [&Path; 3] = [&self.spec.kernel, &self.spec.initrd, &self.binary];
+        // QEMU maps its memory file by name: a clone's own copy, or the
+        // template being made. A template's state comes as a descriptor.
+        let writable: Vec<&Path> = memory_path(&self.spec).into_iter().collect();
+        let kvm = (self.opts.accel == ResolvedAccel::Kvm).then(|| Path::new("/dev/kvm"));
+        let mut groups = Vec::new();
+        if let Some(kvm) = kvm {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(kvm).map_err(|source| HypervisorError::Open {
+                path: kvm.to_path_buf(),
+                source,
+            })?;
+            groups.push(meta.gid());
+        }
+        let mut jail = jail::Jail::new(uid, groups, &self.spec.dir, &read_only, &writable)?;
+        if let Some(kvm) = kvm {
+            jail = jail.with_device(kvm)?;
+        }
+        Ok(Some(jail))
+    }
+
+    /// Hand QEMU `fd` in a new fd set; returns the name it opens it by.
+    fn add_fd(&mut self, fd: &OwnedFd, what: &str) -> Result<String, HypervisorError> {
+        let added = self.qmp()?.execute_with_fd(
+            &AddFd {
+                opaque: what.to_string(),
+            },
+            fd.as_fd(),
+        )?;
+        Ok(format!("/dev/fdset/{}", added.fdset_id))
+    }
+
+    /// What a hotplugged device needs QEMU to hold, opened here.
+    fn device_fd(&self, need: &BootFd) -> Result<OwnedFd, HypervisorError> {
+        let sockets = self.sockets.as_ref().ok_or(HypervisorError::NotRunning)?;
+        open_device_fd(need, sockets, &self.spec.dir)
     }
 
     fn connect_qmp(&mut self, path: &Path) -> Result<(), HypervisorError> {
@@ -254,14 +344,25 @@ impl Hypervisor for Qemu {
             source,
         })?;
         let qmp_path = sockets.path(QMP_SOCKET);
+        let fds = self.descriptors(&sockets)?;
         self.sockets = Some(sockets);
+        let jail = self.jail()?;
         let mut cmd = Command::new(&self.binary);
         cmd.args(command_line(&self.spec, &self.opts))
             .current_dir(&self.spec.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(log_err)?)
             .stderr(log);
-        let spawned = Supervised::spawn(cmd, &[]);
+        let raw: Vec<(i32, i32)> = fds.iter().map(|(n, fd)| (*n, fd.as_raw_fd())).collect();
+        let spawned = Supervised::spawn_then(cmd, &[], move || {
+            if let Some(jail) = &jail {
+                // SAFETY: between fork and exec, in the child.
+                unsafe { jail.enter()? };
+            }
+            // SAFETY: dup/fcntl on descriptors this process holds.
+            unsafe { place_fds(&raw) }
+        });
+        drop(fds);
         let connected = match spawned {
             Ok(child) => {
                 self.child = Some(child);
@@ -356,13 +457,19 @@ impl Hypervisor for Qemu {
             Device::Fs(share) => {
                 let bus = self.take_port()?;
                 let id = format!("fs{}", self.shares);
+                let conn = self.device_fd(&BootFd::Share(share.socket.clone()))?;
+                let fdname = format!("{id}-fd");
                 let qmp = self.qmp()?;
+                qmp.execute_with_fd(
+                    &GetFd {
+                        fdname: fdname.clone(),
+                    },
+                    conn.as_fd(),
+                )?;
                 qmp.execute(&ChardevAdd {
                     id: id.clone(),
                     backend: ChardevBackend::Socket {
-                        addr: SocketAddress::Unix {
-                            path: share.socket.clone(),
-                        },
+                        addr: SocketAddress::Fd { str: fdname },
                         server: false,
                     },
                 })?;
@@ -377,11 +484,10 @@ impl Hypervisor for Qemu {
             Device::Disk(disk) => {
                 let bus = self.take_port()?;
                 let id = format!("disk{}", self.disks);
+                let image = self.device_fd(&BootFd::Disk(disk.path.clone()))?;
+                let filename = self.add_fd(&image, &id)?;
                 let qmp = self.qmp()?;
-                qmp.execute(&BlockdevAdd::raw_file(
-                    id.clone(),
-                    disk.path.to_string_lossy().into_owned(),
-                ))?;
+                qmp.execute(&BlockdevAdd::raw_file(id.clone(), filename))?;
                 qmp.execute(&DeviceAdd::VirtioBlk {
                     id: format!("{id}-dev"),
                     drive: id,
@@ -393,18 +499,14 @@ impl Hypervisor for Qemu {
             Device::Net(nic) => {
                 let bus = self.take_port()?;
                 let id = format!("net{}", self.nics);
-                let adopted = self.adopted;
-                let qmp = self.qmp()?;
                 match &nic.backend {
-                    // An adopted QEMU runs in another network namespace
-                    // (the pool's): the tap is made here, in ours, and
-                    // handed over.
-                    NetBackend::Tap { name } if adopted => {
-                        let tap = tap::open(name).map_err(|source| HypervisorError::Tap {
-                            name: name.clone(),
-                            source,
-                        })?;
+                    // Made here, in this thread's network namespace (an
+                    // adopted QEMU runs in another: the pool's), and handed
+                    // over.
+                    NetBackend::Tap { name } => {
+                        let tap = self.device_fd(&BootFd::Tap(name.clone()))?;
                         let fdname = format!("tapfd-{id}");
+                        let qmp = self.qmp()?;
                         qmp.execute_with_fd(
                             &GetFd {
                                 fdname: fdname.clone(),
@@ -417,14 +519,11 @@ impl Hypervisor for Qemu {
                             vhost: false,
                         })?;
                     }
-                    NetBackend::Tap { name } => {
-                        qmp.execute(&NetdevAdd::tap(id.clone(), name.clone()))?;
-                    }
                     NetBackend::User => {
-                        qmp.execute(&NetdevAdd::User { id: id.clone() })?;
+                        self.qmp()?.execute(&NetdevAdd::User { id: id.clone() })?;
                     }
                 }
-                qmp.execute(&DeviceAdd::VirtioNet {
+                self.qmp()?.execute(&DeviceAdd::VirtioNet {
                     id: format!("{id}-dev"),
                     netdev: id,
                     mac: nic.mac.clone(),
@@ -486,8 +585,23 @@ impl Hypervisor for Qemu {
         let qmp = self.qmp()?;
         // The memory stays in its file; only device state goes to the stream.
         ignore_shared(qmp)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(state)
+            .map_err(|source| HypervisorError::Open {
+                path: state.to_path_buf(),
+                source,
+            })?;
+        qmp.execute_with_fd(
+            &GetFd {
+                fdname: MIGRATION_FD.into(),
+            },
+            file.as_fd(),
+        )?;
         qmp.execute(&Migrate {
-            uri: format!("file:{}", state.display()),
+            uri: format!("fd:{MIGRATION_FD}"),
         })?;
         wait_migration(qmp, "saving the VM")
     }
@@ -499,10 +613,20 @@ impl Hypervisor for Qemu {
                 what: "a restore into a VM launched to boot",
             });
         };
+        let file = File::open(&restore.state).map_err(|source| HypervisorError::Open {
+            path: restore.state.clone(),
+            source,
+        })?;
         let qmp = self.qmp()?;
         ignore_shared(qmp)?;
+        qmp.execute_with_fd(
+            &GetFd {
+                fdname: MIGRATION_FD.into(),
+            },
+            file.as_fd(),
+        )?;
         qmp.execute(&MigrateIncoming {
-            uri: format!("file:{}", restore.state.display()),
+            uri: format!("fd:{MIGRATION_FD}"),
         })?;
         wait_migration(qmp, "restoring the VM")
     }
@@ -520,11 +644,74 @@ impl Hypervisor for Qemu {
             );
         }
         self.qmp = None;
+        if self.jail_uid_base.is_some() && !self.adopted {
+            // A template's memory file is root's again once its QEMU has
+            // gone (a clone's has no name by now).
+            if let Some(memory) = memory_path(&self.spec) {
+                let _ = std::os::unix::fs::chown(memory, Some(0), Some(0));
+            }
+        }
         for name in [QMP_SOCKET, AGENT_SOCKET] {
             let _ = fs::remove_file(self.spec.dir.join(name));
         }
         Ok(())
     }
+}
+
+/// Open what a boot or hotplugged device needs QEMU to hold.
+fn open_device_fd(
+    need: &BootFd,
+    sockets: &SocketDir,
+    dir: &Path,
+) -> Result<OwnedFd, HypervisorError> {
+    match need {
+        BootFd::Share(name) => UnixStream::connect(sockets.path(name))
+            .map(OwnedFd::from)
+            .map_err(|source| HypervisorError::Open {
+                path: dir.join(name),
+                source,
+            }),
+        BootFd::Disk(path) => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(OwnedFd::from)
+            .map_err(|source| HypervisorError::Open {
+                path: path.clone(),
+                source,
+            }),
+        BootFd::Tap(name) => tap::open(name).map_err(|source| HypervisorError::Tap {
+            name: name.clone(),
+            source,
+        }),
+    }
+}
+
+/// In the child: put each descriptor at its number (through copies above
+/// them all, so that none overwrites another before it is placed).
+///
+/// # Safety
+/// To be called only between fork and exec, in the child.
+unsafe fn place_fds(fds: &[(i32, i32)]) -> std::io::Result<()> {
+    const ABOVE: i32 = 1000;
+    let mut copies = [0i32; 32];
+    if fds.len() > copies.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    }
+    for (i, &(_, fd)) in fds.iter().enumerate() {
+        copies[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, ABOVE);
+        if copies[i] < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    for (i, &(n, _)) in fds.iter().enumerate() {
+        // dup2 leaves the new descriptor open across exec.
+        if libc::dup2(copies[i], n) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::close(copies[i]);
+    }
+    Ok(())
 }
 
 impl Drop for Qemu {

@@ -117,7 +117,8 @@ pub struct MigrationInfo {
 #[derive(Serialize, Debug, PartialEq, Eq)]
 #[serde(tag = "type", content = "data", rename_all = "lowercase")]
 pub enum SocketAddress {
-    Unix { path: String },
+    /// A descriptor handed over with `getfd` under this name.
+    Fd { str: String },
 }
 
 #[derive(Serialize, Debug, PartialEq, Eq)]
@@ -224,14 +225,6 @@ impl Command for BlockdevAdd {
 #[derive(Serialize, Debug)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum NetdevAdd {
-    /// A tap QEMU creates by name (no scripts: the host configures it).
-    Tap {
-        id: String,
-        ifname: String,
-        script: &'static str,
-        downscript: &'static str,
-        vhost: bool,
-    },
     /// A tap opened by runvm, passed with `getfd` under the name `fd`.
     #[serde(rename = "tap")]
     TapFd {
@@ -255,16 +248,22 @@ impl Command for GetFd {
     type Returns = Empty;
 }
 
-impl NetdevAdd {
-    pub fn tap(id: String, ifname: String) -> Self {
-        NetdevAdd::Tap {
-            id,
-            ifname,
-            script: "no",
-            downscript: "no",
-            vhost: false,
-        }
-    }
+/// Hand QEMU the descriptor sent with the command in a new fd set, which
+/// it opens as `/dev/fdset/<fdset-id>`.
+#[derive(Serialize, Debug)]
+pub struct AddFd {
+    pub opaque: String,
+}
+
+#[derive(Deserialize, Debug, PartialEq, Eq)]
+pub struct AddedFd {
+    #[serde(rename = "fdset-id")]
+    pub fdset_id: i64,
+}
+
+impl Command for AddFd {
+    const NAME: &'static str = "add-fd";
+    type Returns = AddedFd;
 }
 
 impl Command for NetdevAdd {
@@ -542,21 +541,6 @@ mod tests {
     #[test]
     fn commands_encode_as_qemu_expects() {
         assert_eq!(
-            encode(&ChardevAdd {
-                id: "fs1".into(),
-                backend: ChardevBackend::Socket {
-                    addr: SocketAddress::Unix {
-                        path: "share.sock".into()
-                    },
-                    server: false,
-                },
-            }),
-            json!({"execute": "chardev-add", "arguments": {"id": "fs1", "backend": {
-                "type": "socket", "data": {
-                    "addr": {"type": "unix", "data": {"path": "share.sock"}},
-                    "server": false}}}})
-        );
-        assert_eq!(
             encode(&DeviceAdd::VirtioNet {
                 id: "net0-dev".into(),
                 netdev: "net0".into(),
@@ -579,9 +563,24 @@ mod tests {
                 {"capability": "x-ignore-shared", "state": true}]}})
         );
         assert_eq!(
-            encode(&NetdevAdd::tap("net0".into(), "tap0".into())),
-            json!({"execute": "netdev_add", "arguments": {"type": "tap", "id": "net0",
-                "ifname": "tap0", "script": "no", "downscript": "no", "vhost": false}})
+            encode(&AddFd {
+                opaque: "disk0".into()
+            }),
+            json!({"execute": "add-fd", "arguments": {"opaque": "disk0"}})
+        );
+        assert_eq!(
+            encode(&ChardevAdd {
+                id: "fs1".into(),
+                backend: ChardevBackend::Socket {
+                    addr: SocketAddress::Fd {
+                        str: "fs1-fd".into()
+                    },
+                    server: false
+                }
+            }),
+            json!({"execute": "chardev-add", "arguments": {"id": "fs1", "backend": {
+                "type": "socket", "data": {"addr": {"type": "fd", "data": {"str": "fs1-fd"}},
+                "server": false}}}})
         );
         assert_eq!(
             encode(&NetdevAdd::TapFd {
