@@ -289,6 +289,7 @@ fn check_reports_the_accelerator_and_the_guest() {
         "guest kernel",
         "guest initramfs",
         "accelerator",
+        "QEMU's jail",
         "host cgroups",
     ] {
         assert!(
@@ -317,9 +318,10 @@ fn check_reports_the_accelerator_and_the_guest() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(["kvm", "tcg"].contains(&v["accel"]["use"].as_str().unwrap()));
     assert!(!v["accel"]["reason"].as_str().unwrap().is_empty());
-    for part in ["qemu", "virtiofsd", "kernel", "initrd"] {
+    for part in ["qemu", "virtiofsd", "kernel", "initrd", "jail"] {
         assert_eq!(v[part]["ok"], true, "{part}: {v}");
     }
+    assert_eq!(v["jail"]["uidBase"], 2_000_000_000);
 }
 
 #[test]
@@ -328,7 +330,7 @@ fn check_fails_and_says_why_when_the_guest_kernel_is_missing() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[hypervisor.qemu]\nkernel = \"/nonexistent/runvm/vmlinux\"\n",
+        "[hypervisor.qemu]\nkernel = \"/nonexistent/runvm/vmlinux\"\njail = false\n",
     )
     .unwrap();
     let out = check_with(Some(&config), &[]);
@@ -340,6 +342,10 @@ fn check_fails_and_says_why_when_the_guest_kernel_is_missing() {
     );
     assert!(
         report.contains("✘ guest kernel: /nonexistent/runvm/vmlinux does not exist\n  to fix: "),
+        "{report}"
+    );
+    assert!(
+        report.contains("- QEMU's jail: off (jail = false): QEMU runs as root\n"),
         "{report}"
     );
     assert!(

@@ -38,6 +38,10 @@ pub enum AgentClientError {
     /// The agent's own error, as is.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The guest sent what the protocol does not allow (an oversized or
+    /// undecodable frame, an impossible value): the host stops listening.
+    #[error("the agent broke the protocol ({0}); its session is closed")]
+    Untrusted(String),
 }
 
 impl AgentClientError {
@@ -46,7 +50,9 @@ impl AgentClientError {
         match self {
             AgentClientError::Timeout(d) => ShimFailure::AgentTimeout(*d),
             AgentClientError::Agent(e) => ShimFailure::Agent(e.clone()),
-            AgentClientError::Frame(FrameError::Decode(_)) => ShimFailure::AgentGarbled,
+            AgentClientError::Frame(FrameError::Decode(_)) | AgentClientError::Untrusted(_) => {
+                ShimFailure::AgentGarbled
+            }
             AgentClientError::Connect { .. }
             | AgentClientError::VsockRefused { .. }
             | AgentClientError::Session
@@ -61,7 +67,12 @@ pub struct AgentClient {
     control: Control,
     driver: JoinHandle<()>,
     timeout: Duration,
+    /// Why the session was closed on the guest, once it was.
+    distrusted: std::sync::Mutex<Option<String>>,
 }
+
+/// The longest version and kernel release an agent may report.
+const MAX_INFO_FIELD: usize = 256;
 
 /// Connect to a hybrid vsock's unix socket and ask for `port`.
 async fn hybrid_vsock(path: &std::path::Path, port: u32) -> Result<UnixStream> {
@@ -112,6 +123,7 @@ impl AgentClient {
             control,
             driver,
             timeout,
+            distrusted: std::sync::Mutex::new(None),
         })
     }
 
@@ -126,8 +138,10 @@ impl AgentClient {
         let mut stream = control
             .open_stream()
             .await
-            .map_err(|_| AgentClientError::Session)?;
-        send_async(&mut stream, kind).await?;
+            .map_err(|_| self.lost(AgentClientError::Session))?;
+        send_async(&mut stream, kind)
+            .await
+            .map_err(|e| self.lost(e.into()))?;
         Ok(stream)
     }
 
@@ -145,14 +159,14 @@ impl AgentClient {
     async fn exchange<R: Rpc>(&self, req: R, timeout: Duration, drain: bool) -> Result<R::Reply> {
         let exchange = async {
             let mut stream = self.open(&StreamKind::Rpc(Box::new(req.into()))).await?;
-            let resp: std::result::Result<R::Reply, AgentError> = recv_async(&mut stream).await?;
+            let resp: std::result::Result<R::Reply, AgentError> = self.receive(&mut stream).await?;
             if drain {
-                let mut rest = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
+                // Read and dropped: however much the guest sends.
+                tokio::io::copy(&mut stream, &mut tokio::io::sink())
                     .await
-                    .map_err(|_| AgentClientError::Session)?;
+                    .map_err(|_| self.lost(AgentClientError::Session))?;
             }
-            Ok::<_, AgentClientError>(resp?)
+            Ok::<_, AgentClientError>(resp.map_err(AgentError::bounded)?)
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -162,7 +176,8 @@ impl AgentClient {
     /// Wait until the agent answers; it is buffered by the hypervisor until
     /// the guest opens its port, so one ping covers the whole boot.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<AgentInfo> {
-        self.exchange(Ping, timeout, false).await
+        let info = self.exchange(Ping, timeout, false).await?;
+        self.check_info(info)
     }
 
     /// [`wait_ready`](Self::wait_ready), then read the reply's stream to its
@@ -170,14 +185,61 @@ impl AgentClient {
     /// flight for this host, which may then hang up without leaving bytes of
     /// its session behind in the VM.
     pub async fn wait_ready_drained(&self, timeout: Duration) -> Result<AgentInfo> {
-        self.exchange(Ping, timeout, true).await
+        let info = self.exchange(Ping, timeout, true).await?;
+        self.check_info(info)
+    }
+
+    fn check_info(&self, info: AgentInfo) -> Result<AgentInfo> {
+        if info.version.len() > MAX_INFO_FIELD || info.kernel_release.len() > MAX_INFO_FIELD {
+            return Err(self.distrust(format!(
+                "a version or kernel release longer than {MAX_INFO_FIELD} bytes"
+            )));
+        }
+        Ok(info)
     }
 
     /// Wait (without a time limit) for a process to exit.
     pub async fn wait_process(&self, process: ProcessRef) -> Result<ExitStatus> {
         let mut stream = self.open(&StreamKind::Wait(process)).await?;
-        let status: std::result::Result<ExitStatus, AgentError> = recv_async(&mut stream).await?;
-        Ok(status?)
+        let status: std::result::Result<ExitStatus, AgentError> = self.receive(&mut stream).await?;
+        let status = status.map_err(AgentError::bounded)?;
+        if !status.is_possible() {
+            return Err(self.distrust(format!("an impossible exit status {status:?}")));
+        }
+        Ok(status)
+    }
+
+    /// One frame from the guest. One that is too long or does not decode
+    /// ends the session: nothing else it sends is believed.
+    async fn receive<T: serde::de::DeserializeOwned>(
+        &self,
+        stream: &mut StreamHandle,
+    ) -> Result<T> {
+        match recv_async(stream).await {
+            Ok(v) => Ok(v),
+            Err(e @ (FrameError::TooLong { .. } | FrameError::Decode(_))) => {
+                Err(self.distrust(crate::error_chain(&e)))
+            }
+            Err(e) => Err(self.lost(e.into())),
+        }
+    }
+
+    /// Close the session on a guest that broke the protocol.
+    fn distrust(&self, why: String) -> AgentClientError {
+        self.driver.abort();
+        let mut reason = self.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        // The first reason stays: what follows is its consequence.
+        AgentClientError::Untrusted(reason.get_or_insert(why).clone())
+    }
+
+    /// `err`, or why the session was closed if it was closed on the guest:
+    /// every stream it carried fails then.
+    fn lost(&self, err: AgentClientError) -> AgentClientError {
+        let reason = self.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        match reason.as_ref() {
+            Some(why) => AgentClientError::Untrusted(why.clone()),
+            None => err,
+        }
     }
 }
 

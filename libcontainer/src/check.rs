@@ -75,6 +75,7 @@ const FIX_MKE2FS: &str = "install e2fsprogs: apt-get install e2fsprogs (or set [
 const FIX_GUEST: &str =
     "install the runvm package, or build the guest with `make guest` (or fix [hypervisor.qemu] kernel/initrd)";
 const FIX_CGROUPS: &str = "run runvm as root with cgroupfs mounted at /sys/fs/cgroup, as runc needs (on cgroup v2, set [runtime] sandbox_cgroup_only = true)";
+const FIX_JAIL: &str = "run runvm as root on Linux 5.2 or later (or, to debug only, set [hypervisor.qemu] jail = false)";
 const FIX_CONFIG: &str = "fix or remove the file (docs/config.md lists every key)";
 
 /// Check the configuration `load` gave and, if it loaded, what it names.
@@ -173,6 +174,23 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
         detail: format!("{} ({reason})", accel.as_str()),
         fix: None,
     });
+    let jail = match (hv.jail, crate::hypervisor::qemu::jail_usable()) {
+        (false, _) => (Outcome::Info, "off (jail = false): QEMU runs as root".to_string()),
+        (true, Ok(())) => (
+            Outcome::Pass,
+            format!(
+                "QEMU runs as uid {} + the pid of its starter, without capabilities, in a root of its own",
+                hv.jail_uid_base
+            ),
+        ),
+        (true, Err(why)) => (Outcome::Fail, why),
+    };
+    items.push(Item {
+        name: "QEMU's jail",
+        outcome: jail.0,
+        detail: jail.1.clone(),
+        fix: Some(FIX_JAIL),
+    });
     let cgroups = crate::host_cgroup::describe(&config.runtime);
     items.push(Item {
         name: "host cgroups",
@@ -208,6 +226,8 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
             Err(error) => json!({"ok": false, "error": error}),
         },
         "vm": {"vcpus": hv.default_vcpus, "memoryMib": hv.default_memory},
+        "jail": {"enabled": hv.jail, "uidBase": hv.jail_uid_base,
+            "ok": jail.0 != Outcome::Fail, "detail": jail.1},
         "template": {
             "enabled": config.factory.enable_template,
             "autoBuild": config.factory.auto_build,

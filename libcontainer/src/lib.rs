@@ -42,6 +42,22 @@ pub use status::ContainerStatus;
 /// The OCI runtime spec version runvm implements, as reported in state JSON.
 pub const OCI_VERSION: &str = "1.0.2";
 
+/// The last `max` bytes of a file (all of it if shorter), as text; empty if
+/// it cannot be read. For logs whose length the guest decides.
+pub fn read_tail(path: &std::path::Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if file.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
+        return String::new();
+    }
+    let mut text = Vec::new();
+    let _ = file.take(max).read_to_end(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// Render an error with its chain of sources: `a: b: c`. A source whose text
 /// the message already ends with is not repeated.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -56,4 +72,17 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn read_tail_reads_the_end_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        assert_eq!(super::read_tail(&log, 4), "");
+        std::fs::write(&log, "abcdefgh").unwrap();
+        assert_eq!(super::read_tail(&log, 4), "efgh");
+        assert_eq!(super::read_tail(&log, 100), "abcdefgh");
+    }
 }

@@ -45,8 +45,39 @@ impl AgentError {
         }
     }
 
+    /// The longest message the host passes on; the rest is cut (the guest
+    /// is not trusted to be brief).
+    pub const MAX_MESSAGE: usize = 4096;
+
+    /// This error with its message cut to [`Self::MAX_MESSAGE`] bytes.
+    pub fn bounded(mut self) -> Self {
+        if self.message.len() > Self::MAX_MESSAGE {
+            let mut end = Self::MAX_MESSAGE;
+            while !self.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.message.truncate(end);
+            self.message.push_str("...");
+        }
+        self
+    }
+
     /// A failed system call or library call, with what the agent was doing.
     pub fn system(context: &str, err: impl std::fmt::Display) -> Self {
         Self::new(AgentErrorKind::System, format!("{context}: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character() {
+        let e = AgentError::new(AgentErrorKind::System, "é".repeat(5000)).bounded();
+        assert!(e.message.len() <= AgentError::MAX_MESSAGE + 3);
+        assert!(e.message.ends_with("..."));
+        let short = AgentError::new(AgentErrorKind::System, "short").bounded();
+        assert_eq!(short.message, "short");
     }
 }

@@ -97,6 +97,15 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// Whether a Linux process can end this way: an exit code of 0 to 255,
+    /// or a signal from 1 to 64. The host checks what the guest says.
+    pub fn is_possible(self) -> bool {
+        match self {
+            ExitStatus::Exited(code) => (0..=255).contains(&code),
+            ExitStatus::Signaled(sig) => (1..=64).contains(&sig),
+        }
+    }
+
     /// The code a shell would report: the exit code, or 128 + signal number.
     pub fn code(self) -> i32 {
         match self {

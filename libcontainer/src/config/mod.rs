@@ -278,6 +278,16 @@ mod tests {
             .to_string();
         assert!(e.contains("virtio-fs"), "{e}");
         assert!(Config::from_toml("[agent]\ndebug = true\n").is_err());
+        let c =
+            Config::from_toml("[hypervisor.qemu]\njail = false\njail_uid_base = 100000\n").unwrap();
+        assert!(!c.vmm().jail);
+        assert_eq!(c.vmm().jail_uid_base, 100000);
+        for bad in ["0", "999", "2147483647"] {
+            let e = Config::from_toml(&format!("[hypervisor.qemu]\njail_uid_base = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("must stay between 1000 and 2147483647"), "{e}");
+        }
         assert!(Config::from_toml("[hypervisor]\nmemroy_mib = 512\n").is_err());
     }
 }

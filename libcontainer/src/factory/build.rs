@@ -189,7 +189,7 @@ impl Factory {
             // Hang up, and wait until the agent has seen it: the snapshot
             // must catch the agent outside this session, waiting for a new
             // host, or every clone would talk to this session's leftovers.
-            let before = session_ends(&console);
+            let before = console_end(&console);
             drop(agent);
             tokio::select! {
                 r = wait_session_end(&console, before, boot_timeout) => r?,
@@ -284,23 +284,39 @@ fn close_on_exec_from(first: u32) {
     }
 }
 
-/// How many times the agent has reported the end of a session so far.
-pub(super) fn session_ends(console: &Path) -> usize {
-    let text = fs::read(console).unwrap_or_default();
-    // Not whole lines: the firmware's last words have no newline.
-    String::from_utf8_lossy(&text)
-        .matches(runvm_protocol::SESSION_ENDED)
-        .count()
+/// Where the console log ends now: the agent's next "host hung up" line is
+/// looked for after it.
+pub(super) fn console_end(console: &Path) -> u64 {
+    fs::metadata(console).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Wait until the console log shows more session ends than `before`.
+/// The most of the console read past `from` for the marker: the guest
+/// decides how much it writes there, the host how much it reads.
+const CONSOLE_SCAN: u64 = 1 << 20;
+
+/// Whether the agent has reported the end of a session after byte `from`.
+fn session_ended_since(console: &Path, from: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = fs::File::open(console) else {
+        return false;
+    };
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return false;
+    }
+    let mut text = Vec::new();
+    let _ = file.take(CONSOLE_SCAN).read_to_end(&mut text);
+    // Not whole lines: the firmware's last words have no newline.
+    String::from_utf8_lossy(&text).contains(runvm_protocol::SESSION_ENDED)
+}
+
+/// Wait until the console log shows a session end after byte `from`.
 pub(super) async fn wait_session_end(
     console: &Path,
-    before: usize,
+    from: u64,
     timeout: Duration,
 ) -> Result<(), FactoryError> {
     let deadline = Instant::now() + timeout;
-    while session_ends(console) <= before {
+    while !session_ended_since(console, from) {
         if Instant::now() >= deadline {
             return Err(FactoryError::NoHangup {
                 timeout,
@@ -318,18 +334,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_ends_are_counted_after_firmware_output() {
+    fn a_session_end_is_found_after_the_offset_and_firmware_output() {
         let tmp = tempfile::tempdir().unwrap();
         let console = tmp.path().join("console.log");
-        assert_eq!(session_ends(&console), 0);
+        assert_eq!(console_end(&console), 0);
+        assert!(!session_ended_since(&console, 0));
         let marker = runvm_protocol::SESSION_ENDED;
         fs::write(&console, format!("Booting from ROM..{marker}\n")).unwrap();
-        assert_eq!(session_ends(&console), 1);
+        assert!(session_ended_since(&console, 0));
+        let before = console_end(&console);
+        assert!(!session_ended_since(&console, before));
         fs::write(
             &console,
             format!("Booting from ROM..{marker}\nx\n{marker}\n"),
         )
         .unwrap();
-        assert_eq!(session_ends(&console), 2);
+        assert!(session_ended_since(&console, before));
+        // A guest that floods its console before the marker is not read
+        // without end: past the scan, the marker is not seen.
+        let flood = "y".repeat(CONSOLE_SCAN as usize + 10);
+        fs::write(&console, format!("{flood}{marker}\n")).unwrap();
+        assert!(!session_ended_since(&console, 0));
     }
 }

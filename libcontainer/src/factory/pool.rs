@@ -24,7 +24,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 
-use super::build::{session_ends, spawn_detached, wait_session_end};
+use super::build::{console_end, spawn_detached, wait_session_end};
 use super::{files, io_err, Factory, FactoryError, FilesError};
 use crate::agent::AgentClient;
 use crate::child::Supervised;
@@ -414,7 +414,7 @@ fn member(
                 .await?;
             // The claimant's session must be a new one: hang up and wait
             // until the agent has seen it.
-            let before = session_ends(&console);
+            let before = console_end(&console);
             drop(agent);
             wait_session_end(&console, before, boot).await
         };

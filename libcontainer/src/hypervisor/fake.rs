@@ -31,6 +31,25 @@ pub struct Script {
     /// Requests (by their variant's name, e.g. "Stats") the guest receives
     /// and never answers.
     pub hang: HashSet<&'static str>,
+    /// A guest that breaks the protocol, for the host's defences.
+    pub evil: Option<Evil>,
+}
+
+/// How a malicious guest breaks the protocol.
+#[derive(Clone, Copy, Debug)]
+pub enum Evil {
+    /// Answers requests of this name with a length prefix longer than a
+    /// frame may be (and a few bytes).
+    Oversized(&'static str),
+    /// Answers requests of this name with a frame that is not JSON.
+    Garbage(&'static str),
+    /// Answers requests of this name with an error of 200 KiB.
+    LongError(&'static str),
+    /// Reports every exit as `exit 1000000`.
+    ImpossibleExit,
+    /// Opens this many streams to the host as a session starts, writing
+    /// 64 KiB of junk on each.
+    Flood(usize),
 }
 
 impl Default for Script {
@@ -45,6 +64,7 @@ impl Default for Script {
                 hotplug_memory: true,
             },
             hang: HashSet::new(),
+            evil: None,
         }
     }
 }
@@ -181,7 +201,22 @@ impl Guest {
                 if self.script.hang.contains(which) {
                     std::future::pending::<()>().await;
                 }
-                self.answer(req, &mut stream).await;
+                match self.script.evil {
+                    Some(Evil::Oversized(n)) if n == which => {
+                        let len = (runvm_protocol::MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+                        let _ = stream.write_all(&len).await;
+                        let _ = stream.write_all(b"{\"Ok\":").await;
+                    }
+                    Some(Evil::Garbage(n)) if n == which => {
+                        let _ =
+                            runvm_protocol::write_frame_async(&mut stream, b"\x00{not json").await;
+                    }
+                    Some(Evil::LongError(n)) if n == which => {
+                        let long = AgentError::new(AgentErrorKind::System, "x".repeat(200 << 10));
+                        let _ = send_async(&mut stream, &Err::<(), _>(long)).await;
+                    }
+                    _ => self.answer(req, &mut stream).await,
+                }
             }
             StreamKind::Stdin(_) => {
                 let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
@@ -191,7 +226,10 @@ impl Guest {
                 let _ = self.wait(&p).await;
             }
             StreamKind::Wait(p) => {
-                let status = self.wait(&p).await;
+                let mut status = self.wait(&p).await;
+                if matches!(self.script.evil, Some(Evil::ImpossibleExit)) {
+                    status = Ok(ExitStatus::Exited(1_000_000));
+                }
                 let _ = send_async(&mut stream, &status).await;
             }
         }
@@ -289,6 +327,19 @@ async fn serve(guest: Arc<Guest>, listener: UnixListener, kill: oneshot::Receive
                 return;
             };
             let mut session = Session::new_server(conn, yamux_config());
+            if let Some(Evil::Flood(n)) = guest.script.evil {
+                let mut control = session.control();
+                tokio::spawn(async move {
+                    for _ in 0..n {
+                        let Ok(mut s) = control.open_stream().await else {
+                            return;
+                        };
+                        tokio::spawn(async move {
+                            let _ = s.write_all(&[0xff; 64 << 10]).await;
+                        });
+                    }
+                });
+            }
             while let Some(Ok(stream)) = session.next().await {
                 tokio::spawn(guest.clone().handle(stream));
             }

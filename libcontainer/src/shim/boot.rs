@@ -35,7 +35,8 @@ pub(super) const SHARE_SOCKET: &str = "share.sock";
 
 impl Shim {
     fn console_tail(&self) -> String {
-        let text = fs::read_to_string(self.dir.join(CONSOLE_LOG)).unwrap_or_default();
+        // The end only: the guest decides how long its console gets.
+        let text = crate::read_tail(&self.dir.join(CONSOLE_LOG), 64 << 10);
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = &lines[lines.len().saturating_sub(5)..];
         if tail.is_empty() {

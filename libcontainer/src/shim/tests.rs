@@ -15,7 +15,7 @@ use super::{Shim, ShimArgs, VM_LOST_EXIT_CODE};
 use crate::config::Config;
 use crate::container::{ContainerError, Runtime};
 use crate::control::{self, ControlError, ShimFailure};
-use crate::hypervisor::fake::{FakeVm, Killer, Script};
+use crate::hypervisor::fake::{Evil, FakeVm, Killer, Script};
 use crate::hypervisor::{self, FsDevice, Hypervisor, Operation};
 use crate::state::{State, StateStore};
 use crate::status::{ContainerStatus, Refusal};
@@ -342,4 +342,74 @@ fn the_shim_leaves_no_sockets() {
         .filter(|n| n.ends_with(".sock"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+fn evil(evil: Evil) -> Script {
+    Script {
+        evil: Some(evil),
+        ..Script::default()
+    }
+}
+
+/// A frame too long to be one, or one that is not JSON, in the reply to a
+/// verb: the verb fails, the shim closes the session and ends the container
+/// as a lost VM (no panic, no exit code from the guest), and an honest
+/// container beside it goes on.
+#[test]
+fn a_guest_that_breaks_the_protocol_ends_its_own_container_only() {
+    let honest = Harness::created(Script::default(), 5);
+    honest.rt.start(&honest.id).unwrap();
+    for broken in [Evil::Oversized("Stats"), Evil::Garbage("Stats")] {
+        let mut h = Harness::created(evil(broken), 5);
+        h.rt.start(&h.id).unwrap();
+        let err = h.rt.stats(&h.id).unwrap_err().to_string();
+        assert_eq!(
+            err, "the agent sent a reply runvm cannot read",
+            "{broken:?}"
+        );
+        assert_eq!(h.wait_shim(), VM_LOST_EXIT_CODE, "{broken:?}");
+        let state = h.stopped_state();
+        assert_eq!(state.status, ContainerStatus::Stopped);
+        assert_eq!(state.exit_code, None);
+    }
+    assert_eq!(honest.status(), ContainerStatus::Running);
+    assert_eq!(honest.rt.ps(&honest.id).unwrap().1.len(), 1);
+}
+
+/// An exit status no process can have is not passed on as the container's.
+#[test]
+fn an_impossible_exit_status_is_a_lost_container_not_an_exit_code() {
+    let mut h = Harness::created(evil(Evil::ImpossibleExit), 5);
+    h.rt.start(&h.id).unwrap();
+    h.rt.kill(&h.id, libc::SIGKILL, false).unwrap();
+    assert_eq!(h.wait_shim(), VM_LOST_EXIT_CODE);
+    assert_eq!(h.stopped_state().exit_code, None);
+}
+
+/// The guest's error messages reach the caller cut to a few KiB.
+#[test]
+fn a_guests_long_error_is_cut_and_the_container_goes_on() {
+    let h = Harness::created(evil(Evil::LongError("Stats")), 5);
+    h.rt.start(&h.id).unwrap();
+    let err = h.rt.stats(&h.id).unwrap_err().to_string();
+    assert!(
+        err.len() < runvm_protocol::AgentError::MAX_MESSAGE + 100,
+        "{} bytes",
+        err.len()
+    );
+    assert!(err.ends_with("..."), "{}", &err[err.len() - 20..]);
+    assert_eq!(h.status(), ContainerStatus::Running);
+}
+
+/// Streams the guest opens to the host are refused, however many: the
+/// shim goes on answering.
+#[test]
+fn a_flood_of_streams_from_the_guest_leaves_the_shim_serving() {
+    let mut h = Harness::created(evil(Evil::Flood(2000)), 5);
+    h.rt.start(&h.id).unwrap();
+    for _ in 0..3 {
+        assert_eq!(h.rt.ps(&h.id).unwrap().1.len(), 1);
+    }
+    h.rt.kill(&h.id, libc::SIGKILL, false).unwrap();
+    assert_eq!(h.wait_shim(), 137);
 }

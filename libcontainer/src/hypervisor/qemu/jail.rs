@@ -88,6 +88,33 @@ pub fn uid_for(base: u32) -> Result<u32, JailError> {
         .ok_or(JailError::Uid { base, pid })
 }
 
+/// Whether a jail can be made here, and if not why (for `runvm check`).
+pub fn usable() -> Result<(), String> {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("runvm is not running as root, which setting up the jail needs".into());
+    }
+    // SAFETY: open_tree without OPEN_TREE_CLONE opens a path descriptor of
+    // "/", closed at once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "the kernel has no open_tree (Linux 5.2 or later): {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a descriptor just returned to us.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    Ok(())
+}
+
 fn cstring(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL byte")
 }
@@ -402,7 +429,10 @@ mod tests {
         assert!(targets.contains(&in_root(Path::new("/usr"))));
         // Read-only, but for the device nodes.
         for b in &jail.binds {
-            let dev = b.target.to_bytes().starts_with(cstring(&root.join("dev")).as_bytes());
+            let dev = b
+                .target
+                .to_bytes()
+                .starts_with(cstring(&root.join("dev")).as_bytes());
             assert_eq!(b.read_only, !dev, "{:?}", b.target);
         }
     }

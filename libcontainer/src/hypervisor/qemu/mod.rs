@@ -20,7 +20,7 @@ use self::cmdline::{
     boot_fds, command_line, memory_path, root_ports, BootFd, Options, AGENT_SOCKET, FD_AGENT,
     FD_CONSOLE, FD_DEBUG_MONITOR, FD_QMP, QMP_SOCKET,
 };
-pub use self::jail::JailError;
+pub use self::jail::{usable as jail_usable, JailError};
 use self::qmp::{
     AddFd, BlockdevAdd, ChardevAdd, ChardevBackend, Cont, DeviceAdd, GetFd, Migrate,
     MigrateIncoming, MigrateSetCapabilities, MigrationCapability, NetdevAdd, ObjectAdd, Qmp,
@@ -127,7 +127,7 @@ impl Qemu {
     }
 
     fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.log_file()).unwrap_or_default();
+        let text = crate::read_tail(&self.log_file(), 64 << 10);
         let last: Vec<&str> = text.lines().rev().take(5).collect();
         if last.is_empty() {
             String::new()
@@ -206,6 +206,20 @@ impl Qemu {
         // QEMU maps its memory file by name: a clone's own copy, or the
         // template being made. A template's state comes as a descriptor.
         let writable: Vec<&Path> = memory_path(&self.spec).into_iter().collect();
+        for path in &writable {
+            // QEMU could not create it in the jail (a template's, new).
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| HypervisorError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
         let kvm = (self.opts.accel == ResolvedAccel::Kvm).then(|| Path::new("/dev/kvm"));
         let mut groups = Vec::new();
         if let Some(kvm) = kvm {
@@ -585,10 +599,12 @@ impl Hypervisor for Qemu {
         let qmp = self.qmp()?;
         // The memory stays in its file; only device state goes to the stream.
         ignore_shared(qmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(state)
             .map_err(|source| HypervisorError::Open {
                 path: state.to_path_buf(),
