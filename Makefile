@@ -8,7 +8,7 @@ GUEST_DIR := target/share/runvm
 AGENT     := target/release/runvm-agent
 RUNVM     := target/release/runvm
 
-.PHONY: all deps build agent guest install deb deb-test run test bench soak clean
+.PHONY: all deps build agent guest install deb deb-test run test bench soak fuzz clean
 
 all: build guest
 
@@ -72,6 +72,16 @@ test: deps guest
 
 bench: deps build guest
 	python3 scripts/bench.py --runvm $(RUNVM)
+
+# Fuzz what runvm reads from others (fuzz/): the agent's frames and session,
+# config.json, the configuration file; FUZZ_SECS seconds each. Not part of
+# `make test`: it builds libFuzzer and takes its time. A crash stops it and
+# leaves its input in fuzz/artifacts/<target>/.
+FUZZ_SECS ?= 600
+FUZZ_TARGETS ?= agent_frames agent_session config_json config_file
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	scripts/fuzz.sh $(FUZZ_SECS) $(FUZZ_TARGETS)
 
 # Hundreds of run/delete cycles, sequential then parallel: failures and leaks.
 soak: deps build guest
