@@ -36,9 +36,12 @@ fuzz_target!(|data: &[u8]| {
         });
         let exchange = async {
             let mut stream = control.open_stream().await.ok()?;
-            send_async(&mut stream, &StreamKind::Rpc(Box::new(Request::Ping(Ping {}))))
-                .await
-                .ok()?;
+            send_async(
+                &mut stream,
+                &StreamKind::Rpc(Box::new(Request::Ping(Ping {}))),
+            )
+            .await
+            .ok()?;
             recv_async::<_, Result<AgentInfo, AgentError>>(&mut stream)
                 .await
                 .ok()

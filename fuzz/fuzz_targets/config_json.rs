@@ -33,5 +33,12 @@ fuzz_target!(|data: &[u8]| {
     config.vmm_mut().enable_annotations = vec![".*".into()];
     config.vmm_mut().valid_kernel_paths = vec!["/**".into()];
     let annotations = b.spec.annotations().clone().unwrap_or_default();
-    let _ = apply(&config, &annotations, Host { cpus: 2, mib: 24 << 10 });
+    let _ = apply(
+        &config,
+        &annotations,
+        Host {
+            cpus: 2,
+            mib: 24 << 10,
+        },
+    );
 });
