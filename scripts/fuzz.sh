@@ -24,6 +24,8 @@ for t in "$@"; do
         found="CRASH: $(ls -t "artifacts/$t"/crash-* "artifacts/$t"/oom-* "artifacts/$t"/timeout-* 2>/dev/null | head -n1)"
         status=1
     fi
+    # The targets' scratch files (libFuzzer exits without destructors).
+    rm -rf /dev/shm/runvm-fuzz-config-* /tmp/runvm-fuzz-bundle-*
     runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log" | tail -n1)
     corpus=$(ls "corpus/$t" | wc -l)
     summary+=("$t: ${runs:-?} executions in ${secs} s, corpus $corpus inputs, findings: $found")
