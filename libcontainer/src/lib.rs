@@ -42,20 +42,23 @@ pub use status::ContainerStatus;
 /// The OCI runtime spec version runvm implements, as reported in state JSON.
 pub const OCI_VERSION: &str = "1.0.2";
 
-/// The last `max` bytes of a file (all of it if shorter), as text; empty if
-/// it cannot be read. For logs whose length the guest decides.
-pub fn read_tail(path: &std::path::Path, max: u64) -> String {
+/// At most `max` bytes of a file from byte `from` on; empty if it cannot be
+/// read. For logs whose length the guest decides.
+pub fn read_range(path: &std::path::Path, from: u64, max: u64) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if file.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
-        return String::new();
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        if file.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = file.take(max).read_to_end(&mut bytes);
+        }
     }
-    let mut text = Vec::new();
-    let _ = file.take(max).read_to_end(&mut text);
-    String::from_utf8_lossy(&text).into_owned()
+    bytes
+}
+
+/// The last `max` bytes of a file (all of it if shorter), as text.
+pub fn read_tail(path: &std::path::Path, max: u64) -> String {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    String::from_utf8_lossy(&read_range(path, len.saturating_sub(max), max)).into_owned()
 }
 
 /// Render an error with its chain of sources: `a: b: c`. A source whose text

@@ -296,15 +296,7 @@ const CONSOLE_SCAN: u64 = 1 << 20;
 
 /// Whether the agent has reported the end of a session after byte `from`.
 fn session_ended_since(console: &Path, from: u64) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = fs::File::open(console) else {
-        return false;
-    };
-    if file.seek(SeekFrom::Start(from)).is_err() {
-        return false;
-    }
-    let mut text = Vec::new();
-    let _ = file.take(CONSOLE_SCAN).read_to_end(&mut text);
+    let text = crate::read_range(console, from, CONSOLE_SCAN);
     // Not whole lines: the firmware's last words have no newline.
     String::from_utf8_lossy(&text).contains(runvm_protocol::SESSION_ENDED)
 }

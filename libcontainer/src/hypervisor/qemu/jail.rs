@@ -121,14 +121,16 @@ fn cstring(path: &Path) -> CString {
 
 impl Jail {
     /// A jail for a QEMU run as `uid`, its root mounted over `root` (an
-    /// existing directory), with `read_only` and `writable` files visible at
-    /// their own paths. The writable ones are given to `uid`.
+    /// existing directory), with `read_only` and `writable` files and
+    /// `devices` beyond the usual ones visible at their own paths. The
+    /// writable ones are given to `uid`.
     pub fn new(
         uid: u32,
         groups: Vec<u32>,
         root: &Path,
         read_only: &[&Path],
         writable: &[&Path],
+        devices: &[&Path],
     ) -> Result<Self, JailError> {
         let mut jail = Jail {
             uid,
@@ -160,10 +162,11 @@ impl Jail {
         }
         // Device nodes as they are: a read-only mount would refuse writes
         // to /dev/null.
-        for dev in DEVICES {
-            if Path::new(dev).exists() {
-                jail.bind(root, Path::new(dev), false)?;
-            }
+        for dev in DEVICES.iter().map(Path::new).filter(|d| d.exists()) {
+            jail.bind(root, dev, false)?;
+        }
+        for dev in devices {
+            jail.bind(root, dev, false)?;
         }
         for path in read_only {
             jail.bind(root, path, true)?;
@@ -179,13 +182,6 @@ impl Jail {
             jail.bind(root, path, false)?;
         }
         Ok(jail)
-    }
-
-    /// Also bind `path` read-write, as it is (a device node QEMU opens).
-    pub fn with_device(mut self, path: &Path) -> Result<Self, JailError> {
-        let root = PathBuf::from(std::ffi::OsStr::from_bytes(self.root.as_bytes()));
-        self.bind(&root, path, false)?;
-        Ok(self)
     }
 
     fn bind(&mut self, root: &Path, path: &Path, read_only: bool) -> Result<(), JailError> {
@@ -415,6 +411,7 @@ mod tests {
             vec![],
             &root,
             &[&a.join("k"), &a.join("i")],
+            &[],
             &[],
         )
         .unwrap();

@@ -220,20 +220,21 @@ impl Qemu {
                     source,
                 })?;
         }
-        let kvm = (self.opts.accel == ResolvedAccel::Kvm).then(|| Path::new("/dev/kvm"));
+        // With KVM: its device, and its group (as libvirt's QEMU has it).
+        let devices: Vec<&Path> = (self.opts.accel == ResolvedAccel::Kvm)
+            .then_some(Path::new("/dev/kvm"))
+            .into_iter()
+            .collect();
         let mut groups = Vec::new();
-        if let Some(kvm) = kvm {
+        for dev in &devices {
             use std::os::unix::fs::MetadataExt;
-            let meta = fs::metadata(kvm).map_err(|source| HypervisorError::Open {
-                path: kvm.to_path_buf(),
+            let meta = fs::metadata(dev).map_err(|source| HypervisorError::Open {
+                path: dev.to_path_buf(),
                 source,
             })?;
             groups.push(meta.gid());
         }
-        let mut jail = jail::Jail::new(uid, groups, &self.spec.dir, &read_only, &writable)?;
-        if let Some(kvm) = kvm {
-            jail = jail.with_device(kvm)?;
-        }
+        let jail = jail::Jail::new(uid, groups, &self.spec.dir, &read_only, &writable, &devices)?;
         Ok(Some(jail))
     }
 
