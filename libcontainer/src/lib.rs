@@ -25,6 +25,7 @@ pub mod network;
 pub mod overrides;
 pub mod procinfo;
 pub mod resources;
+pub mod seccomp;
 pub mod share;
 pub mod shim;
 pub mod signal;

@@ -74,6 +74,9 @@ pub struct RuntimeConfig {
     /// (of a container that has one): QEMU's I/O and emulation threads.
     #[serde(deserialize_with = "cpu_fraction")]
     pub cgroup_cpu_overhead: f64,
+    /// Once the container is created, confine the shim with a seccomp
+    /// filter of its own (no new processes, mounts, namespaces, tracing).
+    pub shim_seccomp: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -86,6 +89,7 @@ impl Default for RuntimeConfig {
             sandbox_cgroup_only: true,
             cgroup_memory_overhead: 256,
             cgroup_cpu_overhead: 0.5,
+            shim_seccomp: true,
         }
     }
 }

@@ -275,30 +275,37 @@ async fn run(
             return 1;
         }
     };
-    if let Err(e) = shim.setup().await {
-        let message = shim.describe_failure(&e);
-        error!(log, "create failed"; "error" => &message);
-        shim.teardown().await;
-        shim.record_stopped(None);
-        shim.run_poststop();
-        report(
-            ready,
-            Ready::Failed(CreateFailure {
-                stage: e.stage(),
-                message,
-            }),
-        );
-        return 1;
-    }
+    // The filter is built before create is told, so one that cannot be
+    // built fails the create, and loaded after, so the poststop hooks of a
+    // create whose caller went away can still run.
+    let setup = match shim.setup().await {
+        Ok(()) if shim.config.runtime.shim_seccomp => crate::seccomp::shim_filter(true)
+            .map(Some)
+            .map_err(|e| (error_chain(&e), CreateStage::Prepare)),
+        Ok(()) => Ok(None),
+        Err(e) => Err((shim.describe_failure(&e), e.stage())),
+    };
+    let filter = match setup {
+        Ok(filter) => filter,
+        Err((message, stage)) => {
+            error!(log, "create failed"; "error" => &message);
+            shim.abandon().await;
+            report(ready, Ready::Failed(CreateFailure { stage, message }));
+            return 1;
+        }
+    };
     let pid = std::process::id() as i32;
     if !report(ready, Ready::Created { shim_pid: pid }) {
         warn!(
             log,
             "runvm create went away before the container was created; stopping"
         );
-        shim.teardown().await;
-        shim.record_stopped(None);
-        shim.run_poststop();
+        shim.abandon().await;
+        return 1;
+    }
+    if let Some(Err(e)) = filter.as_ref().map(crate::seccomp::load) {
+        error!(log, "stopping the container"; "error" => error_chain(&e));
+        shim.abandon().await;
         return 1;
     }
     shim.serve(signals).await

@@ -27,6 +27,15 @@ impl Shim {
         }
     }
 
+    /// End a container that never ran: stop what boot started, record it
+    /// stopped, and run its poststop hooks (as runc does when it cleans up
+    /// after a failed create).
+    pub(super) async fn abandon(&mut self) {
+        self.teardown().await;
+        self.record_stopped(None);
+        self.run_poststop();
+    }
+
     /// A pool VM's logs are links into its member's directory, which the
     /// member removes once this shim is gone: keep copies in the state
     /// directory, where `runvm` and the user look for them.
