@@ -1,5 +1,6 @@
-//! QEMU's jail (docs/security.md): what the host sees of a running VM's
-//! QEMU. Run cold and, with RUNVM_TEST_TEMPLATE=1, as clones and pool VMs.
+//! What the host keeps from the guest (docs/security.md): QEMU's jail, the
+//! shim's own seccomp filter, the bound on the guest's console log. Run
+//! cold and, with RUNVM_TEST_TEMPLATE=1, as clones and pool VMs.
 
 mod common;
 
@@ -118,6 +119,12 @@ fn qemu_runs_unprivileged_in_a_root_of_its_own_and_the_container_works() {
         assert_ne!(ns(qemu, kind), ns(shim, kind), "{kind}");
     }
 
+    // The shim, which parses what the guest sends, runs under a filter of
+    // its own (on top of none: its parent has none).
+    assert_eq!(status_field(shim, "NoNewPrivs"), "1");
+    assert_eq!(status_field(shim, "Seccomp"), "2");
+    assert_eq!(status_field(shim, "Seccomp_filters"), "1");
+
     // Nothing in the state directory is the jail's to write.
     let mut files = Vec::new();
     owners(&rv.root().join(&id), &mut files);
@@ -126,7 +133,18 @@ fn qemu_runs_unprivileged_in_a_root_of_its_own_and_the_container_works() {
         assert_eq!(*owner, 0, "{path} is owned by {owner}");
     }
 
-    // And the container works as ever.
+    // And the container works as ever: exec, ps, pause, resume, update and
+    // stats, all answered by the filtered shim.
+    for verb in [
+        &["ps", &id][..],
+        &["pause", &id],
+        &["resume", &id],
+        &["update", "--memory", "419430400", &id],
+        &["events", "--stats", &id],
+    ] {
+        let out = rv.run(verb);
+        assert!(out.status.success(), "{verb:?}: {}", text(&out.stderr));
+    }
     let out = rv.run(&["exec", &id, "sh", "-c", "echo hello from $(hostname)"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -137,8 +155,8 @@ fn qemu_runs_unprivileged_in_a_root_of_its_own_and_the_container_works() {
 }
 
 #[test]
-fn jail_false_runs_qemu_as_root() {
-    let rv = Runvm::cold("[hypervisor.qemu]\njail = false\n");
+fn jail_false_and_shim_seccomp_false_leave_both_unconfined() {
+    let rv = Runvm::cold("[runtime]\nshim_seccomp = false\n\n[hypervisor.qemu]\njail = false\n");
     let b = Bundle::busybox(&["sh", "-c", "echo ready; while true; do sleep 0.2; done"]);
     let (id, _c) = run_idle(&rv, "nojail", &b);
     wait_for_output(&b, "out.txt", "ready", WAIT);
@@ -147,4 +165,44 @@ fn jail_false_runs_qemu_as_root() {
     let host = fs::metadata("/").unwrap();
     let root = fs::metadata(format!("/proc/{qemu}/root")).unwrap();
     assert_eq!((host.dev(), host.ino()), (root.dev(), root.ino()));
+    let shim = rv.state(&id)["pid"].as_i64().unwrap() as i32;
+    assert_eq!(status_field(shim, "Seccomp"), "0");
+}
+
+/// A guest that writes far more to its serial console than the log keeps:
+/// the log holds the first `console_log_max_mib` and says the rest went,
+/// and the container is not held up.
+#[test]
+fn the_console_log_keeps_its_bound_when_the_guest_floods_it() {
+    let rv = Runvm::cold("[hypervisor.qemu]\nconsole_log_max_mib = 1\n");
+    // The guest's serial port, given to the container as a device.
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "yes 'flooding the console' | head -c 2200000 > /dev/ttyS0; echo flooded",
+    ]);
+    b.edit(|c| {
+        c["linux"]["devices"] = serde_json::json!([{
+            "path": "/dev/ttyS0", "type": "c", "major": 4, "minor": 64,
+            "fileMode": 0o620, "uid": 0, "gid": 0
+        }]);
+        c["linux"]["resources"]["devices"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"allow": true, "type": "c", "major": 4, "minor": 64, "access": "rw"}));
+    });
+    let id = common::unique_id("flood");
+    let mut c = rv.run_detached(&id, &b);
+    assert_eq!(c.wait_shim(WAIT), 0, "{}", b.output("err.txt"));
+    assert_eq!(b.output("out.txt"), "flooded\n");
+    let log = fs::read(rv.root().join(&id).join("console.log")).unwrap();
+    let note = b"\n[runvm: the guest's console passed 1 MiB; the rest is dropped]\n";
+    assert!(
+        log.ends_with(note),
+        "{}",
+        String::from_utf8_lossy(&log[log.len().saturating_sub(200)..])
+    );
+    assert!(log.len() <= (1 << 20) + note.len(), "{} bytes", log.len());
+    let flood = String::from_utf8_lossy(&log);
+    assert!(flood.matches("flooding the console").count() > 40_000);
 }

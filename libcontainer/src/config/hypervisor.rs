@@ -185,6 +185,10 @@ pub struct HypervisorConfig {
     /// launches QEMU, so each VM alive has its own.
     #[serde(deserialize_with = "jail_uid_base")]
     pub jail_uid_base: u32,
+    /// How much of the guest's console output its log keeps, MiB (the
+    /// first of it; the guest decides how much it writes).
+    #[serde(deserialize_with = "console_log_max_mib")]
+    pub console_log_max_mib: u32,
     /// `virtio-fs`, or `none`: the rootfs and bind sources copied into a
     /// disk image at create (docs/config.md, "shared_fs = none").
     pub shared_fs: SharedFs,
@@ -243,6 +247,7 @@ impl Default for HypervisorConfig {
             seccomp_sandbox: true,
             jail: true,
             jail_uid_base: 2_000_000_000,
+            console_log_max_mib: 16,
             shared_fs: SharedFs::VirtioFs,
             disk_image_dir: PathBuf::from("/var/lib/runvm/disks"),
             disk_image_free_mib: 1024,
@@ -353,6 +358,16 @@ fn jail_uid_base<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         return Err(serde::de::Error::custom(format!(
             "jail_uid_base {n}: QEMU's uid is it plus a pid (up to {PID_MAX_LIMIT}), which must stay between 1000 and {}",
             i32::MAX
+        )));
+    }
+    Ok(n)
+}
+
+fn console_log_max_mib<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if !(1..=4096).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "console_log_max_mib {n} is not between 1 and 4096"
         )));
     }
     Ok(n)

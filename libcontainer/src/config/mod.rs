@@ -292,6 +292,14 @@ mod tests {
                 .to_string();
             assert!(e.contains("must stay between 1000 and 2147483647"), "{e}");
         }
+        let c = Config::from_toml("[hypervisor.qemu]\nconsole_log_max_mib = 1\n").unwrap();
+        assert_eq!(c.vmm().console_log_max_mib, 1);
+        for bad in ["0", "4097"] {
+            let e = Config::from_toml(&format!("[hypervisor.qemu]\nconsole_log_max_mib = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is not between 1 and 4096"), "{e}");
+        }
         assert!(Config::from_toml("[hypervisor]\nmemroy_mib = 512\n").is_err());
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod accel;
 mod builder;
+pub mod console;
 #[cfg(test)]
 pub mod fake;
 pub mod qemu;

@@ -46,6 +46,16 @@ impl Shim {
             if !linked {
                 continue;
             }
+            // The member copies the console into its log until the VM is
+            // gone: wait for the last of it.
+            if name == crate::hypervisor::CONSOLE_LOG
+                && !crate::hypervisor::console::wait_complete(&path, self.config.runtime.stop())
+            {
+                warn!(
+                    self.log,
+                    "the pool VM's console is still being written: its copy may lack the end"
+                );
+            }
             let copy = self.dir.join(format!("{name}.copy"));
             if fs::copy(&path, &copy).is_ok() {
                 let _ = fs::rename(&copy, &path);

@@ -151,8 +151,12 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
     push(&[
         "-add-fd",
         &format!("fd={FD_CONSOLE},set={FDSET_CONSOLE},opaque=console"),
+        // A pipe (console.rs): append, because a file chardev that would
+        // truncate calls ftruncate on the descriptor.
+        "-chardev",
+        &format!("file,id=console,path=/dev/fdset/{FDSET_CONSOLE},append=on"),
         "-serial",
-        &format!("file:/dev/fdset/{FDSET_CONSOLE}"),
+        "chardev:console",
     ]);
     push(&[
         "-chardev",
@@ -406,7 +410,12 @@ mod tests {
         assert!(a.iter().any(|s| s.starts_with("on,obsolete=deny")));
         // Every file of the state directory comes as a descriptor.
         assert!(has_pair(&a, "-add-fd", "fd=3,set=1,opaque=console"));
-        assert!(has_pair(&a, "-serial", "file:/dev/fdset/1"));
+        assert!(has_pair(
+            &a,
+            "-chardev",
+            "file,id=console,path=/dev/fdset/1,append=on"
+        ));
+        assert!(has_pair(&a, "-serial", "chardev:console"));
         assert!(has_pair(
             &a,
             "-chardev",

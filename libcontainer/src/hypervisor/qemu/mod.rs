@@ -32,6 +32,7 @@ use super::{
 };
 use crate::child::Supervised;
 use crate::config::HypervisorConfig;
+use crate::hypervisor::console::Drain;
 use crate::sockdir::SocketDir;
 
 const BACKEND: &str = "qemu";
@@ -81,6 +82,10 @@ pub struct Qemu {
     adopted: bool,
     /// `jail_uid_base`, when QEMU runs jailed (`jail.rs`).
     jail_uid_base: Option<u32>,
+    /// The copy of its console into the log, when this process launched
+    /// it, and how much of it the log keeps.
+    console: Option<Drain>,
+    console_max: u64,
 }
 
 impl Qemu {
@@ -108,6 +113,8 @@ impl Qemu {
             added_mib: 0,
             adopted: false,
             jail_uid_base: config.jail.then_some(config.jail_uid_base),
+            console: None,
+            console_max: u64::from(config.console_log_max_mib) << 20,
             spec,
             child: None,
             qmp: None,
@@ -163,14 +170,14 @@ impl Qemu {
 
     /// What QEMU gets as descriptors instead of names (cmdline.rs): its
     /// console, its listening sockets and its boot devices'.
-    fn descriptors(&self, sockets: &SocketDir) -> Result<Vec<(i32, OwnedFd)>, HypervisorError> {
+    fn descriptors(&mut self, sockets: &SocketDir) -> Result<Vec<(i32, OwnedFd)>, HypervisorError> {
         let open_err = |path: PathBuf| move |source| HypervisorError::Open { path, source };
         let dir = &self.spec.dir;
         let console = dir.join(CONSOLE_LOG);
-        let mut fds: Vec<(i32, OwnedFd)> = vec![(
-            FD_CONSOLE,
-            File::create(&console).map_err(open_err(console))?.into(),
-        )];
+        let (console_pipe, drain) = crate::hypervisor::console::start(&console, self.console_max)
+            .map_err(open_err(console))?;
+        self.console = Some(drain);
+        let mut fds: Vec<(i32, OwnedFd)> = vec![(FD_CONSOLE, console_pipe)];
         let mut listen = |n: i32, name: &str| -> Result<(), HypervisorError> {
             let _ = fs::remove_file(dir.join(name));
             let listener =
@@ -661,6 +668,10 @@ impl Hypervisor for Qemu {
             );
         }
         self.qmp = None;
+        // QEMU is gone: the last of its console reaches the log.
+        if let Some(drain) = self.console.take() {
+            drain.finish(timeout.max(Duration::from_secs(1)));
+        }
         if self.jail_uid_base.is_some() && !self.adopted {
             // A template's memory file is root's again once its QEMU has
             // gone (a clone's has no name by now).
