@@ -290,6 +290,7 @@ fn check_reports_the_accelerator_and_the_guest() {
         "guest initramfs",
         "accelerator",
         "QEMU's jail",
+        "the shim's filter",
         "host cgroups",
     ] {
         assert!(
@@ -318,7 +319,14 @@ fn check_reports_the_accelerator_and_the_guest() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(["kvm", "tcg"].contains(&v["accel"]["use"].as_str().unwrap()));
     assert!(!v["accel"]["reason"].as_str().unwrap().is_empty());
-    for part in ["qemu", "virtiofsd", "kernel", "initrd", "jail"] {
+    for part in [
+        "qemu",
+        "virtiofsd",
+        "kernel",
+        "initrd",
+        "jail",
+        "shimSeccomp",
+    ] {
         assert_eq!(v[part]["ok"], true, "{part}: {v}");
     }
     assert_eq!(v["jail"]["uidBase"], 2_000_000_000);
@@ -330,7 +338,7 @@ fn check_fails_and_says_why_when_the_guest_kernel_is_missing() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[hypervisor.qemu]\nkernel = \"/nonexistent/runvm/vmlinux\"\njail = false\n",
+        "[runtime]\nshim_seccomp = false\n\n[hypervisor.qemu]\nkernel = \"/nonexistent/runvm/vmlinux\"\njail = false\n",
     )
     .unwrap();
     let out = check_with(Some(&config), &[]);
@@ -346,6 +354,12 @@ fn check_fails_and_says_why_when_the_guest_kernel_is_missing() {
     );
     assert!(
         report.contains("- QEMU's jail: off (jail = false): QEMU runs as root\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "- the shim's filter: off (shim_seccomp = false): the shim runs without a filter of its own\n"
+        ),
         "{report}"
     );
     assert!(

@@ -75,6 +75,8 @@ const FIX_MKE2FS: &str = "install e2fsprogs: apt-get install e2fsprogs (or set [
 const FIX_GUEST: &str =
     "install the runvm package, or build the guest with `make guest` (or fix [hypervisor.qemu] kernel/initrd)";
 const FIX_CGROUPS: &str = "run runvm as root with cgroupfs mounted at /sys/fs/cgroup, as runc needs (on cgroup v2, set [runtime] sandbox_cgroup_only = true)";
+const FIX_SHIM_SECCOMP: &str =
+    "install libseccomp 2.5 or later (Debian: libseccomp2), or set [runtime] shim_seccomp = false";
 const FIX_JAIL: &str = "run runvm as root on Linux 5.2 or later (or, to debug only, set [hypervisor.qemu] jail = false)";
 const FIX_CONFIG: &str = "fix or remove the file (docs/config.md lists every key)";
 
@@ -191,6 +193,22 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
         detail: jail.1.clone(),
         fix: Some(FIX_JAIL),
     });
+    let shim_seccomp = match config.runtime.shim_seccomp {
+        false => (
+            Outcome::Info,
+            "off (shim_seccomp = false): the shim runs without a filter of its own".to_string(),
+        ),
+        true => match crate::seccomp::shim_filter(true) {
+            Ok(_) => (Outcome::Pass, crate::seccomp::describe()),
+            Err(e) => (Outcome::Fail, crate::error_chain(&e)),
+        },
+    };
+    items.push(Item {
+        name: "the shim's filter",
+        outcome: shim_seccomp.0,
+        detail: shim_seccomp.1.clone(),
+        fix: Some(FIX_SHIM_SECCOMP),
+    });
     let cgroups = crate::host_cgroup::describe(&config.runtime);
     items.push(Item {
         name: "host cgroups",
@@ -228,6 +246,8 @@ pub fn check(load: Result<Loaded, ConfigError>) -> Report {
         "vm": {"vcpus": hv.default_vcpus, "memoryMib": hv.default_memory},
         "jail": {"enabled": hv.jail, "uidBase": hv.jail_uid_base,
             "ok": jail.0 != Outcome::Fail, "detail": jail.1},
+        "shimSeccomp": {"enabled": config.runtime.shim_seccomp,
+            "ok": shim_seccomp.0 != Outcome::Fail, "detail": shim_seccomp.1},
         "template": {
             "enabled": config.factory.enable_template,
             "autoBuild": config.factory.auto_build,

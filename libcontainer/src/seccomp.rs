@@ -93,6 +93,15 @@ pub fn shim_filter(every_thread: bool) -> Result<ScmpFilterContext, SeccompError
     build(every_thread).map_err(SeccompError::Build)
 }
 
+/// What the filter does, for `runvm check`.
+pub fn describe() -> String {
+    let version = match libseccomp::ScmpVersion::current() {
+        Ok(v) => format!("libseccomp {}.{}.{}", v.major, v.minor, v.micro),
+        Err(_) => "libseccomp".into(),
+    };
+    format!("on once a container is created: no new processes, mounts, namespaces or tracing ({version})")
+}
+
 /// Load a filter built by [`shim_filter`].
 pub fn load(filter: &ScmpFilterContext) -> Result<(), SeccompError> {
     filter.load().map_err(SeccompError::Load)
