@@ -14,10 +14,12 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
 /// The copying thread, for waiting until it has written everything.
 pub struct Drain {
@@ -28,20 +30,14 @@ pub struct Drain {
 /// the pipe's write end, for the VMM, and the drain.
 pub fn start(path: &Path, max: u64) -> io::Result<(OwnedFd, Drain)> {
     let log = File::create(path)?;
-    lock(&log, libc::LOCK_EX | libc::LOCK_NB)?;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just returned these two descriptors, owned by nobody
-    // else.
-    let (read, write) = unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let log =
+        Flock::lock(log, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| io::Error::from(e))?;
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (tx, done) = mpsc::channel();
     std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
-            copy_bounded(read, log, max);
+            copy_bounded(File::from(read), log, max);
             let _ = tx.send(());
         })?;
     Ok((write, Drain { done }))
@@ -56,7 +52,7 @@ impl Drain {
 }
 
 /// Copy `from` into `to` until end of file, keeping the first `max` bytes.
-fn copy_bounded(mut from: File, mut to: File, max: u64) {
+fn copy_bounded(mut from: File, mut to: Flock<File>, max: u64) {
     let mut kept = 0u64;
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -87,26 +83,18 @@ fn copy_bounded(mut from: File, mut to: File, max: u64) {
 /// Wait, at most `timeout`, until nothing is copying into the log at
 /// `path` any more; false if something still is.
 pub fn wait_complete(path: &Path, timeout: Duration) -> bool {
-    let Ok(log) = File::open(path) else {
-        return true;
-    };
     let deadline = Instant::now() + timeout;
     loop {
-        if lock(&log, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+        let Ok(log) = File::open(path) else {
+            return true;
+        };
+        if Flock::lock(log, FlockArg::LockSharedNonblock).is_ok() {
             return true;
         }
         if Instant::now() >= deadline {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn lock(file: &File, how: libc::c_int) -> io::Result<()> {
-    // SAFETY: flock on a descriptor this function's caller holds.
-    match unsafe { libc::flock(file.as_raw_fd(), how) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
     }
 }
 
