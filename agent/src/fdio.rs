@@ -72,6 +72,12 @@ impl FdIo {
 }
 
 impl FdIo {
+    /// The descriptor back, if this is its last clone (blocking mode is
+    /// left as it is: non-blocking).
+    pub fn into_fd(self) -> Option<OwnedFd> {
+        Arc::try_unwrap(self.fd).ok().map(AsyncFd::into_inner)
+    }
+
     /// Read what is buffered now, without waiting: `None` once nothing is
     /// (empty, end of file, or an error).
     pub fn read_buffered(&self, buf: &mut [u8]) -> Option<usize> {

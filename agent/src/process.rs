@@ -48,11 +48,73 @@ pub struct Proc {
     pub pid: i32,
     stdio: ProcStdio,
     exit: watch::Receiver<Option<ExitStatus>>,
+    /// Output read from the process that its relay could not send before
+    /// the host's session ended (stdout, stderr): the next relay sends it
+    /// first.
+    unsent: Mutex<[Vec<u8>; 2]>,
 }
 
 impl Proc {
     pub fn new(pid: i32, stdio: ProcStdio, exit: watch::Receiver<Option<ExitStatus>>) -> Self {
-        Proc { pid, stdio, exit }
+        Proc {
+            pid,
+            stdio,
+            exit,
+            unsent: Mutex::new([Vec::new(), Vec::new()]),
+        }
+    }
+
+    /// Take back an end of stdio that [`take`](Self::take) handed out, from
+    /// a relay whose session ended (a checkpoint), so that the next
+    /// session's relay gets it.
+    pub fn give_back(&self, which: Stdio3, fd: OwnedFd) {
+        let put = |m: &Mutex<Option<OwnedFd>>| {
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+        };
+        match &self.stdio {
+            ProcStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => match which {
+                Stdio3::Stdin => put(stdin),
+                Stdio3::Stdout => put(stdout),
+                Stdio3::Stderr => put(stderr),
+            },
+            // The relay had a duplicate of the master: it may go.
+            ProcStdio::Tty { taken, .. } => {
+                let mut taken = taken.lock().unwrap_or_else(|e| e.into_inner());
+                match which {
+                    Stdio3::Stdin => taken.0 = false,
+                    Stdio3::Stdout => taken.1 = false,
+                    Stdio3::Stderr => {}
+                }
+            }
+        }
+    }
+
+    /// Keep output a relay could not send (appended to what is kept).
+    pub fn keep_unsent(&self, which: Stdio3, bytes: &[u8]) {
+        let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = Self::output_index(which) {
+            unsent[i].extend_from_slice(bytes);
+        }
+    }
+
+    /// Output an earlier relay could not send, to go first.
+    pub fn take_unsent(&self, which: Stdio3) -> Vec<u8> {
+        let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+        Self::output_index(which)
+            .map(|i| std::mem::take(&mut unsent[i]))
+            .unwrap_or_default()
+    }
+
+    fn output_index(which: Stdio3) -> Option<usize> {
+        match which {
+            Stdio3::Stdin => None,
+            Stdio3::Stdout => Some(0),
+            Stdio3::Stderr => Some(1),
+        }
     }
 
     /// Hand out one end of the process's stdio, once. A terminal has no
