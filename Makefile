@@ -67,7 +67,8 @@ test: deps guest
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 	RUNVM_TEST_TEMPLATE=1 $(CARGO) test --no-fail-fast --test cli --test lifecycle \
 		--test verbs --test terminals --test faults --test network --test hooks --test creating \
-		--test clients --test network_clients --test host_cgroups --test shared_fs --test hardening -- --test-threads=2
+		--test clients --test network_clients --test host_cgroups --test shared_fs --test hardening \
+		--test checkpoint -- --test-threads=2
 	$(MAKE) deb-test
 
 bench: deps build guest

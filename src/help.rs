@@ -32,6 +32,26 @@ const NO_PIVOT: (&str, &str) = (
     "no_pivot",
     "Accepted for runc compatibility; the guest always pivots into the rootfs",
 );
+const TCP: (&str, &str) = (
+    "tcp_established",
+    "Accepted for runc compatibility; open TCP connections are saved with the VM",
+);
+const UNIX_SK: (&str, &str) = (
+    "ext_unix_sk",
+    "Accepted for runc compatibility; the guest's unix sockets are saved with the VM",
+);
+const SHELL_JOB: (&str, &str) = (
+    "shell_job",
+    "Accepted for runc compatibility; the terminal is the VM's, saved with it",
+);
+const LOCKS: (&str, &str) = (
+    "file_locks",
+    "Accepted for runc compatibility; file locks are saved with the VM",
+);
+const CGROUPS_MODE: (&str, &str) = (
+    "manage_cgroups_mode",
+    "Accepted for runc compatibility; the guest's cgroups are saved with the VM",
+);
 const NO_KEYRING: (&str, &str) = (
     "no_new_keyring",
     "Accepted for runc compatibility; the container's keyring is in the guest kernel",
@@ -272,15 +292,44 @@ const VERBS: &[Verb] = &[
     },
     Verb {
         name: "checkpoint",
-        about: "Checkpoint a container (not implemented yet: it will be a VM snapshot)",
-        long: "Not implemented yet. In a VM runtime a checkpoint is a snapshot of the whole VM, so it will need no CRIU.",
-        args: &[],
+        about: "Save a running container, its whole VM, into an image directory",
+        long: "Pause the container's VM and save it whole into --image-path: every process, socket, file in memory and the guest kernel's state, with no CRIU. Without --leave-running the container then stops (exit code 137) and can be deleted. The image holds the container's memory: it is made 0700/0600. See docs/checkpoint.md.",
+        args: &[
+            ID,
+            ("image_path", "The directory the image goes in (made if missing; it must be empty)"),
+            ("work_path", "Accepted for runc compatibility; a VM checkpoint has no work files"),
+            ("leave_running", "Let the container run on after the checkpoint"),
+            TCP,
+            UNIX_SK,
+            SHELL_JOB,
+            LOCKS,
+            ("link_remap", "Accepted for runc compatibility; unlinked open files are saved with the VM"),
+            CGROUPS_MODE,
+        ],
     },
     Verb {
         name: "restore",
-        about: "Restore a container from a checkpoint (not implemented yet)",
-        long: "Not implemented yet: it will start a VM from a checkpoint's snapshot.",
-        args: &[],
+        about: "Bring a container back from a checkpoint image",
+        long: "Start a VM from the image that checkpoint saved, over the bundle's rootfs (its files must be those the container had), and let the container run on where it was, under the id given. In the foreground the exit code is the container's; with --detach it runs on its own, as after run --detach. Restoring one image twice gives two independent containers. An image from another runvm, QEMU, guest kernel or initramfs, or a damaged one, is refused. See docs/checkpoint.md.",
+        args: &[
+            ID,
+            BUNDLE,
+            CONSOLE,
+            PID_FILE,
+            NO_PIVOT,
+            ("image_path", "The checkpoint's image directory"),
+            ("work_path", "Accepted for runc compatibility; a VM restore has no work files"),
+            ("detach", "Return once the container runs, leaving it in the background"),
+            TCP,
+            UNIX_SK,
+            SHELL_JOB,
+            LOCKS,
+            CGROUPS_MODE,
+            ("no_subreaper", "Accepted for runc compatibility; the stand-in reaps nothing"),
+            ("auto_dedup", "Accepted for runc compatibility; the image is read once"),
+            ("lazy_pages", "Not supported: the memory is loaded whole"),
+            ("empty_ns", "Not supported: the namespaces are the guest's, restored with it"),
+        ],
     },
 ];
 

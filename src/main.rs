@@ -45,8 +45,8 @@ enum Command {
     Check(commands::check::CheckCmd),
     Env(commands::env::EnvCmd),
     Completion(commands::docs::CompletionCmd),
-    Checkpoint(commands::Unsupported),
-    Restore(commands::Unsupported),
+    Checkpoint(liboci_cli::Checkpoint),
+    Restore(commands::checkpoint::Restore),
     /// Write the man pages into a directory (for `make install`).
     #[command(name = "__man", hide = true)]
     Man(commands::docs::ManCmd),

@@ -246,7 +246,7 @@ fn spec_writes_a_runc_like_config_once() {
 }
 
 #[test]
-fn version_and_unimplemented_verbs() {
+fn version_and_the_checkpoint_verbs_on_nothing() {
     let out = std::process::Command::new(RUNVM)
         .arg("--version")
         .output()
@@ -255,18 +255,27 @@ fn version_and_unimplemented_verbs() {
     assert!(v.starts_with("runvm version "), "{v}");
     assert!(v.contains("\ncommit: "), "{v}");
     assert!(v.contains("\nspec: 1."), "{v}");
+    // checkpoint and restore say what is wrong in runc's words, and make
+    // no image directory for a container that is not there.
     let rv = Runvm::new();
-    for args in [
-        &["checkpoint", "--image-path", "/tmp/img", "x"][..],
-        &["restore", "x"],
-    ] {
-        let out = rv.run(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert_eq!(
-            text(&out.stderr),
-            format!("runvm: {} is not implemented yet\n", args[0])
-        );
-    }
+    let img = tempfile::tempdir().unwrap();
+    let image = img.path().join("img");
+    let out = rv.run(&["checkpoint", "--image-path", image.to_str().unwrap(), "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("container does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!image.exists());
+    let out = rv.run(&["restore", "--image-path", image.to_str().unwrap(), "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is not a runvm checkpoint image"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!rv.root().join("x").exists());
 }
 
 fn check_with(config: Option<&std::path::Path>, args: &[&str]) -> std::process::Output {

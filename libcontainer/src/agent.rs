@@ -127,6 +127,12 @@ impl AgentClient {
         })
     }
 
+    /// End the session now: the guest sees the host hang up, its relays
+    /// let go, and every call and stream of this client fails.
+    pub fn close(&self) {
+        self.driver.abort();
+    }
+
     /// Whether the session to the agent has ended.
     pub fn is_closed(&self) -> bool {
         self.driver.is_finished()

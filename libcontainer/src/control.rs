@@ -45,6 +45,8 @@ runvm_protocol::typed_requests! {
     Stats(Stats) -> CgroupStats;
     Update(Update) -> ();
     Ps(Ps) -> Processes;
+    /// Save the whole VM into a checkpoint image (docs/checkpoint.md).
+    Checkpoint(Checkpoint) -> ();
     /// Start a process in the container whose stdio are the three fds sent
     /// with the preface; the session then lasts until it exits.
     Exec(Exec) -> ExecStarted;
@@ -76,6 +78,17 @@ pub struct Update {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Ps;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// The image's directory (it exists, empty, made by the verb).
+    pub image: PathBuf,
+    /// Go on running afterwards; otherwise the container stops.
+    pub leave_running: bool,
+    /// What the hypervisor says of itself, for the image (the verb asks
+    /// it: the shim, under its seccomp filter, starts no process).
+    pub vmm_info: serde_json::Map<String, serde_json::Value>,
+}
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Exec {

@@ -174,6 +174,10 @@ pub fn describe(config: &Config) -> Features {
         ),
         ("io.github.runvm.accel", accel.as_str()),
         ("io.github.runvm.guest.cgroup", "v2"),
+        // runc says this when it was built with CRIU support; runvm's
+        // checkpoints are VM snapshots (docs/checkpoint.md), which say how.
+        ("org.opencontainers.runc.checkpoint.enabled", "true"),
+        ("io.github.runvm.checkpoint", "vm-snapshot"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -228,6 +232,14 @@ mod tests {
         assert_eq!(v["linux"]["seccomp"]["actions"][0], "SCMP_ACT_ALLOW");
         assert_eq!(v["linux"]["seccomp"]["archs"][1], "SCMP_ARCH_X86_64");
         assert_eq!(v["annotations"]["io.github.runvm.hypervisor"], "qemu");
+        assert_eq!(
+            v["annotations"]["org.opencontainers.runc.checkpoint.enabled"],
+            "true"
+        );
+        assert_eq!(
+            v["annotations"]["io.github.runvm.checkpoint"],
+            "vm-snapshot"
+        );
         assert!(v["linux"].get("intelRdt").is_none(), "{v}");
     }
 }

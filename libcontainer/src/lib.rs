@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod check;
+pub mod checkpoint;
 pub mod child;
 pub mod config;
 pub mod container;

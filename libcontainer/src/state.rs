@@ -96,6 +96,14 @@ pub struct State {
     /// The container's cgroup on the host, which holds its VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_cgroup: Option<crate::host_cgroup::Record>,
+    /// The checkpoint image the shim restores the container from, instead
+    /// of creating it (`runvm restore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
+    /// The id the guest knows the container by, when it is not `id`: a
+    /// container restored under another id than it was checkpointed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_id: Option<String>,
 }
 
 impl State {
@@ -123,6 +131,8 @@ impl State {
             overrides: Default::default(),
             debug_monitor: None,
             host_cgroup: None,
+            restore_from: None,
+            guest_id: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub fn create(args: Create, ctx: &Context) -> Result<u8> {
         console_socket: args.console_socket,
         shim_args: ctx.shim_args.clone(),
         systemd_cgroup: ctx.systemd_cgroup,
+        restore: None,
     })?;
     Ok(0)
 }

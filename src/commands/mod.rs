@@ -2,6 +2,7 @@
 //! print.
 
 pub mod check;
+pub mod checkpoint;
 mod create;
 mod delete;
 pub mod docs;
@@ -61,7 +62,7 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
             CommonCmd::Run(args) => run::run(args, ctx),
             CommonCmd::Spec(args) => spec::spec(args),
             CommonCmd::List(args) => list::list(args, ctx),
-            CommonCmd::Checkpointt(_) => not_implemented("checkpoint"),
+            CommonCmd::Checkpointt(args) => checkpoint::checkpoint(args, ctx),
             CommonCmd::Events(args) => events::events(args, ctx),
             CommonCmd::Exec(args) => exec::exec(args, ctx),
             CommonCmd::Features(_) => features::features(ctx),
@@ -70,8 +71,8 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
             CommonCmd::Resume(args) => pause::resume(args, ctx),
             CommonCmd::Update(args) => update::update(args, ctx),
         },
-        Command::Checkpoint(_) => not_implemented("checkpoint"),
-        Command::Restore(_) => not_implemented("restore"),
+        Command::Checkpoint(args) => checkpoint::checkpoint(args, ctx),
+        Command::Restore(args) => checkpoint::restore(args, ctx),
         Command::Factory(cmd) => factory::factory(cmd, ctx),
         Command::Check(cmd) => check::check(cmd),
         Command::Completion(cmd) => docs::completion(cmd),
@@ -79,16 +80,4 @@ pub fn dispatch(cmd: Command, ctx: &Context) -> Result<u8> {
         Command::Man(cmd) => docs::man_pages(cmd),
         Command::Shim(_) => unreachable!("the shim is dispatched before logging is set up"),
     }
-}
-
-/// The arguments of a verb runvm does not implement, whatever they are.
-#[derive(clap::Args, Debug)]
-pub struct Unsupported {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
-}
-
-fn not_implemented(verb: &str) -> Result<u8> {
-    eprintln!("runvm: {verb} is not implemented yet");
-    Ok(1)
 }

@@ -15,6 +15,7 @@ pub fn run(args: Run, ctx: &Context) -> Result<u8> {
         console_socket: args.console_socket,
         shim_args: ctx.shim_args.clone(),
         systemd_cgroup: ctx.systemd_cgroup,
+        restore: None,
     };
     if args.detach {
         rt.run_detached(&opts)?;

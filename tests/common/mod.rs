@@ -112,6 +112,24 @@ impl Bundle {
         self.dir.path()
     }
 
+    /// Another bundle with the same config.json and a copy of the rootfs
+    /// (busybox and what the container wrote there).
+    pub fn copy(&self) -> Bundle {
+        let dir = tempfile::Builder::new()
+            .prefix("runvm-test-")
+            .tempdir()
+            .unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(self.rootfs())
+            .arg(self.path().join("config.json"))
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Bundle { dir }
+    }
+
     pub fn rootfs(&self) -> PathBuf {
         self.dir.path().join("rootfs")
     }
@@ -240,12 +258,28 @@ impl Runvm {
     }
 
     /// In template mode every container must be a clone: a broken template
-    /// must not let the suite pass on cold boots.
+    /// must not let the suite pass on cold boots. (A restored container
+    /// boots nothing: its VM is the checkpoint's.)
     fn check_boot(&self, id: &str) {
         if self.clones {
             let boot = self.raw_state(id)["boot"].clone();
-            assert!(boot == "template" || boot == "pool", "{id} booted cold");
+            assert!(
+                boot == "template" || boot == "pool" || boot == "checkpoint",
+                "{id} booted cold"
+            );
         }
+    }
+
+    /// `runvm restore --detach --image-path IMAGE` of `bundle` under `id`,
+    /// with the container's stdio in the bundle's `out.txt` and `err.txt`.
+    pub fn restore<'a>(
+        &'a self,
+        id: &str,
+        bundle: &Bundle,
+        image: &Path,
+    ) -> (Container<'a>, Output) {
+        let image = image.to_str().unwrap();
+        self.start_detached(&["restore", "--detach", "--image-path", image], id, bundle)
     }
 
     /// Container `id`'s QEMU, as its state records it (a warm pool VM's

@@ -5,6 +5,7 @@
 //! that ask a shim, `delete` removes a container, `run` is `run` in the
 //! foreground and detached.
 
+mod checkpoint;
 mod creating;
 mod delete;
 mod run;
@@ -96,6 +97,11 @@ pub enum ContainerError {
     Wait(#[source] nix::Error),
     #[error("the shim {pid} did not exit within {timeout:?}")]
     ShimStuck { pid: i32, timeout: Duration },
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// What a checkpoint or restore needs of the host and could not get.
+    #[error("{0}")]
+    Checkpointing(String),
 }
 
 impl ContainerError {
@@ -138,6 +144,17 @@ pub struct CreateOptions {
     pub shim_args: Vec<OsString>,
     /// `--systemd-cgroup`: `linux.cgroupsPath` is `slice:prefix:name`.
     pub systemd_cgroup: bool,
+    /// `restore`: bring the container back from this checkpoint image
+    /// instead of creating it.
+    pub restore: Option<RestoreFrom>,
+}
+
+/// The checkpoint a restored container comes from.
+#[derive(Debug, Clone)]
+pub struct RestoreFrom {
+    pub image: PathBuf,
+    /// The id the guest knows the container by (the checkpointed one's).
+    pub guest_id: String,
 }
 
 pub struct Runtime {

@@ -23,7 +23,9 @@ impl Runtime {
 
     /// `run`: create with the shim as our child, start, relay signals to it,
     /// and return its exit code once the container has stopped. The
-    /// container is deleted afterwards unless `keep`.
+    /// container is deleted afterwards unless `keep`. A foreground
+    /// `restore` is the same, its container restored rather than created
+    /// and started.
     pub fn run(&self, opts: &CreateOptions, keep: bool) -> Result<i32, ContainerError> {
         // Catch the signals we forward before the shim exists, so none is
         // lost; the shim starts with an empty mask (see exec_shim).
@@ -37,10 +39,12 @@ impl Runtime {
             _ => None,
         };
         let shim = self.create_with(opts, false)?;
-        if let Err(e) = self.start(&opts.id) {
-            let _ = self.delete(&opts.id, true);
-            let _ = waitpid(shim, None);
-            return Err(e);
+        if opts.restore.is_none() {
+            if let Err(e) = self.start(&opts.id) {
+                let _ = self.delete(&opts.id, true);
+                let _ = waitpid(shim, None);
+                return Err(e);
+            }
         }
         let code = loop {
             match waitpid(shim, Some(WaitPidFlag::WNOHANG)) {

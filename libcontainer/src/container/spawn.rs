@@ -99,6 +99,12 @@ impl Runtime {
                 terminal: bundle.terminal(),
                 overrides,
                 host_cgroup: Some(host_cgroup),
+                restore_from: opts.restore.as_ref().map(|r| r.image.clone()),
+                guest_id: opts
+                    .restore
+                    .as_ref()
+                    .map(|r| r.guest_id.clone())
+                    .filter(|g| *g != opts.id),
                 ..State::creating(&opts.id, bundle.dir.clone(), bundle.rootfs.clone())
             };
             self.store.save(&state)?;
@@ -111,7 +117,9 @@ impl Runtime {
         let (shim_pid, ready) = self.spawn_shim(&opts.id, &shim_args, detach)?;
         match read_ready(ready, self.create_timeout())? {
             Some(Ready::Created { shim_pid: reported }) => {
-                self.build_template_behind(&opts.id);
+                if opts.restore.is_none() {
+                    self.build_template_behind(&opts.id);
+                }
                 if let Some(pid_file) = &opts.pid_file {
                     // Last, and atomically: containerd takes the pid file's
                     // appearance as "create finished". No trailing newline:

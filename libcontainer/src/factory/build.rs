@@ -286,7 +286,7 @@ fn close_on_exec_from(first: u32) {
 
 /// Where the console log ends now: the agent's next "host hung up" line is
 /// looked for after it.
-pub(super) fn console_end(console: &Path) -> u64 {
+pub fn console_end(console: &Path) -> u64 {
     fs::metadata(console).map(|m| m.len()).unwrap_or(0)
 }
 
@@ -302,7 +302,7 @@ fn session_ended_since(console: &Path, from: u64) -> bool {
 }
 
 /// Wait until the console log shows a session end after byte `from`.
-pub(super) async fn wait_session_end(
+pub async fn wait_session_end(
     console: &Path,
     from: u64,
     timeout: Duration,

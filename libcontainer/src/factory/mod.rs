@@ -21,6 +21,7 @@ use crate::agent::AgentClientError;
 use crate::config::{Config, ConfigError};
 use crate::hypervisor::{self, Hypervisor, HypervisorError};
 use crate::locate::{self, LocateError};
+pub use build::{console_end, wait_session_end};
 pub use files::{FilesError, Problem};
 pub use pool::{Claimed, Pool};
 

@@ -29,7 +29,7 @@ use super::{files, io_err, Factory, FactoryError, FilesError};
 use crate::agent::AgentClient;
 use crate::child::Supervised;
 use crate::config::Config;
-use crate::hypervisor::{self, Hypervisor, Restore, CONSOLE_LOG};
+use crate::hypervisor::{self, Hypervisor, CONSOLE_LOG};
 use crate::procinfo::ProcessIdentity;
 use crate::sockdir::SocketDir;
 
@@ -382,10 +382,8 @@ fn member(
         config,
         format!("runvm-pool-{}", std::process::id()),
         dir,
-        Restore {
-            state: template.state(),
-            memory,
-        },
+        template.state(),
+        memory,
     )?;
     let mut vm = hypervisor::new(config, spec)?;
     let t0 = Instant::now();

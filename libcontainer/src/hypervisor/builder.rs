@@ -30,6 +30,7 @@ fn base(config: &Config, name: String, dir: &Path) -> Result<VmSpec, LocateError
             name: runvm_protocol::AGENT_PORT_NAME.to_string(),
         }],
         memory_file: None,
+        dimms_mib: Vec::new(),
         restore: None,
     })
 }
@@ -88,14 +89,18 @@ pub fn template_vm(
 }
 
 /// A clone of a template: the template's VM, brought back from its
-/// snapshot over a copy of its memory.
+/// snapshot (`state`) over a copy of its memory.
 pub fn clone_vm(
     config: &Config,
     name: String,
     dir: &Path,
-    restore: Restore,
+    state: PathBuf,
+    memory: PathBuf,
 ) -> Result<VmSpec, LocateError> {
-    let mut vm = template_vm(config, name, dir, restore.memory.clone())?;
-    vm.restore = Some(restore);
+    let mut vm = template_vm(config, name, dir, memory.clone())?;
+    vm.restore = Some(Restore {
+        state,
+        memory: Some(memory),
+    });
     Ok(vm)
 }

@@ -469,6 +469,15 @@ impl Hypervisor for FakeVm {
         Ok(())
     }
 
+    fn checkpoint(&mut self, _image: &Path) -> Result<(), HypervisorError> {
+        self.call("checkpoint");
+        Ok(())
+    }
+
+    fn restorable(&self) -> VmSpec {
+        self.spec.clone()
+    }
+
     fn stop(&mut self, _timeout: Duration) -> Result<(), HypervisorError> {
         self.call("stop");
         self.end("exited with status 0");

@@ -147,11 +147,13 @@ pub enum NetBackend {
 /// Bring the VM back from a snapshot instead of booting it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restore {
-    /// The device state that `snapshot` saved.
+    /// The device state that `snapshot` saved, or the whole VM that
+    /// `checkpoint` saved.
     pub state: PathBuf,
     /// A private copy of the snapshot's memory file: the VM takes it over
-    /// (the backend unlinks its name once it has it mapped).
-    pub memory: PathBuf,
+    /// (the backend unlinks its name once it has it mapped). `None`: the
+    /// memory is in the state too (a checkpoint).
+    pub memory: Option<PathBuf>,
 }
 
 /// What to run, whatever runs it.
@@ -170,6 +172,10 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Memory the VM may grow to (equal to `memory_mib`: no memory hotplug).
     pub max_memory_mib: u32,
+    /// Memory hotplugged before a checkpoint, present at boot in the VM it
+    /// is restored into: the size of each DIMM, in MiB.
+    #[serde(default)]
+    pub dimms_mib: Vec<u32>,
     /// Slots for memory hotplugged up to `max_memory_mib`.
     pub memory_slots: u32,
     /// Free slots for devices hotplugged after boot.
@@ -260,6 +266,23 @@ pub fn binary(config: &Config) -> Result<PathBuf, LocateError> {
     }
 }
 
+/// What the configured backend says of itself, before any VM exists (the
+/// same as [`Hypervisor::describe`]).
+pub fn describe(
+    config: &Config,
+) -> Result<serde_json::Map<String, serde_json::Value>, HypervisorError> {
+    match config.runtime.hypervisor {
+        Backend::Qemu => qemu::describe(&binary(config)?),
+    }
+}
+
+/// The configured backend's name, as [`Hypervisor::backend`] says it.
+pub fn backend_name(config: &Config) -> &'static str {
+    match config.runtime.hypervisor {
+        Backend::Qemu => "qemu",
+    }
+}
+
 /// Whether the configured backend can do `op`, before any VM exists; the
 /// same answer as [`Hypervisor::supports`].
 pub fn supports(config: &Config, op: Operation) -> Result<(), HypervisorError> {
@@ -332,6 +355,13 @@ pub trait Hypervisor: Send {
     /// Save the device state of a paused VM whose memory is a file to
     /// `state`; the memory stays in its file.
     fn snapshot(&mut self, state: &Path) -> Result<(), HypervisorError>;
+    /// Save a paused VM whole, device state and memory, to `image` (a new
+    /// file, 0600): a checkpoint. Pages that are zero take no room.
+    fn checkpoint(&mut self, image: &Path) -> Result<(), HypervisorError>;
+    /// The spec of a VM a checkpoint of this one restores into: the
+    /// devices and memory hotplugged since boot are there at boot, in the
+    /// same slots.
+    fn restorable(&self) -> VmSpec;
     /// Load the spec's `restore` state; the VM is paused afterwards.
     fn restore(&mut self) -> Result<(), HypervisorError>;
     /// Stop the VM: ask politely, kill after `timeout`; remove its sockets.

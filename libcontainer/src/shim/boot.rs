@@ -22,7 +22,7 @@ use crate::error_chain;
 use crate::factory::{Claimed, Factory, Pool, Template};
 use crate::hooks::{self, HookState, Kind, Place};
 use crate::hypervisor::{
-    self, Device, DiskDevice, FsDevice, NetDevice, Operation, Restore, VmSpec, CONSOLE_LOG,
+    self, Device, DiskDevice, FsDevice, NetDevice, Operation, VmSpec, CONSOLE_LOG,
 };
 use crate::network::{self, Network};
 use crate::procinfo::ProcessIdentity;
@@ -54,10 +54,10 @@ impl Shim {
         msg
     }
 
-    pub(super) async fn setup(&mut self) -> Result<(), ShimError> {
-        let t0 = Instant::now();
-        // QEMU and virtiofsd inherit this working directory and name their
-        // sockets relative to it.
+    /// The state and the bundle (the spec as `create` saved it), with the
+    /// shim in the container's directory: QEMU and virtiofsd inherit it as
+    /// their working directory and name their sockets relative to it.
+    pub(super) fn load_bundle(&mut self) -> Result<(crate::state::State, Bundle), ShimError> {
         std::env::set_current_dir(&self.dir).map_err(|source| ShimError::Dir {
             path: self.dir.clone(),
             source,
@@ -69,6 +69,37 @@ impl Shim {
             source,
         })?;
         let bundle = Bundle::from_slice(&state.bundle, &spec_path, &data)?;
+        Ok((state, bundle))
+    }
+
+    /// The prestart and createRuntime hooks, in the host's namespaces, with
+    /// the shim's pid (in the container's network namespace) as the
+    /// container's.
+    pub(super) fn run_create_hooks(
+        &mut self,
+        state: &crate::state::State,
+        bundle: &Bundle,
+    ) -> Result<(), ShimError> {
+        if let Some(hooks) = bundle.spec.hooks() {
+            self.hooks = Some(hooks.clone());
+            let hook_state = HookState::of(
+                state,
+                ContainerStatus::Creating,
+                Some(std::process::id() as i32),
+            );
+            let place = Place {
+                bundle: &bundle.dir,
+                namespaces: Some(&self.host),
+            };
+            hooks::run(Kind::Prestart, hooks, &hook_state, &place)?;
+            hooks::run(Kind::CreateRuntime, hooks, &hook_state, &place)?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn setup(&mut self) -> Result<(), ShimError> {
+        let t0 = Instant::now();
+        let (state, bundle) = self.load_bundle()?;
         self.host_cgroup = state.host_cgroup.clone();
         self.container_limits = crate::host_cgroup::Limits::of(
             bundle
@@ -80,20 +111,7 @@ impl Shim {
         // The caller's set-up (Docker configures the network namespace in
         // a prestart hook), with the shim, whose pid the hooks get, in the
         // container's network namespace.
-        if let Some(hooks) = bundle.spec.hooks() {
-            self.hooks = Some(hooks.clone());
-            let hook_state = HookState::of(
-                &state,
-                ContainerStatus::Creating,
-                Some(std::process::id() as i32),
-            );
-            let place = Place {
-                bundle: &bundle.dir,
-                namespaces: Some(&self.host),
-            };
-            hooks::run(Kind::Prestart, hooks, &hook_state, &place)?;
-            hooks::run(Kind::CreateRuntime, hooks, &hook_state, &place)?;
-        }
+        self.run_create_hooks(&state, &bundle)?;
         // The operator's settings with the container's allowed overrides
         // (create checked them), then grown to the container's limits; a
         // template of another size or kernel command line then does not
@@ -187,7 +205,7 @@ impl Shim {
 
     /// Assemble the container's files and serve them: virtiofsd, or a copy
     /// on a disk image (`shared_fs = "none"`). Returns the VM's device.
-    fn share(&mut self, bundle: &Bundle) -> Result<Device, ShimError> {
+    pub(super) fn share(&mut self, bundle: &Bundle) -> Result<Device, ShimError> {
         let share = crate::share::assemble(&self.dir, &bundle.rootfs, &bundle.binds)?;
         let hv = self.config.vmm();
         if hv.shared_fs == SharedFs::None {
@@ -273,10 +291,8 @@ impl Shim {
                 &self.clone_config(template),
                 name,
                 &self.dir,
-                Restore {
-                    state: template.state(),
-                    memory: memory.clone(),
-                },
+                template.state(),
+                memory.clone(),
             ),
             None => hypervisor::container_vm(&self.config, name, &self.dir, share.clone(), nics),
         }
@@ -362,10 +378,8 @@ impl Shim {
             &self.clone_config(&template),
             format!("runvm-{}", self.id),
             &claimed.dir,
-            Restore {
-                state: template.state(),
-                memory: claimed.dir.join("mem"),
-            },
+            template.state(),
+            claimed.dir.join("mem"),
         )
         .map_err(crate::hypervisor::HypervisorError::from)?;
         spec.restore = None;
@@ -459,13 +473,12 @@ impl Shim {
         local: Local,
     ) -> Result<(), ShimError> {
         let agent = self.agent.clone().expect("the agent is connected");
-        let process = ProcessRef::init(&self.id);
         // Creating and starting are part of bringing the container up: they
         // get the boot timeout, which allows for a busy host.
         let created = agent
             .call_within(
                 CreateContainer {
-                    container_id: self.id.clone(),
+                    container_id: self.guest_id.clone(),
                     spec,
                     share: self.share_source.clone(),
                     vm_memory_mib: self
@@ -476,15 +489,7 @@ impl Shim {
             )
             .await
             .map_err(ShimError::Create)?;
-        self.outputs = stdio::attach(&agent, &process, local)
-            .await
-            .map_err(ShimError::Agent)?;
-        self.push_window_size().await;
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let _ = tx.send(agent.wait_process(process).await);
-        });
-        self.exit = Some(rx);
+        self.exit = Some(self.attach_init(local).await?);
         let listener =
             UnixListener::bind(self.sockets.path(CONTROL_SOCKET)).map_err(ShimError::Control)?;
         self.control = Some(listener);
@@ -494,6 +499,25 @@ impl Shim {
             s.guest_pid = Some(created.pid);
         })?;
         Ok(())
+    }
+
+    /// Relay the container init's stdio from `local`, and wait for its
+    /// exit: the returned waiter resolves with it.
+    pub(super) async fn attach_init(
+        &mut self,
+        local: Local,
+    ) -> Result<super::ExitWaiter, ShimError> {
+        let agent = self.agent.clone().expect("the agent is connected");
+        let process = ProcessRef::init(&self.guest_id);
+        self.outputs = stdio::attach(&agent, &process, local)
+            .await
+            .map_err(ShimError::Agent)?;
+        self.push_window_size().await;
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(agent.wait_process(process).await);
+        });
+        Ok(rx)
     }
 
     /// The template to clone, if templates are on, the one there matches the

@@ -14,6 +14,7 @@
 //! `teardown` stops what boot started.
 
 mod boot;
+mod checkpoint;
 mod exec;
 mod host_cgroup;
 mod requests;
@@ -110,6 +111,10 @@ pub enum ShimError {
     Stdio(#[source] io::Error),
     #[error("the guest's agent speaks protocol {guest}, runvm speaks {host}: rebuild the guest (make guest)")]
     AgentVersion { guest: u32, host: u32 },
+    #[error("restore the checkpoint")]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error("restore the checkpoint: {0}")]
+    Restore(String),
 }
 
 impl ShimError {
@@ -124,7 +129,9 @@ impl ShimError {
             | ShimError::Sizing(_)
             | ShimError::Override(_)
             | ShimError::HostCgroup(_)
-            | ShimError::Control(_) => CreateStage::Prepare,
+            | ShimError::Control(_)
+            | ShimError::Checkpoint(_)
+            | ShimError::Restore(_) => CreateStage::Prepare,
             ShimError::Virtiofsd(_) | ShimError::Share(_) | ShimError::Image(_) => {
                 CreateStage::Share
             }
@@ -278,7 +285,12 @@ async fn run(
     // The filter is built before create is told, so one that cannot be
     // built fails the create, and loaded after, so the poststop hooks of a
     // create whose caller went away can still run.
-    let setup = match shim.setup().await {
+    let restore_from = shim.store.load(&shim.id).ok().and_then(|s| s.restore_from);
+    let set_up = match &restore_from {
+        Some(image) => shim.restore_setup(image).await,
+        None => shim.setup().await,
+    };
+    let setup = match set_up {
         Ok(()) if shim.config.runtime.shim_seccomp => crate::seccomp::shim_filter(true)
             .map(Some)
             .map_err(|e| (error_chain(&e), CreateStage::Prepare)),
@@ -319,8 +331,16 @@ fn report(ready: Option<File>, msg: Ready) -> bool {
     }
 }
 
+/// Resolves with the container's exit status, from the agent.
+type ExitWaiter = oneshot::Receiver<Result<ExitStatus, AgentClientError>>;
+
 struct Shim {
     id: String,
+    /// The id the guest knows the container by: `id`, unless it was
+    /// restored under another than it was checkpointed with.
+    guest_id: String,
+    /// The container has a terminal.
+    terminal: bool,
     log: Logger,
     store: StateStore,
     dir: PathBuf,
@@ -343,7 +363,7 @@ struct Shim {
     share_source: runvm_protocol::ShareSource,
     agent: Option<Arc<AgentClient>>,
     outputs: Vec<JoinHandle<()>>,
-    exit: Option<oneshot::Receiver<Result<ExitStatus, AgentClientError>>>,
+    exit: Option<ExitWaiter>,
     control: Option<UnixListener>,
     console_socket: Option<PathBuf>,
     /// The host tty whose window size the container's terminal follows.
@@ -372,8 +392,11 @@ impl Shim {
             path: dir.clone(),
             source,
         })?;
+        let state = store.load(&args.id)?;
         let shim = Shim {
             id: args.id.clone(),
+            guest_id: state.guest_id.clone().unwrap_or_else(|| args.id.clone()),
+            terminal: state.terminal,
             log: args.log.clone(),
             config,
             store,

@@ -16,14 +16,15 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use super::exec::ExecSession;
-use super::Shim;
+use super::serve::End;
+use super::{ExitWaiter, Shim};
 use crate::agent::{AgentClient, AgentClientError};
 use crate::control::{self, Exec, Processes, ShimFailure, ShimRequest};
 use crate::error_chain;
 use crate::state::StateError;
 use crate::status::{ContainerStatus, Refusal};
 
-type Answer<T> = Result<T, ShimFailure>;
+pub(super) type Answer<T> = Result<T, ShimFailure>;
 
 /// A control request, read off its connection.
 pub(super) struct Incoming {
@@ -53,7 +54,7 @@ pub(super) async fn read_request(
 
 /// The agent's failure as the verb sees it: `NotRunning` from the guest is
 /// the refusal runc gives for this request.
-fn agent_failure(e: AgentClientError, not_running: Refusal) -> ShimFailure {
+pub(super) fn agent_failure(e: AgentClientError, not_running: Refusal) -> ShimFailure {
     match e {
         AgentClientError::Agent(ref a) if a.kind == AgentErrorKind::NotRunning => {
             not_running.into()
@@ -62,7 +63,7 @@ fn agent_failure(e: AgentClientError, not_running: Refusal) -> ShimFailure {
     }
 }
 
-fn state_failure(e: &StateError) -> ShimFailure {
+pub(super) fn state_failure(e: &StateError) -> ShimFailure {
     use std::error::Error;
     let errno = e
         .source()
@@ -79,7 +80,14 @@ async fn reply<T: Serialize>(stream: &mut UnixStream, answer: Answer<T>) {
 }
 
 impl Shim {
-    pub(super) async fn handle_control(&mut self, incoming: Incoming) {
+    /// Answer one request; `Some` when it ended the container's run here
+    /// (a checkpoint that stopped it). `exit` is the container's exit
+    /// waiter, which a checkpoint replaces.
+    pub(super) async fn handle_control(
+        &mut self,
+        incoming: Incoming,
+        exit: &mut ExitWaiter,
+    ) -> Option<End> {
         let Incoming {
             mut stream,
             fds,
@@ -87,6 +95,11 @@ impl Shim {
         } = incoming;
         let s = &mut stream;
         match req {
+            ShimRequest::Checkpoint(c) => {
+                let (answer, end) = self.checkpoint(c, exit).await;
+                reply(s, answer).await;
+                return end;
+            }
             ShimRequest::Exec(exec) => match self.exec(exec, fds) {
                 Ok(session) => {
                     self.exec_tasks.retain(|t| !t.is_finished());
@@ -102,6 +115,7 @@ impl Shim {
             ShimRequest::Update(u) => reply(s, self.update(u).await).await,
             ShimRequest::Ps(_) => reply(s, self.ps().await).await,
         }
+        None
     }
 
     fn agent(&self) -> Answer<&Arc<AgentClient>> {
@@ -113,7 +127,7 @@ impl Shim {
         self.status.check_exec(exec.ignore_paused)?;
         Ok(ExecSession {
             agent: self.agent()?.clone(),
-            container_id: self.id.clone(),
+            container_id: self.guest_id.clone(),
             exec_id: exec.exec_id,
             process: exec.process,
             fds,
@@ -125,7 +139,7 @@ impl Shim {
     async fn start(&mut self) -> Answer<()> {
         self.status.check_start()?;
         let req = StartContainer {
-            container_id: self.id.clone(),
+            container_id: self.guest_id.clone(),
         };
         self.agent()?
             .call_within(req, self.config.runtime.boot())
@@ -139,7 +153,7 @@ impl Shim {
         self.status.check_kill()?;
         self.agent()?
             .call(SignalProcess {
-                process: ProcessRef::init(&self.id),
+                process: ProcessRef::init(&self.guest_id),
                 signal,
                 all,
             })
@@ -151,7 +165,7 @@ impl Shim {
     /// As under runc, a created container can be paused too; resuming it
     /// makes it created again.
     async fn pause(&mut self, freeze: bool) -> Answer<()> {
-        let container_id = self.id.clone();
+        let container_id = self.guest_id.clone();
         let to = if freeze {
             self.status.check_pause()?;
             self.agent()?.call(Pause { container_id }).await
@@ -171,7 +185,7 @@ impl Shim {
 
     async fn stats(&self) -> Answer<CgroupStats> {
         let req = Stats {
-            container_id: self.id.clone(),
+            container_id: self.guest_id.clone(),
         };
         self.agent()?
             .call(req)
@@ -182,7 +196,7 @@ impl Shim {
     async fn update(&mut self, u: control::Update) -> Answer<()> {
         let vm_memory_mib = self.grow_memory_for(&u.resources)?;
         let req = Update {
-            container_id: self.id.clone(),
+            container_id: self.guest_id.clone(),
             resources: u.resources.clone(),
             vm_memory_mib,
         };
@@ -230,7 +244,7 @@ impl Shim {
 
     async fn ps(&self) -> Answer<Processes> {
         let req = ListProcesses {
-            container_id: self.id.clone(),
+            container_id: self.guest_id.clone(),
         };
         let processes = self
             .agent()?

@@ -13,11 +13,18 @@ use crate::child::ExitWatch;
 use crate::error_chain;
 
 /// How the serve loop ended.
-enum End {
+pub(super) enum End {
     Exited(ExitStatus),
     VmLost(String),
     SessionLost(String),
+    /// Saved into a checkpoint image, and stopped (as CRIU's dump kills
+    /// the container under runc).
+    Checkpointed,
 }
+
+/// What the stand-in exits with after a checkpoint that stopped the
+/// container: its init was killed, as far as the caller can tell.
+const CHECKPOINTED_EXIT_CODE: i32 = 128 + libc::SIGKILL;
 
 /// Resolves when `watch` says the process ended, with how.
 async fn ended(watch: &mut ExitWatch) -> String {
@@ -45,7 +52,11 @@ impl Shim {
                         tokio::spawn(requests::read_request(stream, read_timeout, queue.clone()));
                     }
                 }
-                Some(incoming) = requests.recv() => self.handle_control(incoming).await,
+                Some(incoming) = requests.recv() => {
+                    if let Some(end) = self.handle_control(incoming, &mut exit).await {
+                        break end;
+                    }
+                }
                 Some(sig) = signals.recv() => self.forward(sig).await,
                 status = &mut exit => {
                     match status {
@@ -80,6 +91,10 @@ impl Shim {
                 error!(self.log, "container lost"; "reason" => why);
                 VM_LOST_EXIT_CODE
             }
+            End::Checkpointed => {
+                info!(self.log, "container checkpointed and stopped");
+                CHECKPOINTED_EXIT_CODE
+            }
             End::SessionLost(err) => {
                 let waited =
                     tokio::time::timeout(Duration::from_secs(2), ended(&mut vm_exit)).await;
@@ -110,7 +125,7 @@ impl Shim {
             return;
         };
         let req = SignalProcess {
-            process: ProcessRef::init(&self.id),
+            process: ProcessRef::init(&self.guest_id),
             signal: sig,
             all: false,
         };

@@ -65,7 +65,7 @@ impl Shim {
             return;
         };
         let req = ResizeTty {
-            process: ProcessRef::init(&self.id),
+            process: ProcessRef::init(&self.guest_id),
             rows,
             cols,
         };

@@ -79,12 +79,15 @@ pub fn root_ports(spec: &VmSpec) -> usize {
     at_boot + spec.hotplug_slots
 }
 
-/// Where guest RAM lives: the restore's copy, the spec's file, or a memfd.
+/// Where guest RAM lives: the restore's copy, the spec's file, or a memfd
+/// (also for a checkpoint's restore, whose memory is in its stream).
 pub fn memory_path(spec: &VmSpec) -> Option<&Path> {
-    match (&spec.restore, &spec.memory_file) {
-        (Some(r), _) => Some(&r.memory),
-        (None, Some(f)) => Some(f),
-        (None, None) => None,
+    match (
+        spec.restore.as_ref().and_then(|r| r.memory.as_deref()),
+        &spec.memory_file,
+    ) {
+        (Some(copy), _) => Some(copy),
+        (None, f) => f.as_deref(),
     }
 }
 
@@ -128,6 +131,16 @@ pub fn command_line(spec: &VmSpec, opts: &Options) -> Vec<String> {
                 path.display()
             ),
         ]),
+    }
+    // Memory a checkpointed VM had hotplugged, as QEMU's hotplug made it
+    // (hypervisor::Qemu::hotplug_memory): the same ids, shared memfds.
+    for (i, mib) in spec.dimms_mib.iter().enumerate() {
+        push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=dimm{i}-mem,size={mib}M,share=on"),
+            "-device",
+            &format!("pc-dimm,id=dimm{i},memdev=dimm{i}-mem"),
+        ]);
     }
     push(&[
         "-kernel",
@@ -326,6 +339,7 @@ mod tests {
             ],
             memory_file: None,
             restore: None,
+            dimms_mib: Vec::new(),
         }
     }
 
@@ -479,7 +493,7 @@ mod tests {
         s.hotplug_slots = 2;
         s.restore = Some(Restore {
             state: "/dev/shm/t/state".into(),
-            memory: "/dev/shm/x.mem".into(),
+            memory: Some("/dev/shm/x.mem".into()),
         });
         s.memory_file = Some("/dev/shm/x.mem".into());
         let a = command_line(&s, &opts(ResolvedAccel::Tcg));
@@ -510,7 +524,7 @@ mod tests {
         clone.memory_file = Some("/dev/shm/clone-c2-9.mem".into());
         clone.restore = Some(Restore {
             state: "/dev/shm/t/state".into(),
-            memory: "/dev/shm/clone-c2-9.mem".into(),
+            memory: Some("/dev/shm/clone-c2-9.mem".into()),
         });
         let o = opts(ResolvedAccel::Tcg);
         assert_eq!(layout(&template, &o), layout(&clone, &o));

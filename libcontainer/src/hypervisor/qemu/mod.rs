@@ -78,6 +78,10 @@ pub struct Qemu {
     /// Memory hotplugged so far: DIMMs, and MiB.
     dimms: u32,
     added_mib: u32,
+    /// What was hotplugged, in order, for the spec a checkpoint restores
+    /// into.
+    hotplugged: Vec<Device>,
+    hotplugged_dimms_mib: Vec<u32>,
     /// Launched by another process (see [`Hypervisor::adopt`]).
     adopted: bool,
     /// `jail_uid_base`, when QEMU runs jailed (`jail.rs`).
@@ -109,8 +113,10 @@ impl Qemu {
             shares,
             disks,
             nics,
-            dimms: 0,
-            added_mib: 0,
+            dimms: spec.dimms_mib.len() as u32,
+            added_mib: spec.dimms_mib.iter().sum(),
+            hotplugged: Vec::new(),
+            hotplugged_dimms_mib: Vec::new(),
             adopted: false,
             jail_uid_base: config.jail.then_some(config.jail_uid_base),
             console: None,
@@ -271,14 +277,41 @@ impl Qemu {
     }
 }
 
-fn ignore_shared(qmp: &mut Qmp) -> Result<(), HypervisorError> {
+/// Whether a migration leaves out the memory in files (a template's
+/// snapshot) or carries it all (a checkpoint).
+fn ignore_shared(qmp: &mut Qmp, on: bool) -> Result<(), HypervisorError> {
     qmp.execute(&MigrateSetCapabilities {
         capabilities: vec![MigrationCapability {
             capability: "x-ignore-shared",
-            state: true,
+            state: on,
         }],
     })?;
     Ok(())
+}
+
+/// Migrate the paused VM into `to`, a new file of mode 0600.
+fn migrate_to_file(qmp: &mut Qmp, to: &Path, what: &'static str) -> Result<(), HypervisorError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(|source| HypervisorError::Open {
+            path: to.to_path_buf(),
+            source,
+        })?;
+    qmp.execute_with_fd(
+        &GetFd {
+            fdname: MIGRATION_FD.into(),
+        },
+        file.as_fd(),
+    )?;
+    qmp.execute(&Migrate {
+        uri: format!("fd:{MIGRATION_FD}"),
+    })?;
+    wait_migration(qmp, what)
 }
 
 /// Poll `query-migrate` until the migration has completed or failed.
@@ -312,6 +345,26 @@ fn wait_migration(qmp: &mut Qmp, what: &'static str) -> Result<(), HypervisorErr
     }
 }
 
+/// What QEMU says of itself: the first line of `qemu --version`, e.g.
+/// "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)".
+pub fn describe(
+    binary: &Path,
+) -> Result<serde_json::Map<String, serde_json::Value>, HypervisorError> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|source| HypervisorError::Version {
+            backend: BACKEND,
+            version: "--version".into(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.lines().next().unwrap_or_default().trim().to_string();
+    let mut info = serde_json::Map::new();
+    info.insert("qemuVersion".into(), version.into());
+    Ok(info)
+}
+
 impl Hypervisor for Qemu {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -333,21 +386,7 @@ impl Hypervisor for Qemu {
     }
 
     fn describe(&self) -> Result<serde_json::Map<String, serde_json::Value>, HypervisorError> {
-        // The first line of `qemu --version`, e.g. "QEMU emulator version
-        // 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)".
-        let out = Command::new(&self.binary)
-            .arg("--version")
-            .output()
-            .map_err(|source| HypervisorError::Version {
-                backend: BACKEND,
-                version: "--version".into(),
-                source,
-            })?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let version = text.lines().next().unwrap_or_default().trim().to_string();
-        let mut info = serde_json::Map::new();
-        info.insert("qemuVersion".into(), version.into());
-        Ok(info)
+        describe(&self.binary)
     }
 
     fn layout(&self) -> String {
@@ -397,9 +436,9 @@ impl Hypervisor for Qemu {
                 source,
             }),
         };
-        if let Some(restore) = &self.spec.restore {
+        if let Some(copy) = self.spec.restore.as_ref().and_then(|r| r.memory.as_ref()) {
             // QEMU has it mapped now (or never will): the name can go.
-            let _ = fs::remove_file(&restore.memory);
+            let _ = fs::remove_file(copy);
         }
         if let Err(e) = connected {
             let Some(child) = &self.child else {
@@ -561,6 +600,7 @@ impl Hypervisor for Qemu {
                 })
             }
         }
+        self.hotplugged.push(device.clone());
         Ok(())
     }
 
@@ -594,6 +634,7 @@ impl Hypervisor for Qemu {
         })?;
         self.dimms += 1;
         self.added_mib += mib;
+        self.hotplugged_dimms_mib.push(mib);
         Ok(())
     }
 
@@ -606,28 +647,28 @@ impl Hypervisor for Qemu {
         }
         let qmp = self.qmp()?;
         // The memory stays in its file; only device state goes to the stream.
-        ignore_shared(qmp)?;
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(state)
-            .map_err(|source| HypervisorError::Open {
-                path: state.to_path_buf(),
-                source,
-            })?;
-        qmp.execute_with_fd(
-            &GetFd {
-                fdname: MIGRATION_FD.into(),
-            },
-            file.as_fd(),
-        )?;
-        qmp.execute(&Migrate {
-            uri: format!("fd:{MIGRATION_FD}"),
-        })?;
-        wait_migration(qmp, "saving the VM")
+        ignore_shared(qmp, true)?;
+        migrate_to_file(qmp, state, "saving the VM")
+    }
+
+    fn checkpoint(&mut self, image: &Path) -> Result<(), HypervisorError> {
+        let qmp = self.qmp()?;
+        // Everything, the memory too, whatever it lives in (a clone's
+        // file was set to be left out when it was restored). A zero page
+        // goes as a flag, not as 4 KiB.
+        ignore_shared(qmp, false)?;
+        migrate_to_file(qmp, image, "checkpointing the VM")
+    }
+
+    fn restorable(&self) -> VmSpec {
+        let mut spec = self.spec.clone();
+        spec.hotplug_slots = spec.hotplug_slots.saturating_sub(self.hotplugged.len());
+        spec.devices.extend(self.hotplugged.iter().cloned());
+        spec.dimms_mib
+            .extend(self.hotplugged_dimms_mib.iter().copied());
+        spec.restore = None;
+        spec.memory_file = None;
+        spec
     }
 
     fn restore(&mut self) -> Result<(), HypervisorError> {
@@ -642,7 +683,7 @@ impl Hypervisor for Qemu {
             source,
         })?;
         let qmp = self.qmp()?;
-        ignore_shared(qmp)?;
+        ignore_shared(qmp, restore.memory.is_some())?;
         qmp.execute_with_fd(
             &GetFd {
                 fdname: MIGRATION_FD.into(),

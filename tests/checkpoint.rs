@@ -1,0 +1,349 @@
+//! `checkpoint` and `restore`: a running container saved with its whole VM
+//! and brought back, with no CRIU (docs/checkpoint.md).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+/// Counts in a tmpfs of the container's, printing each number, after
+/// writing a file into its rootfs.
+fn counter() -> Bundle {
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "echo before > /in-rootfs; i=0; while :; do i=$((i+1)); echo $i > /tmp/n; echo tick $i; sleep 0.2; done",
+    ]);
+    b.edit(|c| {
+        c["root"]["readonly"] = false.into();
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "size=1m"]
+        }));
+    });
+    b
+}
+
+/// The numbers of the `tick N` lines of an output, in order.
+fn ticks(output: &str) -> Vec<u64> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.trim().parse().ok())
+        .collect()
+}
+
+fn exec(rv: &Runvm, id: &str, cmd: &str) -> String {
+    let out = rv.run(&["exec", id, "sh", "-c", cmd]);
+    assert!(out.status.success(), "exec {cmd}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn checkpoint(rv: &Runvm, id: &str, image: &Path, leave_running: bool) {
+    let mut args = vec!["checkpoint", "--image-path", image.to_str().unwrap()];
+    if leave_running {
+        args.push("--leave-running");
+    }
+    args.push(id);
+    let out = rv.run(&args);
+    assert!(out.status.success(), "checkpoint: {}", text(&out.stderr));
+}
+
+/// Start `b` under `id` and wait until it has counted to 3.
+fn counting<'a>(rv: &'a Runvm, id: &str, b: &Bundle) -> Container<'a> {
+    let (c, out) = rv.create(id, b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    let out = rv.run(&["start", id]);
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    wait_for_output(b, "out.txt", "tick 3\n", BOOT);
+    c
+}
+
+#[test]
+fn a_restored_container_counts_on_from_where_it_was_checkpointed() {
+    let rv = Runvm::new();
+    let b = counter();
+    let id = unique_id("ckpt-orig");
+    let mut c = counting(&rv, &id, &b);
+    let guest_pid = rv.raw_state(&id)["guestPid"].clone();
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, false);
+
+    // As under runc: the container is stopped, its stand-in gone with
+    // SIGKILL's code, and it can be deleted.
+    assert_eq!(rv.status(&id), "stopped");
+    assert_eq!(c.wait_shim(Duration::from_secs(30)), 137);
+    let before = ticks(&b.output("out.txt"));
+    let last = *before.last().expect("the original counted");
+    let out = rv.run(&["delete", &id]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    // The image holds the container's memory: only root reads it.
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&image), 0o700);
+    for f in ["vm.state", "runvm-checkpoint.json"] {
+        assert_eq!(mode(&image.join(f)), 0o600, "{f}");
+    }
+
+    let id2 = unique_id("ckpt-back");
+    let (_c2, out) = rv.restore(&id2, &b, &image);
+    assert!(out.status.success(), "restore: {}", b.output("err.txt"));
+    assert_eq!(rv.status(&id2), "running");
+    assert_eq!(rv.raw_state(&id2)["boot"], "checkpoint");
+    wait_for_output(&b, "out.txt", "tick", BOOT);
+    let first = ticks(&b.output("out.txt"))[0];
+    let want = last + 3;
+    wait_for_output(&b, "out.txt", &format!("tick {want}\n"), BOOT);
+    let after = ticks(&b.output("out.txt"));
+    // It went on from its saved count, not from 1: the first number is the
+    // next one, or one the original had printed as the checkpoint began.
+    assert!(
+        first > 1 && first <= last + 1,
+        "the original stopped at {last}, the restored one began at {first}"
+    );
+    let counted: Vec<u64> = after.iter().copied().skip_while(|n| *n < first).collect();
+    assert!(counted.windows(2).all(|w| w[1] == w[0] + 1), "{counted:?}");
+    // Its tmpfs, its rootfs and its pid are as they were.
+    let n: u64 = exec(&rv, &id2, "cat /tmp/n").trim().parse().unwrap();
+    assert!(n >= want, "/tmp/n is {n}");
+    assert_eq!(exec(&rv, &id2, "cat /in-rootfs"), "before\n");
+    assert_eq!(rv.raw_state(&id2)["guestPid"], guest_pid);
+    let ps = rv.run(&["ps", &id2]);
+    let pid = format!(" {} ", guest_pid);
+    assert!(
+        text(&ps.stdout)
+            .lines()
+            .any(|l| l.contains(&pid) && l.contains("while")),
+        "{}",
+        text(&ps.stdout)
+    );
+}
+
+#[test]
+fn leave_running_keeps_the_original_and_the_restored_copy_is_another_container() {
+    let rv = Runvm::new();
+    let b = counter();
+    let id = unique_id("ckpt-keep");
+    let _c = counting(&rv, &id, &b);
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, true);
+    assert_eq!(rv.status(&id), "running");
+    let last = *ticks(&b.output("out.txt")).last().unwrap();
+    // It goes on printing on the stdio it had.
+    wait_for_output(&b, "out.txt", &format!("tick {}\n", last + 3), BOOT);
+
+    // The copy, from another bundle with the same files.
+    let b2 = b.copy();
+    let id2 = unique_id("ckpt-copy");
+    let (_c2, out) = rv.restore(&id2, &b2, &image);
+    assert!(out.status.success(), "restore: {}", b2.output("err.txt"));
+    wait_for_output(&b2, "out.txt", "tick", BOOT);
+    assert!(ticks(&b2.output("out.txt"))[0] > 1);
+    exec(&rv, &id2, "touch /tmp/only-in-the-copy");
+    assert_eq!(exec(&rv, &id2, "ls /tmp"), "n\nonly-in-the-copy\n");
+    assert_eq!(exec(&rv, &id, "ls /tmp"), "n\n");
+    let out = rv.run(&["kill", &id2, "KILL"]);
+    assert!(out.status.success(), "kill: {}", text(&out.stderr));
+    rv.wait_status(&id2, "stopped", BOOT);
+    let now = *ticks(&b.output("out.txt")).last().unwrap();
+    wait_for_output(&b, "out.txt", &format!("tick {}\n", now + 2), BOOT);
+    assert_eq!(rv.status(&id), "running");
+}
+
+#[test]
+fn a_foreground_restore_relays_the_output_and_exits_with_the_containers_code() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 12 ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; exit 7",
+    ]);
+    let id = unique_id("ckpt-fg");
+    let (mut c, out) = rv.create(&id, &b);
+    assert!(out.status.success(), "create: {}", b.output("err.txt"));
+    assert!(rv.run(&["start", &id]).status.success());
+    wait_for_output(&b, "out.txt", "tick 2\n", BOOT);
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, false);
+    assert_eq!(c.wait_shim(Duration::from_secs(30)), 137);
+    let last = *ticks(&b.output("out.txt")).last().unwrap();
+    assert!(last < 12, "the original finished before its checkpoint");
+
+    let id2 = unique_id("ckpt-fg-back");
+    let _g = rv.guard(&id2, &b);
+    let out = rv
+        .cmd()
+        .args([
+            "restore",
+            "--image-path",
+            image.to_str().unwrap(),
+            "--bundle",
+        ])
+        .arg(b.path())
+        .arg(&id2)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    let after = ticks(&text(&out.stdout));
+    assert_eq!(after.last(), Some(&12), "{after:?}");
+    assert!(
+        after[0] > 1 && after[0] <= last + 1,
+        "{after:?} after {last}"
+    );
+    // As with run: the container is gone once it has stopped.
+    assert!(!rv.run(&["state", &id2]).status.success());
+}
+
+/// Restoring `image` under a new id fails with `message`, and nothing of
+/// that id is left.
+fn refused(rv: &Runvm, b: &Bundle, image: &Path, message: &str) {
+    let id = unique_id("ckpt-bad");
+    let out = rv.run(&[
+        "restore",
+        "--detach",
+        "--image-path",
+        image.to_str().unwrap(),
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(message), "wanted {message:?}: {err}");
+    assert_no_leaks(rv.root(), &id, b.path());
+}
+
+#[test]
+fn bad_images_and_checkpoints_of_containers_not_running_are_refused_leaving_nothing() {
+    let rv = Runvm::new();
+    let images = tempfile::tempdir().unwrap();
+
+    // A created container has not run: nothing is saved, no directory made.
+    let idle = Bundle::busybox(&["true"]);
+    let id = unique_id("ckpt-created");
+    let (_c, out) = rv.create(&id, &idle);
+    assert!(out.status.success(), "create: {}", idle.output("err.txt"));
+    let none = images.path().join("never");
+    let out = rv.run(&["checkpoint", "--image-path", none.to_str().unwrap(), &id]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("container not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!none.exists());
+
+    let b = counter();
+    let id = unique_id("ckpt-src");
+    let _c = counting(&rv, &id, &b);
+    // Not while an exec runs (its stand-in could not follow the VM); the
+    // image directory the checkpoint made goes again.
+    let mut exec = rv
+        .cmd()
+        .args(["exec", &id, "sh", "-c", "echo in-exec; read x; true"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(exec.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "in-exec\n");
+    let during = images.path().join("during-exec");
+    let out = rv.run(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        during.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("with an exec session running is not supported"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!during.exists());
+    // Its end ends the refusal.
+    drop(exec.stdin.take());
+    assert!(exec.wait().unwrap().success());
+    assert_eq!(rv.status(&id), "running");
+
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, true);
+    // A second checkpoint into the same image is refused; the first stays.
+    let out = rv.run(&["checkpoint", "--image-path", image.to_str().unwrap(), &id]);
+    assert!(
+        text(&out.stderr).contains("is not empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(rv.status(&id), "running");
+
+    // Restored over a copy: the original's bundle is in use.
+    let b = b.copy();
+    refused(
+        &rv,
+        &b,
+        &images.path().join("missing"),
+        "is not a runvm checkpoint image",
+    );
+    let variant = |name: &str, change: &dyn Fn(&Path)| {
+        let dir = images.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        for f in ["vm.state", "runvm-checkpoint.json"] {
+            fs::copy(image.join(f), dir.join(f)).unwrap();
+        }
+        change(&dir);
+        dir
+    };
+    let truncated = variant("truncated", &|d| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("vm.state"))
+            .unwrap();
+        f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    });
+    refused(&rv, &b, &truncated, "vm.state is damaged or truncated");
+    let flipped = variant("flipped", &|d| {
+        let mut data = fs::read(d.join("vm.state")).unwrap();
+        let at = data.len() / 2;
+        data[at] ^= 0xff;
+        fs::write(d.join("vm.state"), data).unwrap();
+    });
+    refused(&rv, &b, &flipped, "its sha256 is not the one saved");
+    let edit_meta = |d: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let path = d.join("runvm-checkpoint.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        f(&mut meta);
+        fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    };
+    let foreign = variant("foreign", &|d| {
+        edit_meta(d, &|m| m["runvmVersion"] = "0.0.1-elsewhere".into())
+    });
+    refused(&rv, &b, &foreign, "made by runvm 0.0.1-elsewhere");
+    let other_qemu = variant("other-qemu", &|d| {
+        edit_meta(d, &|m| {
+            m["vmmInfo"]["qemuVersion"] = "QEMU emulator version 7.2.0".into()
+        })
+    });
+    refused(&rv, &b, &other_qemu, "QEMU emulator version 7.2.0");
+    let other_kernel = variant("other-kernel", &|d| {
+        edit_meta(d, &|m| m["kernel"]["sha256"] = "0".repeat(64).into())
+    });
+    refused(&rv, &b, &other_kernel, "made by the guest kernel");
+    // The original never noticed.
+    assert_eq!(rv.status(&id), "running");
+}
