@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use common::netns::{VethPair, CONTAINER_IP};
 use common::*;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -346,4 +347,159 @@ fn bad_images_and_checkpoints_of_containers_not_running_are_refused_leaving_noth
     refused(&rv, &b, &other_kernel, "made by the guest kernel");
     // The original never noticed.
     assert_eq!(rv.status(&id), "running");
+}
+
+#[test]
+fn a_shell_on_a_terminal_is_restored_onto_the_new_console_socket_with_its_variables() {
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh"]);
+    b.edit(|c| c["process"]["terminal"] = true.into());
+    let id = unique_id("ckpt-tty");
+    let console = ConsoleReceiver::new();
+    let out = rv.run(&[
+        "create",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "--console-socket",
+        console.path.to_str().unwrap(),
+        &id,
+    ]);
+    let _g = rv.guard(&id, &b);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let master = console.master();
+    assert!(rv.run(&["start", &id]).status.success());
+    // A variable of the shell's, which only its memory holds.
+    nix::unistd::write(&master, b"secret=kept-in-memory; echo set-$((6*7))\n").unwrap();
+    read_until(&master, "set-42", BOOT);
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, false);
+    assert_eq!(rv.status(&id), "stopped");
+
+    let id2 = unique_id("ckpt-tty-back");
+    let console2 = ConsoleReceiver::new();
+    let out = rv.run(&[
+        "restore",
+        "--detach",
+        "--image-path",
+        image.to_str().unwrap(),
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "--console-socket",
+        console2.path.to_str().unwrap(),
+        &id2,
+    ]);
+    let _g2 = rv.guard(&id2, &b);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let master2 = console2.master();
+    nix::unistd::write(&master2, b"echo got-$secret; exit 5\n").unwrap();
+    read_until(&master2, "got-kept-in-memory", BOOT);
+    rv.wait_status(&id2, "stopped", BOOT);
+    assert_eq!(rv.raw_state(&id2)["exitCode"], 5);
+}
+
+/// A TCP connection from the peer's namespace to a server in the container
+/// lives through checkpoint and restore into the same network namespace:
+/// the same server process answers on it afterwards.
+#[test]
+fn an_established_tcp_connection_survives_checkpoint_and_restore() {
+    use std::io::{BufRead, BufReader, Write};
+    let net = VethPair::new(1500);
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "echo READY; exec nc -l -p 7780 -e sh -c 'echo pid:$$; while read l; do echo echo:$l; done'",
+    ]);
+    let path = net.container.path();
+    b.edit(move |c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(serde_json::json!({"type": "network", "path": path}));
+    });
+    let id = unique_id("ckpt-tcp");
+    let mut c = rv.run_detached(&id, &b);
+    wait_for_output(&b, "out.txt", "READY", BOOT);
+    // The client: connects (retrying until the server listens), prints
+    // what it gets, and sends each line it reads from its stdin.
+    let script = format!(
+        "import socket, sys, time\n\
+         deadline = time.time() + 60\n\
+         while True:\n    try:\n        s = socket.create_connection(('{CONTAINER_IP}', 7780), timeout=5); break\n\
+         \x20   except OSError:\n        if time.time() > deadline: raise\n        time.sleep(0.2)\n\
+         s.settimeout(120)\nf = s.makefile('rw')\nprint(f.readline().strip(), flush=True)\n\
+         for line in sys.stdin:\n    f.write(line); f.flush()\n    print(f.readline().strip(), flush=True)\n"
+    );
+    let mut client = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.peer.name, "python3", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to = client.stdin.take().unwrap();
+    let mut from = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut next = |from: &mut BufReader<_>| {
+        line.clear();
+        from.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    let pid = next(&mut from);
+    assert!(pid.starts_with("pid:"), "{pid}");
+    writeln!(to, "before").unwrap();
+    assert_eq!(next(&mut from), "echo:before");
+
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, false);
+    assert_eq!(c.wait_shim(Duration::from_secs(30)), 137);
+    // Its tap went with its VM.
+    assert!(!net.container.ip(&["-o", "link"]).contains("rvtap"));
+    let id2 = unique_id("ckpt-tcp-back");
+    let b2 = b.copy();
+    let (_c2, out) = rv.restore(&id2, &b2, &image);
+    assert!(out.status.success(), "restore: {}", b2.output("err.txt"));
+    assert_eq!(
+        rv.raw_state(&id2)["network"]["nics"][0]["mac"],
+        net.mac.as_str()
+    );
+    writeln!(to, "after").unwrap();
+    assert_eq!(next(&mut from), "echo:after");
+    drop(to);
+    let _ = client.wait();
+    drop(_c2);
+    drop(c);
+    assert_eq!(net.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn a_restore_into_a_namespace_without_the_interfaces_is_refused_leaving_nothing() {
+    let net = VethPair::new(1500);
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&["sh", "-c", "echo READY; sleep 1000"]);
+    let path = net.container.path();
+    b.edit(move |c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(serde_json::json!({"type": "network", "path": path}));
+    });
+    let id = unique_id("ckpt-nic");
+    let _c = rv.run_detached(&id, &b);
+    wait_for_output(&b, "out.txt", "READY", BOOT);
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, true);
+    // A copy whose spec asks for a new, empty network namespace.
+    let b2 = b.copy();
+    b2.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(serde_json::json!({"type": "network"}));
+    });
+    refused(
+        &rv,
+        &b2,
+        &image,
+        &format!("had an interface with MAC {}", net.mac),
+    );
 }

@@ -114,6 +114,10 @@ pub struct ImageMeta {
     /// included (name, directory and files are the restoring shim's).
     pub vm: VmSpec,
     pub vm_memory_mib: u32,
+    /// The interfaces the container's network had (the restore's
+    /// namespace must have them, with the same addresses).
+    #[serde(default)]
+    pub network: Vec<crate::network::NicRecord>,
     /// The stream's size and digest: a damaged image is refused before
     /// QEMU reads it.
     pub state: FileDigest,
@@ -345,6 +349,7 @@ mod tests {
             terminal: false,
             vm: spec(),
             vm_memory_mib: 256,
+            network: Vec::new(),
             state: FileDigest::of(&image.join(VM_STATE)).unwrap(),
         };
         meta.write(&image).unwrap();

@@ -19,6 +19,7 @@ use crate::checkpoint::{self, Current, FileDigest, ImageMeta};
 use crate::control::{self, ShimFailure, CONTROL_SOCKET};
 use crate::error_chain;
 use crate::hypervisor::{self, Device, NetBackend, Restore, CONSOLE_LOG};
+use crate::network::{self, Network, NicRecord};
 use crate::procinfo::ProcessIdentity;
 use crate::status::{ContainerStatus, Refusal};
 
@@ -68,7 +69,11 @@ impl Shim {
         }
         // An exec's stand-in is registered from the start of its process
         // to its end (its reply may still be on its way).
-        let execs = self.stand_ins.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let execs = self
+            .stand_ins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
         if execs > 0 {
             return Err(io_failure(
                 "a checkpoint of a container with an exec session running is not supported: wait for the exec to end",
@@ -85,21 +90,15 @@ impl Shim {
         let vm = self.vm.as_ref().ok_or(Refusal::NotRunning)?;
         vm.supports(hypervisor::Operation::Snapshot)
             .map_err(|e| io_failure(error_chain(&e)))?;
-        let spec = vm.restorable();
-        for device in &spec.devices {
-            match device {
-                Device::Disk(_) => {
-                    return Err(io_failure(
-                        "a checkpoint of a container whose files are a disk image (shared_fs = \"none\") is not supported: its copy is not kept",
-                    ))
-                }
-                Device::Net(n) if n.backend != NetBackend::User => {
-                    return Err(io_failure(
-                        "a checkpoint of a container with network interfaces is not supported yet",
-                    ))
-                }
-                _ => {}
-            }
+        if vm
+            .restorable()
+            .devices
+            .iter()
+            .any(|d| matches!(d, Device::Disk(_)))
+        {
+            return Err(io_failure(
+                "a checkpoint of a container whose files are a disk image (shared_fs = \"none\") is not supported: its copy is not kept",
+            ));
         }
         Ok(())
     }
@@ -178,6 +177,7 @@ impl Shim {
             terminal: self.terminal,
             vm: spec,
             vm_memory_mib: self.vm_memory_mib,
+            network: state.network.map(|r| r.nics).unwrap_or_default(),
             state: FileDigest::of(&stream).map_err(|e| fail(&e))?,
         };
         meta.write(image).map_err(|e| fail(&e))
@@ -216,6 +216,57 @@ impl Shim {
         }
     }
 
+    /// Put the checkpointed VM's NICs onto the taps of `now`'s interfaces,
+    /// by MAC; refuse an interface that is missing or whose addresses or
+    /// MTU changed, which the guest would not know of.
+    fn nics_onto(
+        &self,
+        devices: &mut [Device],
+        saved: &[NicRecord],
+        now: &Network,
+    ) -> Result<(), ShimError> {
+        let found = now.record().nics;
+        let macs = |nics: &[NicRecord]| {
+            nics.iter()
+                .map(|n| format!("{} ({})", n.mac, n.interface))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut used = 0;
+        for device in devices.iter_mut() {
+            let Device::Net(nic) = device else { continue };
+            let NetBackend::Tap { name } = &mut nic.backend else {
+                continue;
+            };
+            let Some(here) = found.iter().find(|n| n.mac == nic.mac) else {
+                return Err(ShimError::Restore(format!(
+                    "the checkpointed container had an interface with MAC {}; the restore's network namespace has {}: restore into a namespace with the same interfaces",
+                    nic.mac,
+                    if found.is_empty() { "none".to_string() } else { macs(&found) }
+                )));
+            };
+            if let Some(then) = saved.iter().find(|n| n.mac == nic.mac) {
+                if (&then.addresses, then.mtu) != (&here.addresses, here.mtu) {
+                    return Err(ShimError::Restore(format!(
+                        "interface {} had addresses [{}] and MTU {} when checkpointed; it has [{}] and MTU {} now, which the guest would not know of",
+                        here.interface,
+                        then.addresses.join(", "),
+                        then.mtu,
+                        here.addresses.join(", "),
+                        here.mtu
+                    )));
+                }
+            }
+            *name = here.tap.clone();
+            used += 1;
+        }
+        if used < found.len() {
+            warn!(self.log, "the restore's network namespace has interfaces the checkpointed container did not: the guest does not see them";
+                "interfaces" => macs(&found));
+        }
+        Ok(())
+    }
+
     /// `runvm restore`: the VM of the checkpoint in `image`, brought back
     /// over a new share of the bundle's files; the container runs on.
     pub(super) async fn restore_setup(&mut self, image: &Path) -> Result<(), ShimError> {
@@ -245,8 +296,15 @@ impl Shim {
                     .into(),
             ));
         }
-        let hv = self.config.vmm();
+        // The interfaces the caller put in the namespace (again) are those
+        // the guest had: the same MACs and addresses, new taps.
+        let network =
+            Network::discover(&self.net_mode, network::is_pod_sandbox(&bundle.spec)).await?;
         let mut spec = meta.vm.clone();
+        self.nics_onto(&mut spec.devices, &meta.network, &network)?;
+        self.record(|s| s.network = Some(network.record()))?;
+        self.network = Some(network);
+        let hv = self.config.vmm();
         spec.name = format!("runvm-{}", self.id);
         spec.dir = self.dir.clone();
         spec.kernel = crate::locate::kernel(hv).map_err(hypervisor::HypervisorError::from)?;
@@ -271,6 +329,7 @@ impl Shim {
         launched?;
         vm.restore()?;
         vm.resume()?;
+        self.network.as_mut().expect("set above").connect().await?;
         self.limit_host_cgroup()?;
         let local = self.init_stdio(bundle.terminal())?;
         let waiter = self.reattach(Some(local)).await?;
