@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 
+import bench_checkpoint
 import bench_net
 from bundles import make_bundle
 
@@ -372,6 +373,8 @@ def main():
                                  idle_bundle, a.idle, boots[name])
         waiting = pool_pss(os.path.join(tpl_dir, "template.pool"))
         network = None if a.no_network else bench_net.run(runvm, runtimes["runvm"][1], a.n)
+        # Each image is the VM's memory: a few rounds are enough.
+        checkpoints = bench_checkpoint.run(runvm, runtimes["runvm"][1], min(a.n, 3))
     finally:
         for d in list(roots.values()) + [bundle, idle_bundle, echo_bundle]:
             shutil.rmtree(d, ignore_errors=True)
@@ -439,12 +442,14 @@ def main():
         "waiting_pool_vm_pss_mib": waiting and {"pss": waiting[1],
                                                 "with_unmapped_memory_file": waiting[2]},
         "boots": taken,
+        "checkpoint": checkpoints[1],
     }
     with open(a.json, "w") as f:
         json.dump(figures, f, indent=2)
     print(f"figures written to {a.json}")
     if network:
         print(network)
+    print(checkpoints[0])
 
 
 if __name__ == "__main__":

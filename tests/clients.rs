@@ -596,4 +596,14 @@ fn podman_checkpoints_and_exports_a_container_in_a_vm() {
         text(&out.stderr)
     );
     assert_no_leaks_of(&p.runtime_root(), &id);
+    // An import of the exported tarball meets the same check.
+    assert!(p.podman(&["rm", "-f", &id]).status.success());
+    let out = p.podman(&["container", "restore", "--import", export.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("inventory.img"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_leaks_of(&p.runtime_root(), &id);
 }
