@@ -123,6 +123,37 @@ fn a_restored_container_counts_on_from_where_it_was_checkpointed() {
         "{}",
         text(&ps.stdout)
     );
+    // The same image once more: a second container, on its own.
+    let b3 = b.copy();
+    let id3 = unique_id("ckpt-again");
+    let (_c3, out) = rv.restore(&id3, &b3, &image);
+    assert!(out.status.success(), "restore: {}", b3.output("err.txt"));
+    wait_for_output(&b3, "out.txt", "tick", BOOT);
+    assert_eq!(ticks(&b3.output("out.txt"))[0], first);
+    exec(&rv, &id3, "touch /tmp/only-in-the-second");
+    assert_eq!(exec(&rv, &id2, "ls /tmp"), "n\n");
+}
+
+#[test]
+fn a_paused_container_is_restored_paused_and_resumes() {
+    let rv = Runvm::new();
+    let b = counter();
+    let id = unique_id("ckpt-paused");
+    let _c = counting(&rv, &id, &b);
+    assert!(rv.run(&["pause", &id]).status.success());
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, false);
+    let last = *ticks(&b.output("out.txt")).last().unwrap();
+    let b2 = b.copy();
+    let id2 = unique_id("ckpt-unpaused");
+    let (_c2, out) = rv.restore(&id2, &b2, &image);
+    assert!(out.status.success(), "restore: {}", b2.output("err.txt"));
+    assert_eq!(rv.status(&id2), "paused");
+    let out = rv.run(&["resume", &id2]);
+    assert!(out.status.success(), "resume: {}", text(&out.stderr));
+    assert_eq!(rv.status(&id2), "running");
+    wait_for_output(&b2, "out.txt", &format!("tick {}\n", last + 2), BOOT);
 }
 
 #[test]

@@ -110,6 +110,10 @@ pub struct ImageMeta {
     pub guest_pid: Option<i32>,
     pub rootfs: PathBuf,
     pub terminal: bool,
+    /// The container was paused (its cgroup in the guest frozen): it is
+    /// restored paused.
+    #[serde(default)]
+    pub paused: bool,
     /// The VM to restore into: its devices as they were, hotplugged ones
     /// included (name, directory and files are the restoring shim's).
     pub vm: VmSpec,
@@ -347,6 +351,7 @@ mod tests {
             guest_pid: Some(1),
             rootfs: "/b/rootfs".into(),
             terminal: false,
+            paused: false,
             vm: spec(),
             vm_memory_mib: 256,
             network: Vec::new(),

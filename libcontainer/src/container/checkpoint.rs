@@ -20,7 +20,10 @@ impl Runtime {
         leave_running: bool,
     ) -> Result<(), ContainerError> {
         let state = self.load(id)?;
-        if state.refreshed_status() != ContainerStatus::Running {
+        if !matches!(
+            state.refreshed_status(),
+            ContainerStatus::Running | ContainerStatus::Paused
+        ) {
             return Err(Refusal::NotRunning.into());
         }
         let image = absolute(image)?;

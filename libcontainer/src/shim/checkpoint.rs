@@ -64,7 +64,11 @@ impl Shim {
     }
 
     fn check_checkpointable(&self) -> Result<(), ShimFailure> {
-        if self.status != ContainerStatus::Running {
+        // A paused container is saved paused, as runc's is.
+        if !matches!(
+            self.status,
+            ContainerStatus::Running | ContainerStatus::Paused
+        ) {
             return Err(Refusal::NotRunning.into());
         }
         // An exec's stand-in is registered from the start of its process
@@ -175,6 +179,7 @@ impl Shim {
             guest_pid: state.guest_pid,
             rootfs: state.rootfs.clone(),
             terminal: self.terminal,
+            paused: self.status == ContainerStatus::Paused,
             vm: spec,
             vm_memory_mib: self.vm_memory_mib,
             network: state.network.map(|r| r.nics).unwrap_or_default(),
@@ -337,10 +342,16 @@ impl Shim {
         let listener =
             UnixListener::bind(self.sockets.path(CONTROL_SOCKET)).map_err(ShimError::Control)?;
         self.control = Some(listener);
-        self.status = ContainerStatus::Running;
-        let guest_pid = meta.guest_pid;
+        // Its cgroup in the guest is frozen still, if it was paused.
+        self.status = if meta.paused {
+            ContainerStatus::Paused
+        } else {
+            ContainerStatus::Running
+        };
+        self.paused_from = ContainerStatus::Running;
+        let (status, guest_pid) = (self.status, meta.guest_pid);
         self.record(|s| {
-            s.status = ContainerStatus::Running;
+            s.status = status;
             s.guest_pid = guest_pid;
         })?;
         if meta.rootfs != bundle.rootfs {
