@@ -534,3 +534,47 @@ fn a_restore_into_a_namespace_without_the_interfaces_is_refused_leaving_nothing(
         &format!("had an interface with MAC {}", net.mac),
     );
 }
+
+/// With --leave-running the container's stdin goes on too: what the caller
+/// writes after the checkpoint arrives, and so does its end.
+#[test]
+fn leave_running_keeps_relaying_stdin_to_its_end() {
+    use std::io::Write;
+    let rv = Runvm::new();
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "echo READY; while read l; do echo got:$l; done; echo eof",
+    ]);
+    let id = unique_id("ckpt-stdin");
+    let mut create = rv
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::piped())
+        .stdout(fs::File::create(b.path().join("out.txt")).unwrap())
+        .stderr(fs::File::create(b.path().join("err.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = create.stdin.take().unwrap();
+    assert!(
+        create.wait().unwrap().success(),
+        "create: {}",
+        b.output("err.txt")
+    );
+    let _g = rv.guard(&id, &b);
+    assert!(rv.run(&["start", &id]).status.success());
+    wait_for_output(&b, "out.txt", "READY\n", BOOT);
+    writeln!(stdin, "one").unwrap();
+    wait_for_output(&b, "out.txt", "got:one\n", BOOT);
+    let images = tempfile::tempdir().unwrap();
+    checkpoint(&rv, &id, &images.path().join("img"), true);
+    writeln!(stdin, "two").unwrap();
+    wait_for_output(&b, "out.txt", "got:two\n", BOOT);
+    drop(stdin);
+    wait_for_output(&b, "out.txt", "eof\n", BOOT);
+    rv.wait_status(&id, "stopped", BOOT);
+    assert_eq!(rv.raw_state(&id)["exitCode"], 0);
+    assert_eq!(b.output("out.txt"), "READY\ngot:one\ngot:two\neof\n");
+}

@@ -509,7 +509,12 @@ impl Shim {
     ) -> Result<super::ExitWaiter, ShimError> {
         let agent = self.agent.clone().expect("the agent is connected");
         let process = ProcessRef::init(&self.guest_id);
-        self.outputs = stdio::attach(&agent, &process, local)
+        // The first one is kept: a later session relays the same stdin.
+        let stdin = self
+            .host_stdin
+            .get_or_insert_with(|| stdio::shared_stdin(local.stdin))
+            .clone();
+        self.outputs = stdio::attach_with(&agent, &process, local.stdout, local.stderr, stdin)
             .await
             .map_err(ShimError::Agent)?;
         self.push_window_size().await;

@@ -363,6 +363,9 @@ struct Shim {
     share_source: runvm_protocol::ShareSource,
     agent: Option<Arc<AgentClient>>,
     outputs: Vec<JoinHandle<()>>,
+    /// The init's stdin on the host, once attached (kept for the sessions
+    /// after a checkpoint).
+    host_stdin: Option<stdio::SharedStdin>,
     exit: Option<ExitWaiter>,
     control: Option<UnixListener>,
     console_socket: Option<PathBuf>,
@@ -413,6 +416,7 @@ impl Shim {
             share_source: Default::default(),
             agent: None,
             outputs: Vec::new(),
+            host_stdin: None,
             exit: None,
             control: None,
             console_socket: args.console_socket.clone(),

@@ -35,6 +35,26 @@ impl Local {
 /// Tasks copying the process's output; they end when the guest closes it.
 pub type Outputs = Vec<JoinHandle<()>>;
 
+/// The host side of a process's stdin, kept across agent sessions: after a
+/// checkpoint with `--leave-running` the container's stdin is relayed on a
+/// new session, and a read that was under way when the old one ended, or
+/// its end of file, is passed on by the next relay.
+pub struct HostStdin {
+    file: tokio::fs::File,
+    unsent: Vec<u8>,
+    eof: bool,
+}
+
+pub type SharedStdin = Arc<tokio::sync::Mutex<HostStdin>>;
+
+pub fn shared_stdin(fd: OwnedFd) -> SharedStdin {
+    Arc::new(tokio::sync::Mutex::new(HostStdin {
+        file: file(fd),
+        unsent: Vec::new(),
+        eof: false,
+    }))
+}
+
 /// Open the process's stdio streams and start relaying. The host descriptors
 /// may be shared with other processes (a caller's terminal), so they are used
 /// in blocking mode, on tokio's blocking threads, never made non-blocking.
@@ -43,17 +63,29 @@ pub async fn attach(
     process: &ProcessRef,
     local: Local,
 ) -> Result<Outputs> {
-    let stdout = agent.open(&StreamKind::Stdout(process.clone())).await?;
-    let stderr = agent.open(&StreamKind::Stderr(process.clone())).await?;
-    let stdin = agent.open(&StreamKind::Stdin(process.clone())).await?;
-    let mut tasks = vec![tokio::spawn(copy_out(stdout, file(local.stdout)))];
-    match local.stderr {
-        Some(fd) => tasks.push(tokio::spawn(copy_out(stderr, file(fd)))),
-        None => drop(stderr),
+    let stdin = shared_stdin(local.stdin);
+    attach_with(agent, process, local.stdout, local.stderr, stdin).await
+}
+
+/// [`attach`], with stdin from a [`SharedStdin`] that outlives the session.
+pub async fn attach_with(
+    agent: &Arc<AgentClient>,
+    process: &ProcessRef,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    stdin: SharedStdin,
+) -> Result<Outputs> {
+    let out = agent.open(&StreamKind::Stdout(process.clone())).await?;
+    let err = agent.open(&StreamKind::Stderr(process.clone())).await?;
+    let into = agent.open(&StreamKind::Stdin(process.clone())).await?;
+    let mut tasks = vec![tokio::spawn(copy_out(out, file(stdout)))];
+    match stderr {
+        Some(fd) => tasks.push(tokio::spawn(copy_out(err, file(fd)))),
+        None => drop(err),
     }
     // A read of stdin may never return (a terminal that stays open); nobody
     // waits for this task.
-    tokio::spawn(copy_in(file(local.stdin), stdin));
+    tokio::spawn(copy_in(stdin, into));
     Ok(tasks)
 }
 
@@ -66,8 +98,32 @@ async fn copy_out<W: AsyncWrite + Unpin>(mut from: StreamHandle, mut to: W) {
     let _ = to.flush().await;
 }
 
-async fn copy_in(mut from: tokio::fs::File, mut to: StreamHandle) {
-    let _ = tokio::io::copy(&mut from, &mut to).await;
+/// Relay stdin until its end of file, which the process then sees, or
+/// until the stream fails (its session ended): what was read then waits in
+/// `from` for the next relay. The lock is held across the read, so the next
+/// relay starts once this one has given up.
+async fn copy_in(from: SharedStdin, mut to: StreamHandle) {
+    use tokio::io::AsyncReadExt;
+    let mut from = from.lock().await;
+    if !from.unsent.is_empty() {
+        let bytes = std::mem::take(&mut from.unsent);
+        if to.write_all(&bytes).await.is_err() {
+            from.unsent = bytes;
+            return;
+        }
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    while !from.eof {
+        match from.file.read(&mut buf).await {
+            Ok(n) if n > 0 => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    from.unsent.extend_from_slice(&buf[..n]);
+                    return;
+                }
+            }
+            _ => from.eof = true,
+        }
+    }
     // EOF on our side: the process sees EOF on its stdin.
     let _ = to.shutdown().await;
 }
