@@ -442,12 +442,7 @@ fn an_established_tcp_connection_survives_checkpoint_and_restore() {
         "-c",
         "echo READY; exec nc -l -p 7780 -e sh -c 'echo pid:$$; while read l; do echo echo:$l; done'",
     ]);
-    let path = net.container.path();
-    b.edit(move |c| {
-        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
-        ns.retain(|n| n["type"] != "network");
-        ns.push(serde_json::json!({"type": "network", "path": path}));
-    });
+    b.join_netns(&net.container.path());
     let id = unique_id("ckpt-tcp");
     let mut c = rv.run_detached(&id, &b);
     wait_for_output(&b, "out.txt", "READY", BOOT);
@@ -508,12 +503,7 @@ fn a_restore_into_a_namespace_without_the_interfaces_is_refused_leaving_nothing(
     let net = VethPair::new(1500);
     let rv = Runvm::new();
     let b = Bundle::busybox(&["sh", "-c", "echo READY; sleep 1000"]);
-    let path = net.container.path();
-    b.edit(move |c| {
-        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
-        ns.retain(|n| n["type"] != "network");
-        ns.push(serde_json::json!({"type": "network", "path": path}));
-    });
+    b.join_netns(&net.container.path());
     let id = unique_id("ckpt-nic");
     let _c = rv.run_detached(&id, &b);
     wait_for_output(&b, "out.txt", "READY", BOOT);

@@ -11,15 +11,6 @@ use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(120);
 
-fn join_netns(b: &Bundle, path: &str) {
-    let path = path.to_string();
-    b.edit(move |c| {
-        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
-        ns.retain(|n| n["type"] != "network");
-        ns.push(json!({"type": "network", "path": path}));
-    });
-}
-
 /// Connect from `from` to `ip:port`, send a line, return the reply; retried
 /// until the server listens (it prints its marker just before it does).
 fn tcp_echo(from: &Netns, ip: &str, port: u16, line: &str) -> String {
@@ -83,7 +74,7 @@ fn a_container_gets_the_interfaces_of_its_network_namespace() {
         "ip -o link; ip -o addr; ip route; cat /sys/class/net/eth0/mtu; echo READY; \
          exec nc -l -p 7777 -e sh -c 'read l; echo echo:$l'",
     ]);
-    join_netns(&b, &net.container.path());
+    b.join_netns(&net.container.path());
     let id = unique_id("net");
     let c = rv.run_detached(&id, &b);
     wait_for_output(&b, "out.txt", "READY", BOOT);
@@ -143,7 +134,7 @@ fn debians_kernel_as_the_configured_kernel_runs_a_container_with_its_nic() {
         "-c",
         "uname -r; ip -o addr show eth0; echo READY; exec nc -l -p 7777 -e sh -c 'read l; echo echo:$l'",
     ]);
-    join_netns(&b, &net.container.path());
+    b.join_netns(&net.container.path());
     let id = unique_id("debkernel");
     let c = rv.run_detached(&id, &b);
     wait_for_output(&b, "out.txt", "READY", BOOT);
@@ -169,7 +160,7 @@ fn in_a_pod_the_sandbox_holds_the_namespace_and_one_container_gets_its_interface
     let net = VethPair::new(1500);
     let rv = Runvm::new();
     let pod = |b: &Bundle, kind: &str| {
-        join_netns(b, &net.container.path());
+        b.join_netns(&net.container.path());
         let kind = kind.to_string();
         b.edit(move |c| {
             c["annotations"] = json!({"io.kubernetes.cri.container-type": kind});
@@ -239,7 +230,7 @@ fn a_namespace_with_only_loopback_gives_loopback_only() {
     let ns = Netns::new();
     let rv = Runvm::new();
     let b = Bundle::busybox(&["sh", "-c", "ip -o link"]);
-    join_netns(&b, &ns.path());
+    b.join_netns(&ns.path());
     let id = unique_id("netlo");
     let _g = rv.guard(&id, &b);
     let out = rv.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
@@ -257,7 +248,7 @@ fn a_namespace_with_only_loopback_gives_loopback_only() {
 fn a_network_namespace_path_that_does_not_exist_fails_create_cleanly() {
     let rv = Runvm::new();
     let b = Bundle::busybox(&["true"]);
-    join_netns(&b, "/run/netns/runvm-test-no-such-netns");
+    b.join_netns("/run/netns/runvm-test-no-such-netns");
     let id = unique_id("netmissing");
     let (c, out) = rv.create(&id, &b);
     assert!(!out.status.success());
@@ -274,7 +265,7 @@ fn a_path_that_is_not_a_network_namespace_fails_create_cleanly() {
     let rv = Runvm::new();
     let b = Bundle::busybox(&["true"]);
     let not_ns = b.path().join("config.json");
-    join_netns(&b, not_ns.to_str().unwrap());
+    b.join_netns(not_ns.to_str().unwrap());
     let id = unique_id("netnotns");
     let (c, out) = rv.create(&id, &b);
     assert!(!out.status.success());
@@ -320,7 +311,7 @@ fn host_network(by_path: bool) {
     // interfaces are never the VM's.
     let host_ns = format!("/proc/{}/ns/net", std::process::id());
     if by_path {
-        join_netns(&b, &host_ns);
+        b.join_netns(&host_ns);
     } else {
         b.edit(|c| {
             c["linux"]["namespaces"]

@@ -94,14 +94,9 @@ fn digest(mut from: impl Read) -> io::Result<(u64, String)> {
 pub struct ImageMeta {
     pub format: u32,
     pub created: DateTime<Utc>,
-    pub runvm_version: String,
-    pub agent_protocol: u32,
-    /// The hypervisor backend ("qemu") and what it says of itself
-    /// (`qemuVersion`).
-    pub backend: String,
-    pub vmm_info: serde_json::Map<String, serde_json::Value>,
-    pub kernel: FileDigest,
-    pub initrd: FileDigest,
+    /// What the host that made it ran.
+    #[serde(flatten)]
+    pub made_with: Current,
     /// The container as it was checkpointed: its id (which the guest knows
     /// it by), its init's pid in the guest, its files, whether it has a
     /// terminal.
@@ -208,6 +203,7 @@ impl ImageMeta {
     /// protocol, hypervisor, guest kernel and initramfs, and a stream that
     /// is whole. `now` is what this host would write into an image.
     pub fn check_restorable(&self, dir: &Path, now: &Current) -> Result<(), CheckpointError> {
+        let made = &self.made_with;
         let differs = |what, then: &dyn ToString, now: &dyn ToString| {
             Err(CheckpointError::Differs {
                 what,
@@ -215,33 +211,33 @@ impl ImageMeta {
                 now: now.to_string(),
             })
         };
-        if self.runvm_version != now.runvm_version {
-            return differs("runvm", &self.runvm_version, &now.runvm_version);
+        if made.runvm_version != now.runvm_version {
+            return differs("runvm", &made.runvm_version, &now.runvm_version);
         }
-        if self.agent_protocol != now.agent_protocol {
-            return differs("agent protocol", &self.agent_protocol, &now.agent_protocol);
+        if made.agent_protocol != now.agent_protocol {
+            return differs("agent protocol", &made.agent_protocol, &now.agent_protocol);
         }
-        if self.backend != now.backend {
-            return differs("the hypervisor", &self.backend, &now.backend);
+        if made.backend != now.backend {
+            return differs("the hypervisor", &made.backend, &now.backend);
         }
         let version = |m: &serde_json::Map<String, serde_json::Value>| {
             serde_json::Value::Object(m.clone()).to_string()
         };
-        if self.vmm_info != now.vmm_info {
+        if made.vmm_info != now.vmm_info {
             return differs(
                 "the hypervisor",
-                &version(&self.vmm_info),
+                &version(&made.vmm_info),
                 &version(&now.vmm_info),
             );
         }
         let file = |d: &FileDigest| format!("{} (sha256 {})", d.path.display(), d.sha256);
-        if (self.kernel.size, &self.kernel.sha256) != (now.kernel.size, &now.kernel.sha256) {
-            return differs("the guest kernel", &file(&self.kernel), &file(&now.kernel));
+        if (made.kernel.size, &made.kernel.sha256) != (now.kernel.size, &now.kernel.sha256) {
+            return differs("the guest kernel", &file(&made.kernel), &file(&now.kernel));
         }
-        if (self.initrd.size, &self.initrd.sha256) != (now.initrd.size, &now.initrd.sha256) {
+        if (made.initrd.size, &made.initrd.sha256) != (now.initrd.size, &now.initrd.sha256) {
             return differs(
                 "the guest initramfs",
-                &file(&self.initrd),
+                &file(&made.initrd),
                 &file(&now.initrd),
             );
         }
@@ -272,8 +268,11 @@ impl ImageMeta {
     }
 }
 
-/// What this host runs, as an image records it.
-#[derive(Debug, Clone, PartialEq)]
+/// What a host runs, as an image records it: runvm and its agent
+/// protocol, the hypervisor backend ("qemu") and what it says of itself
+/// (`qemuVersion`), the guest kernel and initramfs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct Current {
     pub runvm_version: String,
     pub agent_protocol: u32,
@@ -340,12 +339,7 @@ mod tests {
         let meta = ImageMeta {
             format: IMAGE_FORMAT,
             created: Utc::now(),
-            runvm_version: now.runvm_version.clone(),
-            agent_protocol: now.agent_protocol,
-            backend: now.backend.clone(),
-            vmm_info: now.vmm_info.clone(),
-            kernel: now.kernel.clone(),
-            initrd: now.initrd.clone(),
+            made_with: now.clone(),
             id: "c1".into(),
             guest_id: "c1".into(),
             guest_pid: Some(1),

@@ -112,6 +112,16 @@ impl Bundle {
         self.dir.path()
     }
 
+    /// Join the network namespace at `path` instead of a new one.
+    pub fn join_netns(&self, path: &str) {
+        let path = path.to_string();
+        self.edit(move |c| {
+            let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.retain(|n| n["type"] != "network");
+            ns.push(serde_json::json!({"type": "network", "path": path}));
+        });
+    }
+
     /// Another bundle with the same config.json and a copy of the rootfs
     /// (busybox and what the container wrote there).
     pub fn copy(&self) -> Bundle {

@@ -54,8 +54,9 @@ impl Shim {
         msg
     }
 
-    /// The state and the bundle (the spec as `create` saved it), with the
-    /// shim in the container's directory: QEMU and virtiofsd inherit it as
+    /// The state and the bundle (the spec as `create` saved it), and the
+    /// host cgroup's record and limits, with the shim in the container's
+    /// directory: QEMU and virtiofsd inherit it as
     /// their working directory and name their sockets relative to it.
     pub(super) fn load_bundle(&mut self) -> Result<(crate::state::State, Bundle), ShimError> {
         std::env::set_current_dir(&self.dir).map_err(|source| ShimError::Dir {
@@ -69,6 +70,15 @@ impl Shim {
             source,
         })?;
         let bundle = Bundle::from_slice(&state.bundle, &spec_path, &data)?;
+        // The container's host cgroup and the limits it follows.
+        self.host_cgroup = state.host_cgroup.clone();
+        self.container_limits = crate::host_cgroup::Limits::of(
+            bundle
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref()),
+        );
         Ok((state, bundle))
     }
 
@@ -100,14 +110,6 @@ impl Shim {
     pub(super) async fn setup(&mut self) -> Result<(), ShimError> {
         let t0 = Instant::now();
         let (state, bundle) = self.load_bundle()?;
-        self.host_cgroup = state.host_cgroup.clone();
-        self.container_limits = crate::host_cgroup::Limits::of(
-            bundle
-                .spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.resources().as_ref()),
-        );
         // The caller's set-up (Docker configures the network namespace in
         // a prestart hook), with the shim, whose pid the hooks get, in the
         // container's network namespace.

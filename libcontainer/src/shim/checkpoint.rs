@@ -168,12 +168,7 @@ impl Shim {
         let meta = ImageMeta {
             format: checkpoint::IMAGE_FORMAT,
             created: chrono::Utc::now(),
-            runvm_version: now.runvm_version,
-            agent_protocol: now.agent_protocol,
-            backend: now.backend,
-            vmm_info: now.vmm_info,
-            kernel: now.kernel,
-            initrd: now.initrd,
+            made_with: now,
             id: self.id.clone(),
             guest_id: self.guest_id.clone(),
             guest_pid: state.guest_pid,
@@ -277,14 +272,6 @@ impl Shim {
     pub(super) async fn restore_setup(&mut self, image: &Path) -> Result<(), ShimError> {
         let t0 = Instant::now();
         let (state, bundle) = self.load_bundle()?;
-        self.host_cgroup = state.host_cgroup.clone();
-        self.container_limits = crate::host_cgroup::Limits::of(
-            bundle
-                .spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.resources().as_ref()),
-        );
         self.run_create_hooks(&state, &bundle)?;
         let annotations = bundle.spec.annotations().clone().unwrap_or_default();
         self.config = crate::overrides::apply(&self.config, &annotations, crate::sizing::host())?.0;
