@@ -64,31 +64,35 @@ impl Proc {
         }
     }
 
-    /// Take back an end of stdio that [`take`](Self::take) handed out, from
-    /// a relay whose session ended (a checkpoint), so that the next
-    /// session's relay gets it.
-    pub fn give_back(&self, which: Stdio3, fd: OwnedFd) {
-        let put = |m: &Mutex<Option<OwnedFd>>| {
-            *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
-        };
+    /// The slot of a pipe end, when the process's stdio is pipes.
+    fn pipe(&self, which: Stdio3) -> Option<&Mutex<Option<OwnedFd>>> {
         match &self.stdio {
             ProcStdio::Pipes {
                 stdin,
                 stdout,
                 stderr,
-            } => match which {
-                Stdio3::Stdin => put(stdin),
-                Stdio3::Stdout => put(stdout),
-                Stdio3::Stderr => put(stderr),
-            },
+            } => Some(match which {
+                Stdio3::Stdin => stdin,
+                Stdio3::Stdout => stdout,
+                Stdio3::Stderr => stderr,
+            }),
+            ProcStdio::Tty { .. } => None,
+        }
+    }
+
+    /// Take back an end of stdio that [`take`](Self::take) handed out, from
+    /// a relay whose session ended (a checkpoint), so that the next
+    /// session's relay gets it.
+    pub fn give_back(&self, which: Stdio3, fd: OwnedFd) {
+        if let Some(slot) = self.pipe(which) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+        } else if let ProcStdio::Tty { taken, .. } = &self.stdio {
             // The relay had a duplicate of the master: it may go.
-            ProcStdio::Tty { taken, .. } => {
-                let mut taken = taken.lock().unwrap_or_else(|e| e.into_inner());
-                match which {
-                    Stdio3::Stdin => taken.0 = false,
-                    Stdio3::Stdout => taken.1 = false,
-                    Stdio3::Stderr => {}
-                }
+            let mut taken = taken.lock().unwrap_or_else(|e| e.into_inner());
+            match which {
+                Stdio3::Stdin => taken.0 = false,
+                Stdio3::Stdout => taken.1 = false,
+                Stdio3::Stderr => {}
             }
         }
     }
@@ -120,17 +124,11 @@ impl Proc {
     /// Hand out one end of the process's stdio, once. A terminal has no
     /// stderr of its own.
     pub fn take(&self, which: Stdio3) -> Option<OwnedFd> {
-        let lock = |m: &Mutex<Option<OwnedFd>>| m.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(slot) = self.pipe(which) {
+            return slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
         match &self.stdio {
-            ProcStdio::Pipes {
-                stdin,
-                stdout,
-                stderr,
-            } => match which {
-                Stdio3::Stdin => lock(stdin),
-                Stdio3::Stdout => lock(stdout),
-                Stdio3::Stderr => lock(stderr),
-            },
+            ProcStdio::Pipes { .. } => None,
             ProcStdio::Tty { master, taken } => {
                 let mut taken = taken.lock().unwrap_or_else(|e| e.into_inner());
                 let slot = match which {
