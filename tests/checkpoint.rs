@@ -568,3 +568,33 @@ fn leave_running_keeps_relaying_stdin_to_its_end() {
     assert_eq!(rv.raw_state(&id)["exitCode"], 0);
     assert_eq!(b.output("out.txt"), "READY\ngot:one\ngot:two\neof\n");
 }
+
+/// A container larger than the template: its clone got memory hotplugged
+/// at create (a DIMM), which its restored VM has at boot; and it can grow
+/// once more after the restore.
+#[test]
+fn a_grown_vm_is_restored_with_its_memory_and_grows_again() {
+    let rv = Runvm::new();
+    let b = counter();
+    b.edit(|c| c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 512u64 << 20}));
+    let id = unique_id("ckpt-grown");
+    let _c = counting(&rv, &id, &b);
+    let mem = |id: &str| exec(&rv, id, "head -n1 /proc/meminfo");
+    let before = mem(&id);
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    checkpoint(&rv, &id, &image, false);
+    let b2 = b.copy();
+    let id2 = unique_id("ckpt-regrown");
+    let (_c2, out) = rv.restore(&id2, &b2, &image);
+    assert!(out.status.success(), "restore: {}", b2.output("err.txt"));
+    assert_eq!(mem(&id2), before);
+    let out = rv.run(&["update", "--memory", &(900u64 << 20).to_string(), &id2]);
+    assert!(out.status.success(), "update: {}", text(&out.stderr));
+    let kib = |line: String| -> u64 { line.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    assert!(
+        kib(mem(&id2)) > kib(before.clone()),
+        "{} after {before}",
+        mem(&id2)
+    );
+}
