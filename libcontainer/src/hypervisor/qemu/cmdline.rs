@@ -487,6 +487,44 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_restores_into_memfd_memory_with_its_dimms_at_boot() {
+        let mut s = spec();
+        s.memory_slots = 4;
+        s.max_memory_mib = 2048;
+        s.dimms_mib = vec![384, 128];
+        s.restore = Some(Restore {
+            state: "/img/vm.state".into(),
+            memory: None,
+        });
+        let a = command_line(&s, &opts(ResolvedAccel::Tcg));
+        assert!(has_pair(
+            &a,
+            "-object",
+            "memory-backend-memfd,id=mem,size=256M,share=on"
+        ));
+        for (i, mib) in [(0, 384), (1, 128)] {
+            assert!(has_pair(
+                &a,
+                "-object",
+                &format!("memory-backend-memfd,id=dimm{i}-mem,size={mib}M,share=on")
+            ));
+            assert!(has_pair(
+                &a,
+                "-device",
+                &format!("pc-dimm,id=dimm{i},memdev=dimm{i}-mem")
+            ));
+        }
+        assert!(has_pair(&a, "-m", "256M,slots=4,maxmem=2048M"));
+        assert!(has_pair(&a, "-incoming", "defer"));
+        // The share the checkpointed VM had is at boot, on the first port.
+        assert!(has_pair(
+            &a,
+            "-device",
+            "vhost-user-fs-pci,id=fs0-dev,chardev=fs0,tag=share,bus=rp0"
+        ));
+    }
+
+    #[test]
     fn a_clone_waits_for_its_state_over_file_memory() {
         let mut s = spec();
         s.devices.truncate(1);
