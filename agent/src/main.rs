@@ -1,8 +1,8 @@
 //! runvm's guest agent.
 //!
-//! The kernel starts it as `/init` from the initramfs. As PID 1 it moves the
-//! initramfs onto a tmpfs (so containers can `pivot_root`), mounts the pseudo
-//! filesystems, finds its virtio-serial port and serves the host's requests:
+//! The kernel starts it as `/init` from the initramfs. As PID 1 it moves a
+//! bind mount of the initramfs over `/` (so containers can `pivot_root`),
+//! mounts the pseudo filesystems, finds its virtio-serial port and serves the host's requests:
 //! creating the container from its OCI spec (through youki's container
 //! library, run in a short-lived helper process), relaying stdio, forwarding
 //! signals and reporting exit statuses.
@@ -57,8 +57,8 @@ fn main() -> ExitCode {
 
 fn run_init(stage2: bool) -> anyhow::Result<()> {
     if !stage2 {
-        // Does not return on success: execs this binary again from the tmpfs.
-        init::move_root_to_tmpfs()?;
+        // Does not return on success: execs this binary again from the new root.
+        init::leave_initramfs()?;
     }
     init::mount_system()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
