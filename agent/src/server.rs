@@ -28,7 +28,7 @@ pub async fn serve() -> Result<()> {
         }
     });
     // Loopback is every container's, whatever else its network has.
-    if let Err(e) = crate::network::loopback_up().await {
+    if let Err(e) = crate::network::loopback_up() {
         eprintln!("runvm-agent: {e}");
     }
     let path = fdio::find_port(AGENT_PORT_NAME).await?;
