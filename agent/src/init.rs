@@ -14,10 +14,10 @@ const NEW_ROOT: &str = "/newroot";
 /// pivot_root(2) cannot move away from the initramfs (it is the root of the
 /// mount tree, with no parent), and youki needs pivot_root for a proper
 /// container root. Initramfs inits usually copy the files onto a new tmpfs;
-/// under TCG copying this 13 MB image took about 0.1 s of every cold boot. A bind
-/// mount of the initramfs moved over `/` is enough: it is a mount with a
-/// parent (the initramfs itself), so pivot_root works below it, and no byte
-/// is copied. Then exec ourselves again from the new root.
+/// under TCG copying this 13 MB image took about 0.1 s of every cold boot.
+/// A bind mount of the initramfs moved over `/` is enough: it is a mount
+/// with a parent (the initramfs itself), so pivot_root works below it, and
+/// no byte is copied. Then exec ourselves again from the new root.
 pub fn leave_initramfs() -> Result<()> {
     fs::create_dir_all(NEW_ROOT).context("create /newroot")?;
     mount(

@@ -2,10 +2,10 @@
 //!
 //! The kernel starts it as `/init` from the initramfs. As PID 1 it moves a
 //! bind mount of the initramfs over `/` (so containers can `pivot_root`),
-//! mounts the pseudo filesystems, finds its virtio-serial port and serves the host's requests:
-//! creating the container from its OCI spec (through youki's container
-//! library, run in a short-lived helper process), relaying stdio, forwarding
-//! signals and reporting exit statuses.
+//! mounts the pseudo filesystems, finds its virtio-serial port and serves
+//! the host's requests: creating the container from its OCI spec (through
+//! youki's container library, run in a short-lived helper process),
+//! relaying stdio, forwarding signals and reporting exit statuses.
 //!
 //! The same binary is that helper: `runvm-agent __youki <verb> ...`.
 

@@ -73,7 +73,8 @@ fn has_mac(link: &LinkMessage, mac: &[u8]) -> bool {
 
 /// Bring `lo` up (the kernel leaves it down). Two ioctls rather than
 /// rtnetlink: a VM without NICs never needs the netlink code otherwise, and
-/// under TCG its first run cost 40-60 ms of every cold boot.
+/// under TCG its first run was the largest step of the agent's start
+/// (about 20 ms of a cold create end to end, docs/performance.md).
 pub fn loopback_up() -> AgentResult<()> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsRawFd;
