@@ -396,6 +396,12 @@ mod tests {
         args.windows(2).any(|w| w[0] == flag && w[1] == value)
     }
 
+    /// The guest kernel's command line (`-append`'s value).
+    fn append(args: &[String]) -> &str {
+        let i = args.iter().position(|s| s == "-append").unwrap();
+        &args[i + 1]
+    }
+
     #[test]
     fn tcg_command_line() {
         let a = command_line(&spec(), &opts(ResolvedAccel::Tcg));
@@ -408,7 +414,7 @@ mod tests {
             "-object",
             "memory-backend-memfd,id=mem,size=256M,share=on"
         ));
-        let append = a.iter().skip_while(|s| *s != "-append").nth(1).unwrap();
+        let append = append(&a);
         assert!(
             append.starts_with("console=ttyS0 quiet panic=-1 "),
             "{append}"
@@ -592,7 +598,7 @@ mod tests {
         let a = command_line(&spec(), &opts(ResolvedAccel::Kvm));
         assert!(has_pair(&a, "-machine", "q35,accel=kvm,memory-backend=mem"));
         assert!(has_pair(&a, "-cpu", "host"));
-        let append = a.iter().skip_while(|s| *s != "-append").nth(1).unwrap();
+        let append = append(&a);
         assert!(!append.contains("noapictimer"), "{append}");
     }
 
